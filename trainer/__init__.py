@@ -1,0 +1,1 @@
+"""facesearch trainer: FaceNet-style face embeddings with online triplet mining."""

@@ -1,0 +1,127 @@
+"""Model checkpoints: one file carries everything needed to use a model.
+
+A checkpoint holds the architecture, embedding size, preprocessing (input size, crop,
+normalisation), species, the verification threshold chosen on validation identities, and
+how it was trained. `load_model` needs only this module and `models`: no training code,
+no network. Bundled models are found by name (`human`, `dog`) in the repository's
+`models/` folder, or in $FACESEARCH_MODELS.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .imaging import Preprocess
+from .models import EmbeddingNet
+
+FORMAT = "facesearch-embedding/1"
+BUNDLED_MODELS = ("human", "dog")
+DEFAULT_MODEL = "human"
+
+
+class ModelError(Exception):
+    """A model name or file that cannot be loaded; the message says why."""
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("FACESEARCH_MODELS", Path(__file__).resolve().parent.parent / "models"))
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    text = str(name_or_path)
+    if text in BUNDLED_MODELS:
+        path = models_dir() / f"{text}.pt"
+        if not path.is_file():
+            raise ModelError(f"bundled model {text!r} not found at {path}")
+        return path
+    path = Path(text)
+    if not path.is_file():
+        raise ModelError(f"{text}: no such model file (bundled models: {', '.join(BUNDLED_MODELS)})")
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class FaceModel:
+    """A loaded embedding model ready for inference."""
+
+    net: EmbeddingNet
+    preprocess: Preprocess
+    species: str
+    threshold: float
+    name: str = "unnamed"
+    sha256: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.net.embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @torch.inference_mode()
+    def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """uint8 N x 3 x S x S crops -> float32 N x D unit vectors."""
+        inputs = self.preprocess.normalise(batch.to(self.device))
+        return self.net(inputs).float().cpu().numpy()
+
+    def embed_images(self, images, batch_size: int = 64) -> np.ndarray:
+        """PIL face crops -> float32 N x D unit vectors."""
+        crops = [self.preprocess.to_uint8(image) for image in images]
+        if not crops:
+            return np.empty((0, self.embedding_dim), dtype=np.float32)
+        return np.concatenate([self.embed_tensor(torch.stack(crops[i:i + batch_size]))
+                               for i in range(0, len(crops), batch_size)])
+
+
+def save_checkpoint(path: str | os.PathLike, net: EmbeddingNet, preprocess: Preprocess,
+                    species: str, threshold: float, training: dict | None = None,
+                    half: bool = True) -> None:
+    state = {key: (value.half() if half and value.is_floating_point() else value).cpu()
+             for key, value in net.state_dict().items()}
+    payload = {"format": FORMAT, "arch": net.arch, "embedding_dim": net.embedding_dim,
+               "preprocess": preprocess.to_dict(), "species": species,
+               "threshold": float(threshold), "training": training or {}, "state_dict": state}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)   # never leave a half-written checkpoint behind
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file; all mean the same
+        raise ModelError(f"{path}: not a readable facesearch checkpoint ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a facesearch checkpoint (format {FORMAT} expected)")
+    return payload
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | None = None) -> FaceModel:
+    path = resolve_model_path(name_or_path)
+    payload = read_checkpoint(path)
+    net = EmbeddingNet(payload["arch"], payload["embedding_dim"])
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                         for k, v in payload["state_dict"].items()})
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net.to(device).eval()
+    name = str(name_or_path) if str(name_or_path) in BUNDLED_MODELS else path.stem
+    return FaceModel(net=net, preprocess=Preprocess.from_dict(payload["preprocess"]),
+                     species=payload["species"], threshold=payload["threshold"], name=name,
+                     sha256=file_sha256(path), info=payload.get("training", {}))

@@ -1,0 +1,147 @@
+"""`trainer`: train, evaluate and inspect face embedding models."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .clitools import FriendlyGroup, print_json, setup_logging
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                    "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
+def main(verbose: bool) -> None:
+    """Train and evaluate face embedding models (FaceNet-style, triplet loss).
+
+    \b
+    Data is a folder with one sub-folder per identity (person or dog):
+      DATA/<identity>/<image>.jpg   e.g. ../shared/data/lfw/images
+    """
+    setup_logging(verbose)
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of identity sub-folders to train on.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, metrics logs, plots, identity split.")
+@click.option("--species", type=click.Choice(["human", "dog"]), default="human", show_default=True)
+@click.option("--arch", type=click.Choice(["small", "inception_resnet_v1", "resnet18", "resnet34",
+                                           "resnet50"]), default="small", show_default=True,
+              help="Backbone. 'small' trains on a laptop CPU; the others want a GPU.")
+@click.option("--pretrained", is_flag=True, help="Start torchvision ResNets from ImageNet weights.")
+@click.option("--embedding-dim", default=128, show_default=True)
+@click.option("--input-size", type=int, help="Input pixels (default: the backbone's own).")
+@click.option("--crop", default=1.0, show_default=True,
+              help="Fraction of the image kept around its centre (0.5 suits LFW's 250 px images).")
+@click.option("--loss", type=click.Choice(["triplet", "joint", "contrastive"]), default="triplet",
+              show_default=True, help="joint = softmax cross-entropy + triplet.")
+@click.option("--miner", type=click.Choice(["batch-hard", "semi-hard", "batch-all"]),
+              default="batch-hard", show_default=True, help="Online triplet mining strategy.")
+@click.option("--margin", default=0.2, show_default=True, help="Triplet margin (unit-length embeddings).")
+@click.option("-P", "--identities-per-batch", "p", default=32, show_default=True)
+@click.option("-K", "--images-per-identity", "k", default=4, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
+@click.option("--scheduler", type=click.Choice(["cosine", "plateau", "none"]), default="cosine",
+              show_default=True)
+@click.option("--val-fraction", default=0.2, show_default=True,
+              help="Identities held out for validation (never trained on).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Data loader worker processes.")
+@click.option("--device", help="cpu or cuda (default: cuda when available).")
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option("--no-compile", is_flag=True, help="Disable torch.compile on CUDA.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+def train(resume: bool, no_amp: bool, no_compile: bool, no_progress: bool, **options) -> None:
+    """Train an embedding model; writes OUT/model.pt (latest), OUT/best.pt (best on validation),
+    OUT/last.pt (resumable state), OUT/epochs.jsonl, OUT/steps.jsonl and OUT/training.png."""
+    from .train import TrainConfig, Trainer
+    config = TrainConfig(**options, amp=not no_amp, compile=not no_compile, progress=not no_progress)
+    trainer = Trainer(config)
+    last = Path(config.out) / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise click.ClickException(f"{last}: nothing to resume from")
+        trainer.resume(last)
+    started = time.time()
+    metrics = trainer.fit()
+    click.echo(f"done in {time.time() - started:.0f} s: {metrics}")
+
+
+@main.command()
+@click.option("--model", default="human", show_default=True, help="Bundled model name or checkpoint path.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of identity sub-folders (only identities the model never trained on!).")
+@click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Pairs file in LFW format.")
+@click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True,
+              help="Where the ROC curve and embedding map PNGs go.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every number.")
+def evaluate(model: str, data: str, pairs: str, out: str, as_json: bool) -> None:
+    """Verification (LFW 10-fold protocol), identification and retrieval on DATA."""
+    from .checkpoint import load_model
+    from .evaluate import evaluate as run_evaluation
+    face_model = load_model(model)
+    result = run_evaluation(face_model, data, pairs, Path(out), progress=not as_json)
+    if as_json:
+        print_json(result)
+        return
+    v, i, r = result["verification"], result["identification"], result["retrieval"]
+    click.echo(f"model {result['model']} on {result['identities']} identities, {result['images']} images")
+    click.echo(f"verification  accuracy {v['accuracy']:.4f} ± {v['accuracy_std']:.4f} "
+               f"({v['pairs']} pairs, {v['folds']} folds)   AUC {v['auc']:.4f}   "
+               f"TAR@FAR=1e-3 {v['tar_at_far_1e-3']:.4f}   threshold {v['threshold']:.4f}")
+    if i["rank1"] is not None:
+        click.echo(f"identification  rank-1 {i['rank1']:.4f}   rank-5 {i['rank5']:.4f} "
+                   f"({i['probes']} probes, {i['gallery']} gallery)")
+    if r["map"] is not None:
+        click.echo(f"retrieval  mAP {r['map']:.4f}   R@1 {r['recall@1']:.4f}   R@5 {r['recall@5']:.4f}   "
+                   f"R@10 {r['recall@10']:.4f}")
+    if result["skipped"]:
+        click.echo(f"skipped {len(result['skipped'])} unreadable files: " + "; ".join(result["skipped"][:5]))
+    click.echo("plots: " + ", ".join(result.get("plots", [])))
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) -> None:
+    """Hold out identities: OUT/train and OUT/val (links, nothing copied) and OUT/val_pairs.txt.
+    `trainer train` makes the same split with the same seed."""
+    from .data import write_split
+    counts = write_split(data, out, val_fraction, seed)
+    print_json(counts) if as_json else click.echo(
+        f"{counts['train_identities']} train / {counts['val_identities']} val identities; "
+        f"pairs in {Path(out) / 'val_pairs.txt'}")
+
+
+@main.command()
+@click.argument("model", default="human")
+@click.option("--json", "as_json", is_flag=True)
+def info(model: str, as_json: bool) -> None:
+    """What a checkpoint holds: architecture, preprocessing, threshold, training metrics."""
+    from .checkpoint import read_checkpoint, resolve_model_path
+    payload = read_checkpoint(resolve_model_path(model))
+    payload.pop("state_dict")
+    if as_json:
+        print_json(payload)
+        return
+    training = payload.get("training", {})
+    click.echo(f"{model}: {payload['arch']} -> {payload['embedding_dim']}-D, species {payload['species']}, "
+               f"threshold {payload['threshold']:.4f}")
+    click.echo(f"preprocess: {payload['preprocess']}")
+    if training:
+        click.echo(f"trained with: {training.get('command')}")
+        click.echo(f"last epoch metrics: {training.get('metrics')}")
+
+
+if __name__ == "__main__":
+    main()

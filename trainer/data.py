@@ -1,0 +1,233 @@
+"""Identity folders, identity splits, LFW-format pairs, the cached face dataset and the
+P x K batch sampler."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from .imaging import ImageError, Preprocess, list_images, load_image
+
+log = logging.getLogger(__name__)
+
+
+class DataError(Exception):
+    """A data folder or pairs file that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    identity: str
+
+
+def resolve_data_root(root: str | os.PathLike) -> Path:
+    """The folder whose sub-folders are identities. Accepts a dataset's top folder too
+    (`lfw/` for `lfw/images/<name>/`), as long as it holds an `images/` folder and no images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    images = root / "images"
+    if images.is_dir() and not list_images(root) and any(p.is_dir() for p in images.iterdir()):
+        return images
+    return root
+
+
+def scan_identities(root: str | os.PathLike) -> list[Sample]:
+    """Every image in `root/<identity>/`, the identity being the folder name, sorted."""
+    root = resolve_data_root(root)
+    samples = [Sample(path, folder.name)
+               for folder in sorted(p for p in root.iterdir() if p.is_dir())
+               for path in list_images(folder)]
+    if not samples:
+        raise DataError(f"{root}: no images found in identity sub-folders "
+                        "(expected ROOT/<identity>/<image>.jpg)")
+    return samples
+
+
+def group_by_identity(samples: list[Sample]) -> dict[str, list[Sample]]:
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[sample.identity].append(sample)
+    return dict(groups)
+
+
+def split_identities(identities: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Disjoint (train, val) identity lists; the same seed always gives the same split."""
+    shuffled = sorted(identities)
+    random.Random(seed).shuffle(shuffled)
+    n_val = round(len(shuffled) * val_fraction)
+    return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
+
+
+# --- pairs in the LFW format -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pair:
+    first: Path
+    second: Path
+    same: bool
+
+
+def _pair_file(root: Path, identity: str, field: str) -> Path:
+    name = f"{identity}_{int(field):04d}.jpg" if field.isdigit() else field
+    return root / identity / name
+
+
+def read_pairs(pairs_file: str | os.PathLike, root: str | os.PathLike) -> list[Pair]:
+    """Parse an LFW pairs file: an optional header of counts, then `name a b` (same) or
+    `name1 a name2 b` (different). An integer field i means name/name_%04d.jpg."""
+    root = resolve_data_root(root)
+    pairs = []
+    try:
+        lines = Path(pairs_file).read_text().splitlines()
+    except OSError as error:
+        raise DataError(f"{pairs_file}: cannot read ({error.strerror or error})") from None
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or (number == 1 and len(fields) <= 2 and all(f.isdigit() for f in fields)):
+            continue
+        if len(fields) == 3:
+            pairs.append(Pair(_pair_file(root, fields[0], fields[1]),
+                              _pair_file(root, fields[0], fields[2]), True))
+        elif len(fields) == 4:
+            pairs.append(Pair(_pair_file(root, fields[0], fields[1]),
+                              _pair_file(root, fields[2], fields[3]), False))
+        else:
+            raise DataError(f"{pairs_file}:{number}: expected 'name a b' or 'name1 a name2 b', "
+                            f"got {line.strip()!r}")
+    if not pairs:
+        raise DataError(f"{pairs_file}: no pairs found")
+    return pairs
+
+
+def make_pairs(samples: list[Sample], count: int, seed: int) -> list[tuple[str, ...]]:
+    """Up to `count` same and `count` different pairs as LFW pair-file fields (file names)."""
+    rng = random.Random(seed)
+    groups = group_by_identity(samples)
+    identities = sorted(groups)
+    multi = [name for name in identities if len(groups[name]) >= 2]
+    if not multi or len(identities) < 2:
+        raise DataError("need at least one identity with two images and two identities to make pairs")
+    all_same = [(name, a.path.name, b.path.name) for name in multi
+                for i, a in enumerate(groups[name]) for b in groups[name][i + 1:]]
+    same = rng.sample(all_same, min(count, len(all_same)))
+    different: set[tuple[str, ...]] = set()
+    attempts = 0
+    while len(different) < len(same) and attempts < 100 * count:
+        attempts += 1
+        first, second = rng.sample(identities, 2)
+        different.add((first, rng.choice(groups[first]).path.name,
+                       second, rng.choice(groups[second]).path.name))
+    return same + sorted(different)
+
+
+def write_pairs(pairs: list[tuple[str, ...]], path: str | os.PathLike) -> None:
+    lines = [str(sum(len(p) == 3 for p in pairs))] + ["\t".join(p) for p in pairs]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def write_split(root: str | os.PathLike, out: str | os.PathLike, val_fraction: float = 0.2,
+                seed: int = 0, pairs_per_kind: int = 1500) -> dict:
+    """Split ROOT's identities into OUT/train and OUT/val (folders of links to the original
+    identity folders, nothing copied) and write OUT/val_pairs.txt among the val identities."""
+    samples = scan_identities(root)
+    groups = group_by_identity(samples)
+    train, val = split_identities(list(groups), val_fraction, seed)
+    if not val:
+        raise DataError(f"{root}: too few identities ({len(groups)}) to hold out {val_fraction:.0%}")
+    out = Path(out)
+    for part, names in (("train", train), ("val", val)):
+        folder = out / part
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            link = folder / name
+            if not link.exists():
+                link.symlink_to(groups[name][0].path.parent.resolve(), target_is_directory=True)
+    val_samples = [s for name in val for s in groups[name]]
+    write_pairs(make_pairs(val_samples, pairs_per_kind, seed), out / "val_pairs.txt")
+    return {"train_identities": len(train), "val_identities": len(val),
+            "train_images": sum(len(groups[n]) for n in train), "val_images": len(val_samples)}
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+def load_faces(paths: list[Path], preprocess: Preprocess, progress: bool = True,
+               desc: str = "loading") -> tuple[torch.Tensor, list[int], list[ImageError]]:
+    """Decode and crop every file once: (uint8 N x 3 x S x S, indices kept, errors)."""
+    tensors, kept, errors = [], [], []
+    for index, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress)):
+        try:
+            tensors.append(preprocess.to_uint8(load_image(path)))
+            kept.append(index)
+        except ImageError as error:
+            errors.append(error)
+    for error in errors:
+        log.warning("skipped %s", error)
+    stacked = torch.stack(tensors) if tensors else torch.empty(0, 3, preprocess.input_size,
+                                                               preprocess.input_size, dtype=torch.uint8)
+    return stacked, kept, errors
+
+
+class FaceDataset(Dataset):
+    """Labelled faces held in memory as uint8 crops (decoded once; epochs only augment)."""
+
+    def __init__(self, samples: list[Sample], preprocess: Preprocess, transform=None,
+                 progress: bool = True):
+        images, kept, self.errors = load_faces([s.path for s in samples], preprocess, progress)
+        self.samples = [samples[i] for i in kept]
+        self.identities = sorted({s.identity for s in self.samples})
+        index = {name: i for i, name in enumerate(self.identities)}
+        self.labels = torch.tensor([index[s.identity] for s in self.samples], dtype=torch.long)
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.labels[i]
+
+
+class PKSampler(Sampler[list[int]]):
+    """Batches of P identities with up to K images each.
+
+    Every identity appears once per epoch. Identities with a single image still join batches:
+    they have no positive, so they serve only as negatives for the others.
+    """
+
+    def __init__(self, labels: torch.Tensor, p: int, k: int, seed: int = 0):
+        if p < 2 or k < 2:
+            raise ValueError("P x K sampling needs P >= 2 identities and K >= 2 images each")
+        self.p, self.k, self.seed, self.epoch = p, k, seed, 0
+        groups: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels.tolist()):
+            groups[label].append(index)
+        self.groups = [groups[label] for label in sorted(groups)]
+        if not any(len(g) >= 2 for g in self.groups):
+            raise DataError("every identity has a single image: triplets need at least one "
+                            "identity with two or more images")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.groups) // self.p)
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.groups)))
+        rng.shuffle(order)
+        for start in range(0, len(order), self.p):
+            batch = []
+            for group in (self.groups[g] for g in order[start:start + self.p]):
+                batch.extend(rng.sample(group, min(self.k, len(group))))
+            yield batch

@@ -1,0 +1,216 @@
+"""Evaluation of an embedding model: LFW-protocol verification, one-shot identification,
+retrieval, and the plots that go with them (ROC curve, PCA map of the embeddings)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import FaceModel
+from .data import DataError, load_faces, read_pairs, scan_identities
+
+FAR_TARGET = 1e-3
+
+
+# --- verification -----------------------------------------------------------------------
+
+def balanced_folds(same: np.ndarray, folds: int = 10) -> list[np.ndarray]:
+    """Indices of `folds` folds, each with an equal share of same and different pairs,
+    whatever order the pairs came in."""
+    same_idx, diff_idx = np.flatnonzero(same), np.flatnonzero(~same)
+    return [np.concatenate([s, d]) for s, d in
+            zip(np.array_split(same_idx, folds), np.array_split(diff_idx, folds))]
+
+
+def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """The distance threshold (same if d <= t) with the highest accuracy, and that accuracy."""
+    order = np.argsort(distances, kind="stable")
+    d, s = distances[order], same[order]
+    # Accepting the first i pairs: true accepts = cumsum(same), true rejects = diffs after i.
+    true_accepts = np.concatenate([[0], np.cumsum(s)])
+    true_rejects = (~s).sum() - np.concatenate([[0], np.cumsum(~s)])
+    accuracy = (true_accepts + true_rejects) / len(d)
+    # Only cut between distinct distances; the cut sits halfway between neighbours.
+    cuts = np.concatenate([[True], d[1:] != d[:-1], [True]])
+    accuracy = np.where(cuts, accuracy, -1)
+    i = int(np.argmax(accuracy))
+    edges = np.concatenate([[d[0] - 1e-6], (d[1:] + d[:-1]) / 2, [d[-1] + 1e-6]])
+    return float(edges[i]), float(accuracy[i])
+
+
+def verification_metrics(distances: np.ndarray, same: np.ndarray, folds: int = 10) -> dict:
+    from sklearn.metrics import roc_auc_score, roc_curve
+    same = same.astype(bool)
+    if same.all() or not same.any():
+        raise DataError("verification needs both same and different pairs")
+    folds = min(folds, int(same.sum()), int((~same).sum()))
+    fold_indices = balanced_folds(same, folds)
+    accuracies = []
+    for f, test in enumerate(fold_indices):
+        train = np.concatenate([idx for g, idx in enumerate(fold_indices) if g != f])
+        threshold, _ = best_threshold(distances[train], same[train])
+        accuracies.append(float(((distances[test] <= threshold) == same[test]).mean()))
+    threshold, _ = best_threshold(distances, same)
+    far, tar, _ = roc_curve(same, -distances)
+    within = far <= FAR_TARGET
+    return {"accuracy": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies)),
+            "folds": folds, "auc": float(roc_auc_score(same, -distances)),
+            "tar_at_far_1e-3": float(tar[within].max()) if within.any() else 0.0,
+            "threshold": threshold, "pairs": int(len(same)), "same_pairs": int(same.sum()),
+            "roc": (far, tar)}
+
+
+# --- identification and retrieval ----------------------------------------------------------
+
+def distance_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.clip(2.0 - 2.0 * a @ b.T, 0.0, None))
+
+
+def identification_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict:
+    """One gallery image per identity (its first), every other image a probe."""
+    _, first = np.unique(labels, return_index=True)
+    probes = np.setdiff1d(np.arange(len(labels)), first)
+    if len(probes) == 0:
+        return {"rank1": None, "rank5": None, "probes": 0, "gallery": int(len(first))}
+    distances = distance_matrix(embeddings[probes], embeddings[first])
+    gallery_labels = labels[first]
+    correct = distances[np.arange(len(probes)), np.searchsorted(gallery_labels, labels[probes])]
+    rank = (distances < correct[:, None]).sum(1)   # 0 means the right identity came first
+    return {"rank1": float((rank < 1).mean()), "rank5": float((rank < 5).mean()),
+            "probes": int(len(probes)), "gallery": int(len(first))}
+
+
+def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 5, 10),
+                      chunk: int = 1024) -> dict:
+    """Each image queries all the others: mAP and Recall@k over queries with a relevant image."""
+    n = len(labels)
+    average_precisions, hits = [], {k: [] for k in ks}
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        distances = distance_matrix(embeddings[rows], embeddings)
+        distances[np.arange(len(rows)), rows] = np.inf
+        order = np.argsort(distances, axis=1, kind="stable")[:, :-1]
+        relevant = labels[order] == labels[rows][:, None]
+        counts = relevant.sum(1)
+        for r, count in zip(relevant, counts):
+            if count == 0:
+                continue
+            positions = np.flatnonzero(r) + 1
+            average_precisions.append(float((np.arange(1, count + 1) / positions).mean()))
+            for k in ks:
+                hits[k].append(bool(r[:k].any()))
+    if not average_precisions:
+        return {"map": None, **{f"recall@{k}": None for k in ks}, "queries": 0}
+    return {"map": float(np.mean(average_precisions)),
+            **{f"recall@{k}": float(np.mean(hits[k])) for k in ks},
+            "queries": len(average_precisions)}
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+def plot_roc(far: np.ndarray, tar: np.ndarray, auc: float, title: str, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    axis.plot(np.clip(far, 1e-5, 1), tar, lw=2, label=f"AUC = {auc:.4f}")
+    axis.axvline(FAR_TARGET, color="grey", ls=":", label="FAR = 1e-3")
+    axis.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false accept rate",
+             ylabel="true accept rate", title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_embedding_map(embeddings: np.ndarray, labels: np.ndarray, names: list[str], title: str,
+                       path: Path, max_identities: int = 12) -> None:
+    """PCA of the embeddings of the identities with the most images, coloured by identity."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    values, counts = np.unique(labels, return_counts=True)
+    chosen = values[np.argsort(-counts, kind="stable")[:max_identities]]
+    mask = np.isin(labels, chosen)
+    points = embeddings[mask] - embeddings[mask].mean(0)
+    _, _, components = np.linalg.svd(points, full_matrices=False)
+    projected = points @ components[:2].T
+    figure, axis = plt.subplots(figsize=(6, 5))
+    colours = plt.get_cmap("tab20")
+    for i, label in enumerate(chosen):
+        at = labels[mask] == label
+        axis.scatter(projected[at, 0], projected[at, 1], s=14, color=colours(i % 20), label=names[label])
+    axis.set(title=title, xlabel="PC 1", ylabel="PC 2")
+    axis.legend(fontsize=6, loc="best", markerscale=0.8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# --- the whole evaluation ----------------------------------------------------------------------
+
+@dataclass
+class EvaluationInputs:
+    embeddings: np.ndarray   # of the folder's images
+    labels: np.ndarray
+    names: list[str]
+    pair_distances: np.ndarray
+    pair_same: np.ndarray
+
+
+class EvaluationSet:
+    """A folder of identities and a pairs file, decoded and cropped once, so it can be
+    embedded again cheaply (the trainer validates on it every epoch)."""
+
+    def __init__(self, data: str | Path, pairs_file: str | Path, preprocess, progress: bool = True):
+        samples = scan_identities(data)
+        pairs = read_pairs(pairs_file, data)
+        paths = list(dict.fromkeys([s.path for s in samples] + [p.first for p in pairs]
+                                   + [p.second for p in pairs]))
+        self.crops, kept, errors = load_faces(paths, preprocess, progress, desc="loading eval")
+        if not kept:
+            raise DataError(f"{data}: none of the images could be read")
+        self.skipped = [str(e) for e in errors]
+        row = {paths[i]: r for r, i in enumerate(kept)}
+        self.names = sorted({s.identity for s in samples})
+        index = {n: i for i, n in enumerate(self.names)}
+        folder = [(row[s.path], index[s.identity]) for s in samples if s.path in row]
+        self.folder_rows = np.array([r for r, _ in folder])
+        self.labels = np.array([label for _, label in folder])
+        usable = [p for p in pairs if p.first in row and p.second in row]
+        if not usable:
+            raise DataError(f"{pairs_file}: none of the pairs' images could be read")
+        self.pairs_unusable = len(pairs) - len(usable)
+        self.first = np.array([row[p.first] for p in usable])
+        self.second = np.array([row[p.second] for p in usable])
+        self.same = np.array([p.same for p in usable])
+
+    def embed(self, model: FaceModel, batch_size: int = 128) -> EvaluationInputs:
+        embeddings = np.concatenate([model.embed_tensor(self.crops[i:i + batch_size])
+                                     for i in range(0, len(self.crops), batch_size)])
+        distances = np.linalg.norm(embeddings[self.first] - embeddings[self.second], axis=1)
+        return EvaluationInputs(embeddings[self.folder_rows], self.labels, self.names,
+                                distances, self.same)
+
+
+def evaluate(model: FaceModel, data: str | Path, pairs_file: str | Path, out: Path | None = None,
+             progress: bool = True) -> dict:
+    evaluation_set = EvaluationSet(data, pairs_file, model.preprocess, progress)
+    inputs = evaluation_set.embed(model)
+    verification = verification_metrics(inputs.pair_distances, inputs.pair_same)
+    far, tar = verification.pop("roc")
+    result = {"model": model.name, "data": str(data), "pairs_file": str(pairs_file),
+              "images": int(len(inputs.labels)), "identities": len(inputs.names),
+              "skipped": evaluation_set.skipped, "pairs_unusable": evaluation_set.pairs_unusable,
+              "verification": verification,
+              "identification": identification_metrics(inputs.embeddings, inputs.labels),
+              "retrieval": retrieval_metrics(inputs.embeddings, inputs.labels)}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        plot_roc(far, tar, verification["auc"], f"ROC: {model.name} on {Path(data).name}", out / "roc.png")
+        plot_embedding_map(inputs.embeddings, inputs.labels, inputs.names,
+                           f"Embeddings (PCA): {model.name}", out / "embeddings_pca.png")
+        result["plots"] = [str(out / "roc.png"), str(out / "embeddings_pca.png")]
+    return result

@@ -1,0 +1,146 @@
+"""Image loading and preprocessing: the one place every part of facesearch reads a picture.
+
+`load_image` turns any file into an upright RGB PIL image or raises `ImageError` naming
+the file and the reason. `Preprocess` turns a face crop into the tensor a model expects;
+its settings travel inside each checkpoint, so training and inference cannot drift apart.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+# Decompression-bomb guard: 40 megapixels is far above any photo a face search needs
+# (a 48 MP phone shot is the exception and can be downscaled by the user).
+MAX_PIXELS = 40_000_000
+
+
+class ImageError(Exception):
+    """A file that cannot be used as an image; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = str(path) if path is not None else None
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+def is_image_name(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
+
+
+def load_image(source: str | os.PathLike | bytes, *, name: str | None = None,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read a file path or raw bytes into an upright RGB image.
+
+    EXIF orientation is applied; grey, palette, CMYK and alpha images become RGB.
+    Raises ImageError for missing, empty, corrupt, truncated, non-image or oversized input.
+    """
+    label = name if name is not None else (None if isinstance(source, bytes) else str(source))
+    try:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageError(label, "empty file (0 bytes)")
+            stream = io.BytesIO(source)
+        else:
+            size = os.stat(source).st_size
+            if size == 0:
+                raise ImageError(label, "empty file (0 bytes)")
+            stream = open(source, "rb")
+        with stream:
+            with warnings.catch_warnings():
+                # PIL only warns between MAX_IMAGE_PIXELS and twice that; we want a hard stop.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(stream)
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(label, f"image too large ({width}x{height} pixels, "
+                                            f"limit {max_pixels:,})")
+                image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(label, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(label, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(label, "permission denied") from None
+    except UnidentifiedImageError:
+        raise ImageError(label, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(label, "image too large (decompression bomb guard)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        # PIL reports truncated and corrupt data as OSError/SyntaxError with its own wording.
+        raise ImageError(label, f"corrupt or truncated image ({error})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite on white so transparent regions do not turn into black blobs.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a face crop becomes a model input.
+
+    crop: fraction of the (square-padded) face image kept around its centre before
+    resizing. LFW's 250x250 images hold the face in roughly the central half; DogFaceNet's
+    aligned crops are the face already (crop 1.0).
+    """
+
+    input_size: int = 64
+    crop: float = 1.0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocess":
+        return cls(input_size=int(data["input_size"]), crop=float(data["crop"]),
+                   mean=tuple(data["mean"]), std=tuple(data["std"]))
+
+    def crop_and_resize(self, image: Image.Image, size: int | None = None) -> Image.Image:
+        """Centre crop by `crop` and resize to `size` (default input_size) pixels square."""
+        size = size or self.input_size
+        width, height = image.size
+        side = min(width, height) * self.crop
+        left, top = (width - side) / 2, (height - side) / 2
+        return image.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+
+    def to_uint8(self, image: Image.Image, size: int | None = None) -> torch.Tensor:
+        """A CxHxW uint8 tensor of the cropped face (what datasets cache)."""
+        array = np.asarray(self.crop_and_resize(image, size), dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (or 0..255 float) NxCxHxW -> normalised float input."""
+        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1)
+        return (batch.float() / 255.0 - mean) / std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """One face image -> a normalised CxHxW float tensor."""
+        return self.normalise(self.to_uint8(image).unsqueeze(0))[0]
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_name(p))

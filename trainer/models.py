@@ -1,0 +1,182 @@
+"""Embedding networks: a backbone, a linear head to D dimensions, and L2 normalisation.
+
+Backbones:
+- `small`: a compact residual CNN that trains in minutes on two CPU cores (default, 64 px).
+- `inception_resnet_v1`: FaceNet's Inception-ResNet-v1 (Szegedy et al. 2016, as used by
+  FaceNet implementations), 160 px input.
+- `resnet18` / `resnet34` / `resnet50`: torchvision's, built through its `weights=` API so
+  ImageNet initialisation (`pretrained=True`) works wherever torchvision finds its weights.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
+ARCHITECTURES = ("small", "inception_resnet_v1") + TORCHVISION_RESNETS
+DEFAULT_INPUT_SIZE = {"small": 64, "inception_resnet_v1": 160, "resnet18": 112,
+                      "resnet34": 112, "resnet50": 112}
+
+
+def conv_bn(in_ch: int, out_ch: int, kernel: int | tuple, stride: int = 1,
+            padding: int | tuple = 0, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(in_ch, out_ch, kernel, stride, padding, bias=False),
+              nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.1)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+# --- small: residual CNN for CPU training ---------------------------------------------
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(in_ch, out_ch, 3, stride, 1),
+                                  conv_bn(out_ch, out_ch, 3, 1, 1, relu=False))
+        self.shortcut = (nn.Identity() if stride == 1 and in_ch == out_ch
+                         else conv_bn(in_ch, out_ch, 1, stride, relu=False))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.shortcut(x), inplace=True)
+
+
+class SmallNet(nn.Module):
+    """Four stages 32-64-128-256 wide, each halving the resolution; about 1.2 M parameters."""
+
+    feature_dim = 256
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn(3, 32, 3, 2, 1),                # 64 -> 32
+            ResidualBlock(32, 64, 2),               # -> 16
+            ResidualBlock(64, 128, 2),              # -> 8
+            ResidualBlock(128, 128, 1),
+            ResidualBlock(128, 256, 2),             # -> 4
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.features(x)
+
+
+# --- Inception-ResNet-v1 -------------------------------------------------------------------
+
+class Block35(nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.branch0 = conv_bn(256, 32, 1)
+        self.branch1 = nn.Sequential(conv_bn(256, 32, 1), conv_bn(32, 32, 3, 1, 1))
+        self.branch2 = nn.Sequential(conv_bn(256, 32, 1), conv_bn(32, 32, 3, 1, 1),
+                                     conv_bn(32, 32, 3, 1, 1))
+        self.up = nn.Conv2d(96, 256, 1)
+
+    def forward(self, x):
+        mixed = torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], 1)
+        return F.relu(x + self.scale * self.up(mixed))
+
+
+class Block17(nn.Module):
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.branch0 = conv_bn(896, 128, 1)
+        self.branch1 = nn.Sequential(conv_bn(896, 128, 1), conv_bn(128, 128, (1, 7), 1, (0, 3)),
+                                     conv_bn(128, 128, (7, 1), 1, (3, 0)))
+        self.up = nn.Conv2d(256, 896, 1)
+
+    def forward(self, x):
+        mixed = torch.cat([self.branch0(x), self.branch1(x)], 1)
+        return F.relu(x + self.scale * self.up(mixed))
+
+
+class Block8(nn.Module):
+    def __init__(self, scale: float, relu: bool = True):
+        super().__init__()
+        self.scale, self.relu = scale, relu
+        self.branch0 = conv_bn(1792, 192, 1)
+        self.branch1 = nn.Sequential(conv_bn(1792, 192, 1), conv_bn(192, 192, (1, 3), 1, (0, 1)),
+                                     conv_bn(192, 192, (3, 1), 1, (1, 0)))
+        self.up = nn.Conv2d(384, 1792, 1)
+
+    def forward(self, x):
+        out = x + self.scale * self.up(torch.cat([self.branch0(x), self.branch1(x)], 1))
+        return F.relu(out) if self.relu else out
+
+
+class Mixed6a(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.branch0 = conv_bn(256, 384, 3, 2)
+        self.branch1 = nn.Sequential(conv_bn(256, 192, 1), conv_bn(192, 192, 3, 1, 1),
+                                     conv_bn(192, 256, 3, 2))
+        self.pool = nn.MaxPool2d(3, 2)
+
+    def forward(self, x):
+        return torch.cat([self.branch0(x), self.branch1(x), self.pool(x)], 1)
+
+
+class Mixed7a(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.branch0 = nn.Sequential(conv_bn(896, 256, 1), conv_bn(256, 384, 3, 2))
+        self.branch1 = nn.Sequential(conv_bn(896, 256, 1), conv_bn(256, 256, 3, 2))
+        self.branch2 = nn.Sequential(conv_bn(896, 256, 1), conv_bn(256, 256, 3, 1, 1),
+                                     conv_bn(256, 256, 3, 2))
+        self.pool = nn.MaxPool2d(3, 2)
+
+    def forward(self, x):
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.pool(x)], 1)
+
+
+class InceptionResNetV1(nn.Module):
+    feature_dim = 1792
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn(3, 32, 3, 2), conv_bn(32, 32, 3), conv_bn(32, 64, 3, 1, 1),
+            nn.MaxPool2d(3, 2), conv_bn(64, 80, 1), conv_bn(80, 192, 3), conv_bn(192, 256, 3, 2),
+            *[Block35(0.17) for _ in range(5)], Mixed6a(),
+            *[Block17(0.10) for _ in range(10)], Mixed7a(),
+            *[Block8(0.20) for _ in range(5)], Block8(1.0, relu=False),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.features(x)
+
+
+# --- the embedding network -------------------------------------------------------------
+
+def build_backbone(arch: str, pretrained: bool = False) -> tuple[nn.Module, int]:
+    if arch == "small":
+        net = SmallNet()
+        return net, net.feature_dim
+    if arch == "inception_resnet_v1":
+        net = InceptionResNetV1()
+        return net, net.feature_dim
+    if arch in TORCHVISION_RESNETS:
+        import torchvision
+        net = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None)
+        feature_dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, feature_dim
+    raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+
+
+class EmbeddingNet(nn.Module):
+    """backbone -> dropout -> linear -> batch norm -> L2 normalisation."""
+
+    def __init__(self, arch: str = "small", embedding_dim: int = 128, pretrained: bool = False,
+                 dropout: float = 0.2):
+        super().__init__()
+        self.arch = arch
+        self.embedding_dim = embedding_dim
+        self.backbone, feature_dim = build_backbone(arch, pretrained)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, embedding_dim, bias=False),
+                                  nn.BatchNorm1d(embedding_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(x)), dim=1)

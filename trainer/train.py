@@ -1,0 +1,272 @@
+"""The training loop: P x K batches, online mining, a metric (or joint) loss, validation on
+held-out identities every epoch, checkpoints every epoch and exact resume."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .checkpoint import FaceModel, save_checkpoint
+from .data import FaceDataset, PKSampler, scan_identities, write_split
+from .evaluate import EvaluationSet, verification_metrics
+from .imaging import Preprocess
+from .losses import ContrastiveLoss, JointLoss, TripletLoss
+from .miners import make_miner
+from .models import DEFAULT_INPUT_SIZE, EmbeddingNet
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("triplet", "joint", "contrastive")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "plateau", "none")
+# Without a validation split there is no data to choose a threshold on; this is the
+# midpoint of the range a 0.2-margin triplet model typically separates at.
+FALLBACK_THRESHOLD = 1.0
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    species: str = "human"
+    arch: str = "small"
+    pretrained: bool = False
+    embedding_dim: int = 128
+    input_size: int | None = None
+    crop: float = 1.0
+    loss: str = "triplet"
+    miner: str = "batch-hard"
+    margin: float = 0.2
+    contrastive_margin: float = 1.0
+    softmax_weight: float = 1.0
+    p: int = 32
+    k: int = 4
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    val_fraction: float = 0.2
+    seed: int = 0
+    workers: int = 1
+    amp: bool = True
+    compile: bool = True
+    device: str | None = None
+    progress: bool = True
+
+    @property
+    def size(self) -> int:
+        return self.input_size or DEFAULT_INPUT_SIZE[self.arch]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def augmentation(size: int):
+    from torchvision.transforms import v2
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomAffine(degrees=10, translate=(0.04, 0.04)),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03),
+    ])
+
+
+def build_loss(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    if config.loss == "contrastive":
+        return ContrastiveLoss(config.contrastive_margin)
+    triplet = TripletLoss(make_miner(config.miner, config.margin), config.margin,
+                          average_over_active=config.miner == "batch-all")
+    if config.loss == "joint":
+        return JointLoss(triplet, config.embedding_dim, num_classes, config.softmax_weight)
+    if config.loss == "triplet":
+        return triplet
+    raise ValueError(f"unknown loss {config.loss!r}; choose from {', '.join(LOSSES)}")
+
+
+def build_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9,
+                               weight_decay=config.weight_decay, nesterov=True)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+
+
+def build_scheduler(config: TrainConfig, optimizer):
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=3)
+    if config.scheduler == "none":
+        return None
+    raise ValueError(f"unknown scheduler {config.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    figure, left = plt.subplots(figsize=(6, 4))
+    left.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="training loss")
+    left.set(xlabel="epoch", ylabel="loss")
+    if any(h.get("val_accuracy") is not None for h in history):
+        right = left.twinx()
+        right.plot(epochs, [h.get("val_accuracy") for h in history], color="tab:orange",
+                   label="validation accuracy")
+        right.set(ylabel="verification accuracy (held-out identities)")
+        right.legend(loc="lower right")
+    left.legend(loc="upper right")
+    left.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, command: str | None = None):
+        self.config = config
+        self.command = command or shlex.join(["trainer"] + sys.argv[1:])
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.cuda = self.device.type == "cuda"
+        seed_everything(config.seed)
+        self.preprocess = Preprocess(input_size=config.size, crop=config.crop)
+
+        train_root, self.validation = Path(config.data), None
+        if config.val_fraction > 0:
+            split = write_split(config.data, self.out / "split", config.val_fraction, config.seed)
+            log.info("identity split: %s", split)
+            train_root = self.out / "split" / "train"
+            self.validation = EvaluationSet(self.out / "split" / "val",
+                                            self.out / "split" / "val_pairs.txt",
+                                            self.preprocess, config.progress)
+        self.dataset = FaceDataset(scan_identities(train_root), self.preprocess,
+                                   augmentation(config.size), config.progress)
+        self.sampler = PKSampler(self.dataset.labels, config.p, config.k, config.seed)
+        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=config.workers,
+                                 persistent_workers=config.workers > 0, pin_memory=self.cuda)
+
+        self.net = EmbeddingNet(config.arch, config.embedding_dim, config.pretrained).to(self.device)
+        self.loss = build_loss(config, len(self.dataset.identities)).to(self.device)
+        self.optimizer = build_optimizer(config, list(self.net.parameters()) + list(self.loss.parameters()))
+        self.scheduler = build_scheduler(config, self.optimizer)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
+        self.forward = torch.compile(self.net) if self.cuda and config.compile else self.net
+        self.epoch, self.best_accuracy, self.history = 0, -1.0, []
+
+    # --- state ---------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"config": asdict(self.config), "epoch": self.epoch, "best_accuracy": self.best_accuracy,
+                "history": self.history, "net": self.net.state_dict(), "loss": self.loss.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state()}}
+
+    def resume(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.net.load_state_dict(state["net"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_accuracy, self.history = state["epoch"], state["best_accuracy"], state["history"]
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        log.info("resumed from %s at epoch %d", path, self.epoch)
+
+    def save(self, metrics: dict) -> None:
+        threshold = metrics.get("val_threshold") or FALLBACK_THRESHOLD
+        training = {"command": self.command, "config": asdict(self.config), "epoch": self.epoch,
+                    "metrics": metrics, "identities": len(self.dataset.identities),
+                    "images": len(self.dataset)}
+        save_checkpoint(self.out / "model.pt", self.net, self.preprocess, self.config.species,
+                        threshold, training)
+        if self.validation is None or metrics["val_accuracy"] >= self.best_accuracy:
+            self.best_accuracy = metrics.get("val_accuracy") or 0.0
+            save_checkpoint(self.out / "best.pt", self.net, self.preprocess, self.config.species,
+                            threshold, training)
+        temporary = self.out / "last.pt.tmp"
+        torch.save(self.state(), temporary)
+        temporary.replace(self.out / "last.pt")
+
+    # --- loop -----------------------------------------------------------------------------
+
+    def validate(self) -> dict:
+        if self.validation is None:
+            return {"val_accuracy": None}
+        self.net.eval()
+        model = FaceModel(self.net, self.preprocess, self.config.species, FALLBACK_THRESHOLD)
+        inputs = self.validation.embed(model)
+        metrics = verification_metrics(inputs.pair_distances, inputs.pair_same)
+        return {"val_accuracy": metrics["accuracy"], "val_accuracy_std": metrics["accuracy_std"],
+                "val_auc": metrics["auc"], "val_threshold": metrics["threshold"]}
+
+    def train_epoch(self, steps_log) -> dict:
+        self.net.train()
+        self.sampler.set_epoch(self.epoch)
+        totals: dict[str, float] = {}
+        batches = 0
+        bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch",
+                   disable=not self.config.progress, leave=False)
+        for images, labels in bar:
+            images = self.preprocess.normalise(images.to(self.device, non_blocking=True))
+            labels = labels.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, enabled=self.cuda and self.config.amp):
+                embeddings = self.forward(images)
+            output = self.loss(embeddings.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(output.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            stats = {"loss": output.loss.item(), **output.stats}
+            steps_log.write(json.dumps({"epoch": self.epoch + 1, "step": batches, **stats}) + "\n")
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            batches += 1
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", active=f"{stats.get('active', 0):.2f}")
+        return {key: value / max(batches, 1) for key, value in totals.items()}
+
+    def fit(self) -> dict:
+        config = self.config
+        with open(self.out / "steps.jsonl", "a") as steps_log:
+            while self.epoch < config.epochs:
+                started = time.time()
+                train_stats = self.train_epoch(steps_log)
+                metrics = {"epoch": self.epoch + 1, **train_stats, **self.validate(),
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "seconds": round(time.time() - started, 1),
+                           "images_per_second": round(len(self.dataset) / max(time.time() - started, 1e-9), 1)}
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(metrics["val_accuracy"] if metrics["val_accuracy"] is not None
+                                        else -metrics["loss"])
+                elif self.scheduler:
+                    self.scheduler.step()
+                self.epoch += 1
+                self.history.append(metrics)
+                with open(self.out / "epochs.jsonl", "a") as epochs_log:
+                    epochs_log.write(json.dumps(metrics) + "\n")
+                self.save(metrics)
+                plot_history(self.history, self.out / "training.png")
+                log.info("epoch %d: %s", self.epoch, {k: round(v, 4) if isinstance(v, float) else v
+                                                     for k, v in metrics.items()})
+        return self.history[-1] if self.history else {}
