@@ -17,7 +17,9 @@ Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
     squared = embeddings.pow(2).sum(1)
     gram = embeddings @ embeddings.T
-    return (squared[:, None] + squared[None, :] - 2 * gram).clamp_min(0).sqrt()
+    squared_distances = (squared[:, None] + squared[None, :] - 2 * gram).clamp_min(0)
+    # The diagonal is 0 by definition; rounding would otherwise leave sqrt(1e-8)-sized values.
+    return squared_distances.fill_diagonal_(0).sqrt()
 
 
 def label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import FaceModel, save_checkpoint
-from .data import FaceDataset, PKSampler, scan_identities, write_split
+from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
 from .evaluate import EvaluationSet, verification_metrics
 from .imaging import Preprocess
 from .losses import ContrastiveLoss, JointLoss, TripletLoss
@@ -158,6 +158,9 @@ class Trainer:
                                             self.preprocess, config.progress)
         self.dataset = FaceDataset(scan_identities(train_root), self.preprocess,
                                    augmentation(config.size), config.progress)
+        if len(self.dataset.identities) < 2:
+            raise DataError(f"{train_root}: training needs at least two identities with readable "
+                            f"images, found {len(self.dataset.identities)}")
         self.sampler = PKSampler(self.dataset.labels, config.p, config.k, config.seed)
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=config.workers,
                                  persistent_workers=config.workers > 0, pin_memory=self.cuda)

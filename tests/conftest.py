@@ -1,0 +1,38 @@
+"""Shared test fixtures: small generated face-like images, written as real JPEG files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def identity_image(identity: int, variant: int, size: int = 64) -> Image.Image:
+    """A picture whose coarse pattern is fixed by `identity` and whose noise and small shift
+    vary with `variant`: same-identity images resemble each other, others do not."""
+    pattern = np.random.default_rng(1000 + identity).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(pattern).resize((size, size), Image.NEAREST), dtype=np.int16)
+    rng = np.random.default_rng(identity * 7919 + variant)
+    shifted = np.roll(base, shift=tuple(rng.integers(-2, 3, 2)), axis=(0, 1))
+    noisy = shifted + rng.normal(0, 12, shifted.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def write_identity_folders(root: Path, identities: int = 6, per_identity: int = 5,
+                           size: int = 64) -> Path:
+    for identity in range(identities):
+        folder = root / f"person_{identity:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for variant in range(per_identity):
+            identity_image(identity, variant, size).save(folder / f"person_{identity:02d}_{variant + 1:04d}.jpg",
+                                                         quality=95)
+    return root
+
+
+@pytest.fixture
+def identity_folders(tmp_path: Path) -> Path:
+    return write_identity_folders(tmp_path / "faces")

@@ -1,0 +1,122 @@
+"""Training on tiny generated data, resume, the P x K sampler, splits and bad input."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from trainer.checkpoint import load_model, read_checkpoint
+from trainer.cli import main
+from trainer.data import PKSampler, scan_identities, split_identities
+
+from conftest import identity_image, write_identity_folders
+
+TINY = ["--arch", "small", "--input-size", "32", "-P", "6", "-K", "4", "--no-progress",
+        "--workers", "0", "--lr", "3e-3"]
+
+
+def run(*args):
+    result = CliRunner().invoke(main, list(map(str, args)))
+    return result
+
+
+def test_sampler_draws_p_identities_of_up_to_k_images_each_once_per_epoch():
+    labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 1 + [3] * 6 + [4] * 5)
+    sampler = PKSampler(labels, p=2, k=4, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3
+    seen = Counter()
+    for batch in batches:
+        per_identity = Counter(labels[batch].tolist())
+        assert len(per_identity) <= 2 and max(per_identity.values()) <= 4
+        assert len(set(batch)) == len(batch)
+        seen.update(per_identity.keys())
+    assert set(seen) == {0, 1, 2, 3, 4} and max(seen.values()) == 1
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    sampler.set_epoch(0)
+    assert list(sampler) == batches
+
+
+def test_identity_split_is_disjoint_and_reproducible():
+    names = [f"id{i}" for i in range(50)]
+    train, val = split_identities(names, 0.2, seed=7)
+    assert len(val) == 10 and not set(train) & set(val) and sorted(train + val) == sorted(names)
+    assert split_identities(list(reversed(names)), 0.2, seed=7) == (train, val)
+    assert split_identities(names, 0.2, seed=8) != (train, val)
+
+
+def mean_distances(model, root):
+    samples = scan_identities(root)
+    from trainer.imaging import load_image
+    embeddings = model.embed_images([load_image(s.path) for s in samples])
+    labels = np.array([s.identity for s in samples])
+    d = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=2)
+    same = labels[:, None] == labels[None]
+    off_diagonal = ~np.eye(len(labels), dtype=bool)
+    return d[same & off_diagonal].mean(), d[~same].mean()
+
+
+@pytest.mark.parametrize("loss,miner", [("triplet", "batch-hard"), ("joint", "semi-hard"),
+                                        ("contrastive", "batch-hard")])
+def test_training_learns_to_separate_identities(tmp_path, loss, miner):
+    data = write_identity_folders(tmp_path / "faces", identities=8, per_identity=6, size=40)
+    out = tmp_path / "run"
+    result = run("train", "--data", data, "--out", out, "--epochs", 12, "--val-fraction", 0,
+                 "--loss", loss, "--miner", miner, *TINY)
+    assert result.exit_code == 0, result.output
+    epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert len(epochs) == 12
+    assert np.mean([e["loss"] for e in epochs[-3:]]) < np.mean([e["loss"] for e in epochs[:3]])
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert {"active", "d_pos", "d_neg"} <= set(steps[0])
+    same, different = mean_distances(load_model(out / "model.pt", device="cpu"), data)
+    assert same < different
+    assert (out / "training.png").stat().st_size > 5000
+
+
+def test_checkpoint_carries_everything_and_resume_continues(tmp_path):
+    data = write_identity_folders(tmp_path / "faces", identities=10, per_identity=5, size=40)
+    out = tmp_path / "run"
+    assert run("train", "--data", data, "--out", out, "--epochs", 2, "--species", "dog", *TINY).exit_code == 0
+    first = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    result = run("train", "--data", data, "--out", out, "--epochs", 3, "--species", "dog", "--resume", *TINY)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[:2] == first
+    checkpoint = read_checkpoint(out / "model.pt")
+    assert checkpoint["arch"] == "small" and checkpoint["embedding_dim"] == 128
+    assert checkpoint["species"] == "dog" and checkpoint["preprocess"]["input_size"] == 32
+    assert checkpoint["threshold"] == pytest.approx(rows[-1]["val_threshold"])
+    assert checkpoint["training"]["metrics"]["epoch"] == 3 and "trainer" in checkpoint["training"]["command"]
+    assert all(v.dtype == torch.float16 for v in checkpoint["state_dict"].values() if v.is_floating_point())
+    # The split is written once and is disjoint.
+    train = {p.name for p in (out / "split" / "train").iterdir()}
+    val = {p.name for p in (out / "split" / "val").iterdir()}
+    assert len(val) == 2 and not train & val
+
+
+def test_bad_training_data_gives_a_clear_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("train", "--data", empty, "--out", tmp_path / "r1", *TINY)
+    assert result.exit_code != 0 and "no images found" in result.output and "Traceback" not in result.output
+
+    one = tmp_path / "one"
+    (one / "solo").mkdir(parents=True)
+    for i in range(3):
+        identity_image(0, i, 32).save(one / "solo" / f"{i}.jpg")
+    result = run("train", "--data", one, "--out", tmp_path / "r2", "--val-fraction", 0, *TINY)
+    assert result.exit_code != 0 and "at least two identities" in result.output
+
+
+def test_corrupt_and_fake_images_are_skipped_by_name(tmp_path, caplog):
+    data = write_identity_folders(tmp_path / "faces", identities=6, per_identity=4, size=32)
+    (data / "person_00" / "broken.jpg").write_bytes((data / "person_00" / "person_00_0001.jpg").read_bytes()[:200])
+    (data / "person_01" / "notes.jpg").write_text("this is a text file")
+    result = run("train", "--data", data, "--out", tmp_path / "run", "--epochs", 1, "--val-fraction", 0, *TINY)
+    assert result.exit_code == 0, result.output
+    skipped = " ".join(r.getMessage() for r in caplog.records)
+    assert "broken.jpg" in skipped and "notes.jpg: not an image" in skipped
