@@ -1,0 +1,208 @@
+"""The query engine that `search` and the web app share.
+
+`QueryEngine` loads a gallery index, the model it was built with and a face detector once;
+then every `query`, `identify` and `verify` call reuses them (thread-safe for reading, so
+a web server's threads can share one engine). `FacePipeline` is the model and detector
+alone: what `verify` needs, without an index.
+
+A query answers one JSON-ready dict (the `search query --json` output):
+
+    {"image": {"width", "height"}, "model", "species", "threshold", "detector",
+     "faces": [{"box": [x0, y0, x1, y1] or None, "score",
+                "matches": [{"id", "path", "identity", "distance", "similarity",
+                             "match", "box"}, ...]}, ...],
+     "message": "no face found ..." (only when there is no face),
+     "timings_ms": {"detect", "embed", "search"}}
+
+`match` is distance <= the model's verification threshold; distances are Euclidean
+between unit embeddings (0 to 2), similarity is their cosine.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from trainer.checkpoint import DEFAULT_MODEL, FaceModel, load_model
+from trainer.clitools import register_user_error
+from trainer.faces import Face, default_detector, get_detector
+from trainer.imaging import load_image
+
+Source = str | os.PathLike | bytes | Image.Image
+
+
+class SearchError(Exception):
+    """A search that cannot be answered as asked; the message says why and what to do."""
+
+
+register_user_error(SearchError)
+
+
+@dataclass
+class Photo:
+    """A photo's faces and their embeddings (row i belongs to faces[i])."""
+
+    width: int
+    height: int
+    faces: list[Face]
+    embeddings: np.ndarray
+    timings_ms: dict = field(default_factory=dict)
+
+
+class FacePipeline:
+    """A model and its face detector: photo in, faces and embeddings out."""
+
+    def __init__(self, model: FaceModel, detector: str | None = None):
+        self.model = model
+        self.detector_name = detector or default_detector(model.species)
+        self.detector = get_detector(self.detector_name)
+
+    @classmethod
+    def load(cls, model: str | os.PathLike = DEFAULT_MODEL, detector: str | None = None,
+             device: str | None = None) -> "FacePipeline":
+        return cls(load_model(model, device), detector)
+
+    def read(self, source: Source, name: str | None = None) -> Photo:
+        image = source if isinstance(source, Image.Image) else load_image(source, name=name)
+        started = time.perf_counter()
+        faces = self.detector(image)
+        detected = time.perf_counter()
+        embeddings = self.model.embed_images([face.image for face in faces])
+        embedded = time.perf_counter()
+        return Photo(image.width, image.height, faces, embeddings,
+                     {"detect": _ms(detected - started), "embed": _ms(embedded - detected)})
+
+    def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None)) -> dict:
+        """Same individual or not: the most prominent face of each photo, compared."""
+        sides = [self._main_face(source, _label(source, name)) for source, name in zip((a, b), names)]
+        (embedding_a, summary_a), (embedding_b, summary_b) = sides
+        similarity = float(embedding_a @ embedding_b)
+        distance = float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity)))
+        return {"same": distance <= self.model.threshold, "distance": distance,
+                "similarity": similarity, "threshold": self.model.threshold,
+                "model": self.model.name, "species": self.model.species,
+                "detector": self.detector_name, "a": summary_a, "b": summary_b}
+
+    def _main_face(self, source: Source, label: str) -> tuple[np.ndarray, dict]:
+        """The embedding of the photo's largest face, and where it was found."""
+        photo = self.read(source, label)
+        if not photo.faces:
+            raise SearchError(f"{label}: no face found (detector {self.detector_name}; "
+                              f"for a photo that is already a face crop use the 'none' detector)")
+        i = max(range(len(photo.faces)), key=lambda n: _area(photo.faces[n].box, photo))
+        box = photo.faces[i].box
+        return photo.embeddings[i], {"path": label, "box": list(box) if box else None,
+                                     "faces": len(photo.faces)}
+
+
+class QueryEngine:
+    """A gallery index with its model and detector, loaded once and reused for every query.
+
+    index: index folder (default: $FACESEARCH_INDEX, else ./facesearch-index).
+    model: bundled name or checkpoint path; default the one the index records. Either way
+    it must be the very model the index was built with (same sha256).
+    """
+
+    def __init__(self, index: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
+                 detector: str | None = None, device: str | None = None):
+        from indexer.config import resolve_index_dir
+        from indexer.gallery import Gallery
+        started = time.perf_counter()
+        self.index_dir = resolve_index_dir(index)
+        self.gallery = Gallery.open(self.index_dir)
+        index_loaded = time.perf_counter()
+        self.pipeline = FacePipeline(self._load_index_model(model, device), detector)
+        self.load_timings_ms = {"index": _ms(index_loaded - started),
+                                "model": _ms(time.perf_counter() - index_loaded)}
+
+    @property
+    def model(self) -> FaceModel:
+        return self.pipeline.model
+
+    def _load_index_model(self, model, device) -> FaceModel:
+        from indexer.errors import ModelMismatchError
+        recorded = self.gallery.model_name
+        loaded = load_model(model or recorded, device)
+        if loaded.sha256 != self.gallery.model_sha256:
+            raise ModelMismatchError(
+                f"the index at {self.index_dir} was built with model {recorded!r} "
+                f"(sha256 {self.gallery.model_sha256[:12]}), but {model or recorded!r} is a "
+                f"different model (sha256 {loaded.sha256[:12]}): search with the model the index "
+                f"was built with (--model), or rebuild the index with this one")
+        return loaded
+
+    def query(self, source: Source, k: int = 10, name: str | None = None) -> dict:
+        """The k nearest gallery faces of every face in the photo."""
+        if k < 1:
+            raise SearchError(f"k must be at least 1 (got {k})")
+        photo = self.pipeline.read(source, name)
+        started = time.perf_counter()
+        hits = self.gallery.search(photo.embeddings, k) if photo.faces else []
+        photo.timings_ms["search"] = _ms(time.perf_counter() - started)
+        threshold = self.model.threshold
+        result = {
+            "image": {"width": photo.width, "height": photo.height},
+            "model": self.model.name, "species": self.model.species, "threshold": threshold,
+            "detector": self.pipeline.detector_name,
+            "faces": [{"box": list(face.box) if face.box else None, "score": face.score,
+                       "matches": [_match(hit, threshold) for hit in face_hits]}
+                      for face, face_hits in zip(photo.faces, hits)],
+            "timings_ms": photo.timings_ms,
+        }
+        if not photo.faces:
+            result["message"] = (f"no face found in {_label(source, name)} (detector "
+                                 f"{self.pipeline.detector_name}; for a photo that is already a "
+                                 f"face crop use the 'none' detector)")
+        return result
+
+    def identify(self, source: Source, k: int = 10, name: str | None = None) -> dict:
+        """A query where each face also gets the identity its neighbours vote for (FaceNet's
+        k-NN recognition): only neighbours within the threshold vote, none means "unknown"."""
+        result = self.query(source, k, name)
+        for face in result["faces"]:
+            face.update(vote(face["matches"]))
+        return result
+
+    def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None)) -> dict:
+        return self.pipeline.verify(a, b, names)
+
+
+def vote(matches: list[dict]) -> dict:
+    """The identity most matches within the threshold agree on; ties go to the nearest."""
+    passing = [m for m in matches if m["match"]]
+    if not passing:
+        return {"identity": "unknown", "votes": 0, "voters": 0, "distance": None}
+    votes = Counter(m["identity"] for m in passing)
+    nearest = {}
+    for m in passing:   # matches come nearest first
+        nearest.setdefault(m["identity"], m["distance"])
+    winner = max(votes, key=lambda identity: (votes[identity], -nearest[identity]))
+    return {"identity": winner, "votes": votes[winner], "voters": len(passing),
+            "distance": nearest[winner]}
+
+
+def _match(hit: dict, threshold: float) -> dict:
+    distance = float(hit["distance"])
+    return {"id": int(hit["id"]), "path": str(hit["path"]), "identity": hit["identity"],
+            "distance": distance, "similarity": float(hit["similarity"]),
+            "match": distance <= threshold,
+            "box": list(hit["box"]) if hit.get("box") is not None else None}
+
+
+def _label(source: Source, name: str | None) -> str:
+    if name:
+        return name
+    return str(source) if isinstance(source, (str, os.PathLike)) else "the photo"
+
+
+def _area(box, photo: Photo) -> int:
+    x0, y0, x1, y1 = box or (0, 0, photo.width, photo.height)
+    return (x1 - x0) * (y1 - y0)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
