@@ -1,0 +1,239 @@
+"""`indexer`: build and maintain the gallery index that `search` and the web page query."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from trainer.clitools import FriendlyGroup, print_json, setup_logging
+from trainer.faces import DETECTORS
+
+from .config import DEFAULT_INDEX_DIR, INDEX_ENV_VAR, resolve_index_dir
+from .embedding import default_workers
+from .store import INDEX_TYPES
+from .writer import DEFAULT_CHECKPOINT_EVERY, ChangeReport, IndexWriter
+
+
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                    "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
+def main(verbose: bool) -> None:
+    """Index a gallery of face images (FAISS vectors + SQLite metadata) for face search.
+
+    \b
+    GALLERY is a folder of images; the folder directly under it that holds an image is
+    that image's identity (person or dog), as in LFW and DogFaceNet:
+      GALLERY/<identity>/<image>.jpg
+    The index lives in --index DIR, else $FACESEARCH_INDEX, else ./facesearch-index.
+    """
+    setup_logging(verbose)
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)   # no migration chatter
+        logging.getLogger("faiss").setLevel(logging.WARNING)
+
+
+def index_option(command):
+    return click.option("--index", "index_dir", type=click.Path(file_okay=False),
+                        help=f"Index folder (default: ${INDEX_ENV_VAR}, else ./{DEFAULT_INDEX_DIR}).")(command)
+
+
+def json_option(command):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(command)
+
+
+def embedding_options(command):
+    """What adding images needs: how to embed them, and how fast."""
+    for option in reversed([
+        click.option("--batch-size", default=64, show_default=True, help="Images per model batch."),
+        click.option("--workers", type=int, default=None,
+                     help=f"Decoding worker processes (default {default_workers()} here)."),
+        click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
+                     help="Save the index at least every N new faces (a killed build redoes at most "
+                          "that many, or a quarter of the index if larger)."),
+        click.option("--no-progress", is_flag=True, help="No progress bar."),
+    ]):
+        command = option(command)
+    return command
+
+
+def known_detector(name: str | None) -> str | None:
+    # Checked when the command runs, so detectors added to trainer.faces later are accepted.
+    if name is not None and name not in DETECTORS:
+        raise click.BadParameter(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}",
+                                 param_hint="--detector")
+    return name
+
+
+def open_writer(index_dir, create=False, **options) -> IndexWriter:
+    options.pop("as_json", None)
+    progress = not options.pop("no_progress", False)
+    return IndexWriter(resolve_index_dir(index_dir), create=create, progress=progress, **options)
+
+
+def show_change(report: ChangeReport, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_dict())
+        return
+    data = report.to_dict()
+    parts = [f"{report.kind}: {report.images_added} images added ({report.faces_added} faces)"]
+    if report.files:
+        parts.append(f"{report.unchanged} of {report.files} files unchanged")
+    if report.removed:
+        parts.append(f"{report.removed} rows removed")
+    if report.identities_updated:
+        parts.append(f"{report.identities_updated} identities updated")
+    parts.append(f"{report.skipped} skipped")
+    click.echo(", ".join(parts) + f" in {report.seconds:.1f} s"
+               + (f" ({data['images_per_second']} images/s)" if report.images_added else ""))
+    for reason, count in report.skip_reasons.most_common():
+        click.echo(f"  skipped {count}: {reason}")
+    for example in report.skipped_examples:
+        click.echo(f"    {example}")
+    if report.missing:
+        click.echo(f"{report.missing} indexed files are gone from disk: `indexer build --prune` forgets them")
+    for path in report.not_found:
+        click.echo(f"not in the index: {path}")
+    click.echo(f"index: {report.vectors} vectors ({report.index_type})")
+
+
+@main.command()
+@click.argument("gallery", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", help="Bundled model (human, dog) or checkpoint path; default: the index's "
+                              "own, or human for a new index.")
+@click.option("--detector", callback=lambda ctx, param, value: known_detector(value),
+              help="Face detector, a name in trainer.faces.DETECTORS; default: the index's own, or "
+                   "'none' (the whole image is the face) for a new index.")
+@index_option
+@click.option("--index-type", type=click.Choice(("auto",) + INDEX_TYPES), default="auto", show_default=True,
+              help="auto: exact (flat) search, switching to a trained IVF index for large galleries.")
+@click.option("--prune", is_flag=True, help="Forget indexed files that are gone from disk.")
+@embedding_options
+@json_option
+def build(gallery: str, prune: bool, as_json: bool, **options) -> None:
+    """Embed and index every new or changed image under GALLERY (unchanged ones are skipped)."""
+    with open_writer(create=True, **options) as writer:
+        show_change(writer.build(gallery, prune=prune), as_json)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--identity", help="Identity of these images (default: from the gallery folder they are in).")
+@click.option("--model", help="Model to embed with; must be the index's own.")
+@index_option
+@embedding_options
+@json_option
+def add(files: tuple[str, ...], identity: str | None, as_json: bool, **options) -> None:
+    """Index a few files without walking the whole gallery."""
+    with open_writer(create=True, **options) as writer:
+        show_change(writer.add(files, identity=identity), as_json)
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--identity", help="Remove every image of this identity.")
+@index_option
+@json_option
+def remove(files: tuple[str, ...], identity: str | None, index_dir: str | None, as_json: bool) -> None:
+    """Forget FILES (or all images of --identity); the files themselves are left alone."""
+    if not files and identity is None:
+        raise click.UsageError("give FILES to remove, or --identity NAME")
+    with open_writer(index_dir) as writer:
+        show_change(writer.remove(files, identity=identity), as_json)
+
+
+@main.command()
+@index_option
+@json_option
+def stats(index_dir: str | None, as_json: bool) -> None:
+    """Counts (images, identities, skipped files and why), model, index type, size on disk."""
+    from .gallery import Gallery
+    with Gallery.open(index_dir) as gallery:
+        data = gallery.stats()
+    if as_json:
+        print_json(data)
+        return
+    model, index = data["model"], data["index"]
+    click.echo(f"{data['index_dir']}: {data['images']} images, {data['faces']} faces, "
+               f"{data['identities']} identities, {data['skipped']} skipped")
+    for reason, count in data["skip_reasons"].items():
+        click.echo(f"  skipped {count}: {reason}")
+    if data["pending"]:
+        click.echo(f"{data['pending']} faces pending from an interrupted build (the next build settles them)")
+    if data["clusters"]:
+        click.echo(f"clusters: {data['clusters']}")
+    click.echo(f"model: {model['name']} ({model['species']}, {model['embedding_dim']}-D, threshold "
+               f"{model['threshold']:.4f}, detector {model['detector']}, sha256 {model['sha256'][:12]})")
+    click.echo(f"index: {index['type']}, {index['vectors']} vectors; size on disk "
+               f"{data['size_bytes']['total'] / 1e6:.1f} MB")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what is inconsistent (re-embedding from the files).")
+@click.option("--sample", default=20, show_default=True, help="Faces whose embeddings are re-computed.")
+@index_option
+@json_option
+@click.option("--no-progress", is_flag=True, help="No progress bar while repairing.")
+def check(repair: bool, sample: int, index_dir: str | None, as_json: bool, no_progress: bool) -> None:
+    """Prove that the vector index and the database agree; exit 1 if not (after --repair: if
+    the repair did not fix everything)."""
+    from .maintenance import check_index, repair_index
+    with open_writer(index_dir, no_progress=no_progress) as writer:
+        found = check_index(writer, sample)
+        result = {"check": found.to_dict()}
+        if repair and not found.ok:
+            result["repair"] = repair_index(writer, found).to_dict()
+            result["after_repair"] = check_index(writer, sample).to_dict()
+    final = result.get("after_repair", result["check"])
+    if as_json:
+        print_json({**result, "ok": final["ok"]})
+    else:
+        for problem in found.problems:
+            click.echo(f"problem: {problem}")
+        if "repair" in result:
+            repaired = result["repair"]
+            click.echo(f"repair: {repaired['removed']} rows dropped, {repaired['faces_added']} faces "
+                       f"re-embedded, {repaired['skipped']} files unusable")
+            for problem in final["problems"]:
+                click.echo(f"still wrong: {problem}")
+        click.echo(f"{'ok' if final['ok'] else 'NOT OK'}: {final['indexed']} indexed faces, "
+                   f"{final['vectors']} vectors, {final['sampled']} embeddings re-computed")
+    if not final["ok"]:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .npz file to write.")
+@index_option
+def export(out: str, index_dir: str | None) -> None:
+    """Write ids, paths, identities, boxes, clusters and embeddings to an .npz file."""
+    from .gallery import Gallery
+    from .maintenance import export_gallery
+    with Gallery.open(index_dir) as gallery:
+        count = export_gallery(gallery, out)
+    click.echo(f"exported {count} faces to {out}")
+
+
+@main.command()
+@click.option("--neighbours", default=10, show_default=True,
+              help="Nearest neighbours linked per face (the clustering's connectivity).")
+@index_option
+@json_option
+def cluster(neighbours: int, index_dir: str | None, as_json: bool) -> None:
+    """Group the gallery into individuals (agglomerative clustering at the model's threshold)
+    and store each face's cluster."""
+    from .maintenance import cluster_gallery
+    with open_writer(index_dir) as writer:
+        summary = cluster_gallery(writer, neighbours)
+    if as_json:
+        print_json(summary)
+        return
+    click.echo(f"{summary['faces']} faces in {summary['clusters']} clusters ({summary['singletons']} singletons; "
+               f"largest {summary['largest']}) at threshold {summary['threshold']:.4f}")
+    if "against_identities" in summary:
+        known = summary["against_identities"]
+        click.echo(f"against the {known['identities']} folder identities: homogeneity {known['homogeneity']}, "
+                   f"completeness {known['completeness']}, V-measure {known['v_measure']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The gallery database: SQLAlchemy 2.0 models and opening (with migration) of gallery.db.
+
+The schema is created and changed only by the Alembic migrations in the repository's
+`migrations/` folder; opening a database upgrades it to the newest revision.
+
+Image rows move through three states. A row is written `pending` before its vector goes into
+the FAISS index, and becomes `indexed` only once an index snapshot holding that vector is
+safely on disk. So after a crash, pending rows tell the next writer what to reconcile, and an
+`indexed` row always has its vector in the saved index. `skipped` rows record files that
+could not be used, and why; they have no vector.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, Float, String, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+PENDING = "pending"
+INDEXED = "indexed"
+SKIPPED = "skipped"
+
+
+def utc_now() -> datetime:
+    """Naive UTC: SQLite has no time zones, so every timestamp in the database is UTC."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRecord(Base):
+    """One face of one image file, or one skipped file (status 'skipped', with its reason)."""
+
+    __tablename__ = "images"
+    # AUTOINCREMENT: an id is never reused, so a FAISS id can never point at a different image.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    identity: Mapped[str | None] = mapped_column(index=True)
+    file_size: Mapped[int | None]
+    species: Mapped[str] = mapped_column(String(16))
+    added_at: Mapped[datetime] = mapped_column(default=utc_now)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    skip_reason: Mapped[str | None]
+    # The face's box in the image; all NULL when the whole image is the face (detector 'none').
+    box_x0: Mapped[int | None]
+    box_y0: Mapped[int | None]
+    box_x1: Mapped[int | None]
+    box_y1: Mapped[int | None]
+    cluster: Mapped[int | None] = mapped_column(index=True)
+
+    @property
+    def box(self) -> tuple[int, int, int, int] | None:
+        if self.box_x0 is None:
+            return None
+        return (self.box_x0, self.box_y0, self.box_x1, self.box_y1)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "path": self.path, "sha256": self.sha256, "identity": self.identity,
+                "file_size": self.file_size, "species": self.species,
+                "added_at": self.added_at.isoformat(), "status": self.status,
+                "skip_reason": self.skip_reason, "box": self.box, "cluster": self.cluster}
+
+
+class ModelRecord(Base):
+    """The embedding model (and face detector) an index is built with: exactly one row."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    source: Mapped[str]            # what load_model() takes: a bundled name or an absolute path
+    sha256: Mapped[str] = mapped_column(String(64))
+    embedding_dim: Mapped[int]
+    species: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[float] = mapped_column(Float)  # the model's verification threshold (L2 distance)
+    detector: Mapped[str]
+    added_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class BuildRecord(Base):
+    """One change to the index: a build, add, remove, repair or cluster run that finished."""
+
+    __tablename__ = "builds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    gallery_root: Mapped[str | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    added: Mapped[int] = mapped_column(default=0)       # faces added
+    removed: Mapped[int] = mapped_column(default=0)     # rows removed (faces and skip records)
+    skipped: Mapped[int] = mapped_column(default=0)     # files skipped in this run
+    unchanged: Mapped[int] = mapped_column(default=0)   # files already indexed as they are
+    index_type: Mapped[str] = mapped_column(String(16))
+    vectors: Mapped[int] = mapped_column(default=0)     # vectors in the index afterwards
+
+
+def alembic_config(database: Path | None = None) -> Config:
+    """Alembic configuration built in code, so migrations run wherever the package is used."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if database is not None:
+        config.set_main_option("sqlalchemy.url", f"sqlite:///{database}")
+    return config
+
+
+def create_sqlite_engine(database: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{database}", connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def configure(dbapi_connection, _record):
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin, so DDL in
+        # migrations is transactional too (SQLAlchemy's documented SQLite recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers (search, web) never block the writer and see only committed data.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def begin(connection):
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+def open_database(database: Path) -> Engine:
+    """An engine on `database` (created if missing), its schema upgraded to the newest revision."""
+    engine = create_sqlite_engine(database)
+    if current_revision(engine) != head_revision():
+        upgrade(engine)
+    return engine

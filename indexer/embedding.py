@@ -1,0 +1,127 @@
+"""The embedding pipeline: files in, face embeddings out, in batches.
+
+DataLoader worker processes read each file once (hashing the bytes), decode it with
+trainer.imaging.load_image, find its faces with the trainer.faces detector and crop them
+with the model's Preprocess; the main process runs the model on whole batches. So decoding
+overlaps the model, and only a few batches are ever in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from trainer.checkpoint import FaceModel
+from trainer.faces import get_detector
+from trainer.imaging import ImageError, Preprocess, load_image
+
+from .scan import os_error_reason
+
+# Files this large are not photos of faces; refusing them keeps a worker's memory bounded.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+def default_workers() -> int:
+    return min(4, max(1, (os.cpu_count() or 2) - 1))
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    path: str
+    identity: str | None
+
+
+@dataclass
+class ImageResult:
+    """One file after decoding: its faces' boxes, or the reason it was skipped."""
+
+    path: str
+    identity: str | None
+    sha256: str | None = None
+    file_size: int | None = None
+    boxes: list = field(default_factory=list)   # one entry per face: (x0, y0, x1, y1) or None
+    skip_reason: str | None = None
+
+
+@dataclass
+class Batch:
+    results: list[ImageResult]
+    crops: torch.Tensor          # uint8 F x 3 x S x S, the faces of all results in order
+
+
+def read_file(path: str) -> tuple[bytes, int]:
+    """The file's bytes and size; OSError for unreadable files, ImageError for huge ones."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(path, f"file too large ({size:,} bytes, limit {MAX_FILE_BYTES:,})")
+        return handle.read(), size
+
+
+class FaceCrops(Dataset):
+    """items[i] -> (ImageResult, uint8 crops of its faces)."""
+
+    def __init__(self, items: list[WorkItem], preprocess: Preprocess, detector: str):
+        self.items = items
+        self.preprocess = preprocess
+        self.detector_name = detector
+        self._detector = None    # made lazily, once in each worker process
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[ImageResult, torch.Tensor | None]:
+        item = self.items[i]
+        result = ImageResult(item.path, item.identity)
+        try:
+            data, result.file_size = read_file(item.path)
+        except OSError as error:
+            result.skip_reason = os_error_reason(error)
+            return result, None
+        except ImageError as error:
+            result.skip_reason = error.reason
+            return result, None
+        result.sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            image = load_image(data, name=item.path)
+        except ImageError as error:
+            result.skip_reason = error.reason
+            return result, None
+        if self._detector is None:
+            self._detector = get_detector(self.detector_name)
+        faces = self._detector(image)
+        if not faces:
+            result.skip_reason = "no face found"
+            return result, None
+        result.boxes = [tuple(int(v) for v in face.box) if face.box is not None else None for face in faces]
+        return result, torch.stack([self.preprocess.to_uint8(face.image) for face in faces])
+
+
+def collate(samples: list[tuple[ImageResult, torch.Tensor | None]]) -> Batch:
+    crops = [c for _, c in samples if c is not None]
+    return Batch([r for r, _ in samples], torch.cat(crops) if crops else torch.empty(0, dtype=torch.uint8))
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Each worker decodes one image at a time; torch threads would only fight the model.
+    torch.set_num_threads(1)
+
+
+def embed_files(items: list[WorkItem], model: FaceModel, detector: str, batch_size: int = 64,
+                workers: int | None = None) -> Iterator[tuple[list[ImageResult], np.ndarray]]:
+    """(results, vectors) per batch: vectors holds one row per face, in the results' order."""
+    if not items:
+        return
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(FaceCrops(items, model.preprocess, detector), batch_size=batch_size,
+                        num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
+                        prefetch_factor=4 if workers else None)
+    for batch in loader:
+        vectors = (model.embed_tensor(batch.crops) if len(batch.crops)
+                   else np.empty((0, model.embedding_dim), np.float32))
+        yield batch.results, vectors

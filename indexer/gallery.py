@@ -1,0 +1,214 @@
+"""`Gallery`: the read-only view of an index that search and web query.
+
+    gallery = Gallery.open()                      # --index / $FACESEARCH_INDEX / ./facesearch-index
+    model = gallery.load_model()                  # the index's own model (sha256 checked)
+    matches = gallery.search(model.embed_images(faces), k=5)
+
+It takes no lock, so it can be open while `indexer build` runs: it sees only committed rows,
+and reloads the vector file when a writer has replaced it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import distinct, func, select
+from sqlalchemy.orm import Session
+
+from trainer.checkpoint import FaceModel, load_model
+
+from .config import DATABASE_FILE, VECTORS_FILE, resolve_index_dir
+from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database
+from .errors import IndexMissingError, ModelMismatchError
+from .store import FaissStore
+
+SQL_CHUNK = 500
+
+
+def similarity_to_distance(similarity: float) -> float:
+    """L2 distance between unit vectors with this inner product: sqrt(2 - 2 sim)."""
+    return math.sqrt(max(0.0, 2.0 - 2.0 * similarity))
+
+
+class Gallery:
+    def __init__(self, index_dir: Path, engine, model: ModelRecord):
+        self.index_dir = index_dir
+        self.engine = engine
+        self.model = model
+        self.vectors_path = index_dir / VECTORS_FILE
+        self._store: FaissStore | None = None
+        self._store_version = None
+
+    @classmethod
+    def open(cls, index_dir: str | os.PathLike | None = None) -> "Gallery":
+        """The index at `index_dir` (default: $FACESEARCH_INDEX, else ./facesearch-index)."""
+        index_dir = resolve_index_dir(index_dir)
+        database = index_dir / DATABASE_FILE
+        if not database.is_file():
+            raise IndexMissingError(f"no index at {index_dir}: run `indexer build GALLERY` first")
+        engine = open_database(database)
+        with Session(engine, expire_on_commit=False) as session:
+            model = session.scalar(select(ModelRecord))
+        if model is None:
+            engine.dispose()
+            raise IndexMissingError(f"no index at {index_dir} (nothing indexed yet): "
+                                    "run `indexer build GALLERY` first")
+        gallery = cls(index_dir, engine, model)
+        gallery.store      # fail now, not at the first search, if the vector file is unreadable
+        return gallery
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the model --------------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def model_sha256(self) -> str:
+        return self.model.sha256
+
+    @property
+    def threshold(self) -> float:
+        """The model's verification threshold, an L2 distance (same individual if <=)."""
+        return self.model.threshold
+
+    @property
+    def species(self) -> str:
+        return self.model.species
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model.embedding_dim
+
+    @property
+    def detector(self) -> str:
+        """The trainer.faces detector the gallery's faces were cropped with; queries need the same."""
+        return self.model.detector
+
+    def check_model(self, model: FaceModel) -> None:
+        """Refuse a model other than the one the index was built with."""
+        if model.sha256 != self.model.sha256:
+            raise ModelMismatchError(
+                f"{self.index_dir} was built with model {self.model.name} (sha256 {self.model.sha256[:12]}), "
+                f"not {model.name} (sha256 {model.sha256[:12]}): query with the index's model")
+
+    def load_model(self, device: str | None = None) -> FaceModel:
+        """The index's own model, checked to be the very file the index was built with."""
+        model = load_model(self.model.source, device=device)
+        self.check_model(model)
+        return model
+
+    # --- vectors ----------------------------------------------------------------------
+
+    @property
+    def store(self) -> FaissStore:
+        """The saved vector index, reloaded whenever a writer has replaced the file."""
+        try:
+            info = os.stat(self.vectors_path)
+            version = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except FileNotFoundError:
+            version = None
+        if self._store is None or version != self._store_version:
+            self._store = (FaissStore.load(self.vectors_path) if version is not None
+                           else FaissStore.create(self.model.embedding_dim))
+            self._store_version = version
+        return self._store
+
+    def search(self, embeddings: np.ndarray, k: int = 10) -> list[list[dict]]:
+        """For each embedding (float32 N x D, unit length), its k nearest gallery faces, best
+        first: {id, path, identity, box, similarity, distance} (similarity = cosine, distance = L2)."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim == 1:
+            embeddings = embeddings[None]
+        if embeddings.shape[1] != self.model.embedding_dim:
+            raise ModelMismatchError(f"embeddings have {embeddings.shape[1]} dimensions; the index's "
+                                     f"model {self.model.name} gives {self.model.embedding_dim}")
+        similarities, ids = self.store.search(embeddings, k)
+        records = self._records(np.unique(ids[ids >= 0]))
+        results = []
+        for row_similarities, row_ids in zip(similarities, ids):
+            matches = []
+            for similarity, image_id in zip(row_similarities.tolist(), row_ids.tolist()):
+                record = records.get(image_id)
+                if record is None:   # -1 padding, or a vector whose row a writer just deleted
+                    continue
+                matches.append({"id": image_id, "path": record.path, "identity": record.identity,
+                                "box": record.box, "similarity": similarity,
+                                "distance": similarity_to_distance(similarity)})
+            results.append(matches)
+        return results
+
+    def _records(self, ids) -> dict[int, ImageRecord]:
+        records = {}
+        with Session(self.engine) as session:
+            for start in range(0, len(ids), SQL_CHUNK):
+                chunk = [int(i) for i in ids[start:start + SQL_CHUNK]]
+                # Pending rows count too: their vectors are in this snapshot.
+                for record in session.scalars(select(ImageRecord).where(
+                        ImageRecord.id.in_(chunk), ImageRecord.status.in_([INDEXED, PENDING]))):
+                    records[record.id] = record
+        return records
+
+    def image(self, image_id: int) -> ImageRecord | None:
+        """The database row of one face (or skipped file), or None."""
+        with Session(self.engine) as session:
+            return session.get(ImageRecord, int(image_id))
+
+    def embeddings(self, batch: int = 10_000):
+        """(records, float32 vectors) of every indexed face, in id order, `batch` at a time."""
+        stored = np.sort(self.store.ids())
+        for start in range(0, len(stored), batch):
+            ids = stored[start:start + batch]
+            records = self._records(ids)
+            kept = np.array([i for i in ids.tolist() if i in records], dtype=np.int64)
+            yield [records[i] for i in kept.tolist()], self.store.vectors(kept)
+
+    # --- summary ----------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Counts, skip reasons, model, index type and size on disk."""
+        with Session(self.engine) as session:
+            def count(*where, what=ImageRecord.id):
+                return session.scalar(select(func.count(what)).where(*where))
+            indexed = ImageRecord.status == INDEXED
+            skip_reasons = Counter(dict(session.execute(
+                select(ImageRecord.skip_reason, func.count()).where(ImageRecord.status == SKIPPED)
+                .group_by(ImageRecord.skip_reason)).all()))
+            last_build = session.scalar(select(BuildRecord).order_by(BuildRecord.id.desc()).limit(1))
+            stats = {
+                "index_dir": str(self.index_dir),
+                "images": count(indexed, what=distinct(ImageRecord.path)),
+                "faces": count(indexed),
+                "identities": count(indexed, what=distinct(ImageRecord.identity)),
+                "skipped": sum(skip_reasons.values()),
+                "skip_reasons": dict(skip_reasons.most_common()),
+                "pending": count(ImageRecord.status == PENDING),
+                "clusters": count(indexed, what=distinct(ImageRecord.cluster)),
+                "model": {"name": self.model.name, "source": self.model.source, "sha256": self.model.sha256,
+                          "embedding_dim": self.model.embedding_dim, "species": self.model.species,
+                          "threshold": self.model.threshold, "detector": self.model.detector},
+                "index": {"type": self.store.index_type, "vectors": self.store.ntotal},
+                "builds": session.scalar(select(func.count(BuildRecord.id))),
+                "last_build": None if last_build is None else {
+                    "kind": last_build.kind, "gallery_root": last_build.gallery_root,
+                    "finished_at": last_build.finished_at.isoformat(), "added": last_build.added,
+                    "removed": last_build.removed, "skipped": last_build.skipped},
+            }
+        files = [self.index_dir / DATABASE_FILE, self.index_dir / (DATABASE_FILE + "-wal"), self.vectors_path]
+        database_bytes = sum(f.stat().st_size for f in files[:2] if f.exists())
+        vectors_bytes = self.vectors_path.stat().st_size if self.vectors_path.exists() else 0
+        stats["size_bytes"] = {"database": database_bytes, "vectors": vectors_bytes,
+                               "total": database_bytes + vectors_bytes}
+        return stats

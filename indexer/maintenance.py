@@ -1,0 +1,247 @@
+"""Keeping an index honest and using all of it: check (and repair), cluster, export."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from trainer.checkpoint import ModelError
+
+from .db import INDEXED, PENDING, ImageRecord
+from .embedding import WorkItem, embed_files
+from .errors import IndexCorruptError, ModelMismatchError
+from .gallery import Gallery
+from .store import FaissStore
+from .writer import SQL_CHUNK, ChangeReport, IndexWriter, batched
+
+log = logging.getLogger(__name__)
+
+# A stored embedding and a fresh one of the same file by the same model agree to float
+# rounding (thread counts change summation order); anything further off is a real mismatch.
+EMBEDDING_TOLERANCE = 1e-3
+IDS_SHOWN = 10
+
+
+def _some(ids) -> str:
+    ids = [int(i) for i in ids]
+    return ", ".join(map(str, ids[:IDS_SHOWN])) + (f" and {len(ids) - IDS_SHOWN} more" if len(ids) > IDS_SHOWN else "")
+
+
+@dataclass
+class CheckReport:
+    """What `check` found: every problem in words, and the ids a repair must re-embed."""
+
+    indexed: int = 0                 # database rows with status indexed
+    vectors: int | None = None       # vectors in the index (None: unreadable)
+    sampled: int = 0                 # embeddings re-computed and compared
+    problems: list[str] = field(default_factory=list)
+    store_unreadable: bool = False
+    reembed_ids: set[int] = field(default_factory=set)   # rows whose files must be embedded again
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "indexed": self.indexed, "vectors": self.vectors, "sampled": self.sampled,
+                "problems": self.problems}
+
+
+def check_index(writer: IndexWriter, sample: int = 20, seed: int = 0) -> CheckReport:
+    """Prove that the vector index and the database agree: same ids, same count, and stored
+    embeddings of a random sample equal to freshly computed ones. Changes nothing."""
+    report = CheckReport()
+    with Session(writer.engine) as session:
+        indexed = np.array(session.scalars(select(ImageRecord.id).where(ImageRecord.status == INDEXED)).all(),
+                           dtype=np.int64)
+        pending = np.array(session.scalars(select(ImageRecord.id).where(ImageRecord.status == PENDING)).all(),
+                           dtype=np.int64)
+    report.indexed = len(indexed)
+    try:
+        if not writer.vectors_path.is_file() and len(indexed):
+            raise IndexCorruptError(f"{writer.vectors_path}: missing, but the database has "
+                                    f"{len(indexed)} indexed faces")
+        stored = writer.store.ids()
+    except IndexCorruptError as error:
+        report.problems.append(str(error))
+        report.store_unreadable = True
+        report.reembed_ids.update(indexed.tolist() + pending.tolist())
+        return report
+    report.vectors = len(stored)
+    unique, counts = np.unique(stored, return_counts=True)
+    duplicated = unique[counts > 1]
+    missing = np.setdiff1d(indexed, unique)
+    orphans = np.setdiff1d(unique, np.concatenate([indexed, pending]))
+    if len(missing):
+        report.problems.append(f"{len(missing)} indexed faces have no vector in the index: ids {_some(missing)}")
+    if len(orphans):
+        report.problems.append(f"{len(orphans)} vectors in the index have no database row: ids {_some(orphans)}")
+    if len(duplicated):
+        report.problems.append(f"{len(duplicated)} ids are in the index more than once: ids {_some(duplicated)}")
+    if len(pending):
+        report.problems.append(f"{len(pending)} faces are pending from an interrupted run: ids {_some(pending)} "
+                               "(the next build or --repair settles them)")
+    if len(stored) != len(indexed) + len(np.intersect1d(pending, unique)):
+        report.problems.append(f"count: the index holds {len(stored)} vectors, the database "
+                               f"{len(indexed)} indexed faces")
+    report.reembed_ids.update(missing.tolist() + duplicated.tolist() + np.setdiff1d(pending, unique).tolist())
+    comparable = np.setdiff1d(np.intersect1d(indexed, unique), duplicated)
+    if sample and len(comparable):
+        chosen = np.random.default_rng(seed).choice(comparable, min(sample, len(comparable)), replace=False)
+        _compare_sample(writer, chosen, report)
+    return report
+
+
+def _compare_sample(writer: IndexWriter, ids: np.ndarray, report: CheckReport) -> None:
+    try:
+        model = writer.face_model()
+    except (ModelError, ModelMismatchError) as error:
+        report.problems.append(f"cannot re-compute embeddings: {error}")
+        return
+    with Session(writer.engine) as session:
+        chosen = list(session.scalars(select(ImageRecord).where(ImageRecord.id.in_(ids.tolist()))))
+    faces_by_path: dict[str, list[ImageRecord]] = defaultdict(list)
+    for record in chosen:
+        faces_by_path[record.path].append(record)
+    items = [WorkItem(path, records[0].identity) for path, records in faces_by_path.items()]
+    for results, vectors in embed_files(items, model, writer.model_record.detector, workers=0):
+        offset = 0
+        for result in results:
+            fresh = dict(zip(result.boxes, vectors[offset:offset + len(result.boxes)]))
+            offset += len(result.boxes)
+            for record in faces_by_path[result.path]:
+                report.sampled += 1
+                if result.skip_reason is not None:
+                    report.problems.append(f"{record.path}: indexed, but now {result.skip_reason}")
+                    report.reembed_ids.add(record.id)
+                elif result.sha256 != record.sha256:
+                    report.problems.append(f"{record.path}: changed on disk since it was indexed "
+                                           "(`indexer build` or `indexer add` updates it)")
+                    report.reembed_ids.add(record.id)
+                elif record.box not in fresh:
+                    report.problems.append(f"id {record.id} ({record.path}): the detector no longer finds "
+                                           f"the face at {record.box}")
+                    report.reembed_ids.add(record.id)
+                else:
+                    stored = writer.store.vectors([record.id])[0]
+                    similarity = float(stored @ fresh[record.box])
+                    if similarity < 1 - EMBEDDING_TOLERANCE:
+                        report.problems.append(f"id {record.id} ({record.path}): stored embedding differs "
+                                               f"from a fresh one (cosine similarity {similarity:.4f})")
+                        report.reembed_ids.add(record.id)
+
+
+def repair_index(writer: IndexWriter, found: CheckReport) -> ChangeReport:
+    """Make the index agree with the database again: settle an interrupted run, drop vectors
+    without rows, and re-embed (from their files) every face whose vector is missing, doubled,
+    stale or wrong. An unreadable vector file is rebuilt from all the files."""
+    report = ChangeReport("repair")
+    if found.store_unreadable:
+        writer.store = FaissStore.create(writer.model_record.embedding_dim)
+    broken = _files_of(writer, found.reembed_ids)      # before reconcile, which drops pending rows
+    broken.update(_files_of(writer, writer.reconcile(repairing=True).tolist()))
+    with Session(writer.engine) as session:
+        stale_ids = []
+        for chunk in batched(list(broken), SQL_CHUNK):
+            stale_ids.extend(session.scalars(select(ImageRecord.id).where(ImageRecord.path.in_(chunk))))
+    writer.delete_rows(stale_ids)
+    report.removed = len(stale_ids)
+    writer.index_items([WorkItem(path, identity) for path, identity in broken.items()], report)
+    return writer.finish(report)
+
+
+def _files_of(writer: IndexWriter, ids) -> dict[str, str | None]:
+    """{path: identity} of the files these rows belong to."""
+    files = {}
+    with Session(writer.engine) as session:
+        for chunk in batched(sorted(ids), SQL_CHUNK):
+            for record in session.scalars(select(ImageRecord).where(ImageRecord.id.in_(chunk))):
+                files[record.path] = record.identity
+    return files
+
+
+# --- clustering ----------------------------------------------------------------------------
+
+def cluster_gallery(writer: IndexWriter, neighbours: int = 10) -> dict:
+    """Group the indexed faces into individuals: average-linkage agglomerative clustering,
+    merging while clusters are closer than the model's threshold (L2). Only the k nearest
+    neighbours of each face (from the index itself) are linked, so memory grows with N·k,
+    not N². Writes each face's cluster to the database."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import homogeneity_completeness_v_measure
+
+    writer.reconcile()
+    with Session(writer.engine) as session:
+        records = list(session.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.identity)
+                                       .where(ImageRecord.status == INDEXED).order_by(ImageRecord.id)))
+    ids = np.array([r.id for r in records], dtype=np.int64)
+    vectors = writer.store.vectors(ids)
+    if len(ids) < 2:
+        labels = np.zeros(len(ids), dtype=np.int64)
+    else:
+        k = min(neighbours + 1, len(ids))
+        _, found = writer.store.search(vectors, k)
+        position = {image_id: i for i, image_id in enumerate(ids.tolist())}
+        rows = np.repeat(np.arange(len(ids)), k)
+        cols = np.array([position.get(i, -1) for i in found.reshape(-1).tolist()])
+        keep = cols >= 0
+        graph = csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(len(ids), len(ids)))
+        with warnings.catch_warnings():
+            # Several components in the neighbour graph are normal (distinct individuals);
+            # scikit-learn joins them itself and says so.
+            warnings.filterwarnings("ignore", message=".*connected components.*")
+            labels = AgglomerativeClustering(n_clusters=None, distance_threshold=writer.model_record.threshold,
+                                             linkage="average", connectivity=graph + graph.T
+                                             ).fit_predict(vectors)
+    with Session(writer.engine) as session, session.begin():
+        session.execute(update(ImageRecord).values(cluster=None))
+        for chunk in batched(list(zip(ids.tolist(), labels.tolist())), SQL_CHUNK):
+            session.execute(update(ImageRecord), [{"id": i, "cluster": c} for i, c in chunk])
+    sizes = Counter(labels.tolist())
+    summary = {"faces": len(ids), "clusters": len(sizes), "singletons": sum(1 for n in sizes.values() if n == 1),
+               "largest": [n for _, n in sizes.most_common(5)], "threshold": writer.model_record.threshold}
+    named = [(r.identity, label) for r, label in zip(records, labels.tolist()) if r.identity is not None]
+    if named:
+        truth, predicted = zip(*named)
+        homogeneity, completeness, v_measure = homogeneity_completeness_v_measure(truth, predicted)
+        summary["against_identities"] = {"identities": len(set(truth)), "homogeneity": round(homogeneity, 4),
+                                         "completeness": round(completeness, 4), "v_measure": round(v_measure, 4)}
+    summary["assignment"] = [{"id": r.id, "path": r.path, "identity": r.identity, "cluster": label}
+                             for r, label in zip(records, labels.tolist())]
+    return summary
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def export_gallery(gallery: Gallery, out: str | os.PathLike) -> int:
+    """Write ids, paths, identities, boxes, clusters and embeddings of every indexed face to
+    an .npz file; returns how many."""
+    ids, paths, identities, boxes, clusters, parts = [], [], [], [], [], []
+    for records, vectors in gallery.embeddings():
+        for record in records:
+            ids.append(record.id)
+            paths.append(record.path)
+            identities.append(record.identity or "")
+            boxes.append(record.box or (-1, -1, -1, -1))
+            clusters.append(-1 if record.cluster is None else record.cluster)
+        parts.append(vectors)
+    out = Path(out)
+    temporary = out.with_name(out.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        np.savez(handle, ids=np.array(ids, dtype=np.int64), paths=np.array(paths, dtype=str),
+                 identities=np.array(identities, dtype=str),
+                 boxes=np.array(boxes, dtype=np.int64).reshape(-1, 4),
+                 clusters=np.array(clusters, dtype=np.int64),
+                 embeddings=(np.concatenate(parts) if parts
+                             else np.empty((0, gallery.embedding_dim), np.float32)),
+                 model_name=np.array(gallery.model_name), model_sha256=np.array(gallery.model_sha256))
+    os.replace(temporary, out)
+    return len(ids)
