@@ -1,0 +1,54 @@
+"""facesearch's web page and JSON API: upload a photo, see the gallery faces that match.
+
+`create_app(config)` is a Flask application factory. Settings come from the environment
+and can be overridden by the `config` mapping (Flask's upper-case keys):
+
+    INDEX          index folder (FACESEARCH_INDEX; default: the indexer's default)
+    MODEL          model name or checkpoint path (FACESEARCH_MODEL; default: the index's own)
+    DETECTOR       face detector, auto or none (FACESEARCH_DETECTOR; default: the engine's
+                   choice for the model's species)
+    MAX_UPLOAD_MB  largest accepted upload in megabytes (FACESEARCH_MAX_UPLOAD_MB; default 10)
+    SECRET_KEY     Flask's secret key (FACESEARCH_SECRET_KEY; default: random per process)
+    DEFAULT_K      matches per face when the request does not say (default 10)
+    MAX_K          largest k a request may ask for (default 50)
+
+The search engine is created lazily on the first request that needs it, once per process,
+so a server without an index starts and answers 503 until one is built.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+from flask import Flask
+
+# Multipart framing (boundaries, part headers, the k field) on top of the file itself.
+MULTIPART_ALLOWANCE = 64 * 1024
+
+
+def settings_from_env(environ=os.environ) -> dict:
+    return {
+        "INDEX": environ.get("FACESEARCH_INDEX") or None,
+        "MODEL": environ.get("FACESEARCH_MODEL") or None,
+        "DETECTOR": environ.get("FACESEARCH_DETECTOR") or None,
+        "MAX_UPLOAD_MB": float(environ.get("FACESEARCH_MAX_UPLOAD_MB", 10)),
+        "SECRET_KEY": environ.get("FACESEARCH_SECRET_KEY") or secrets.token_hex(32),
+        "DEFAULT_K": 10,
+        "MAX_K": 50,
+    }
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(settings_from_env())
+    if config:
+        app.config.from_mapping(config)
+    max_upload_bytes = int(float(app.config["MAX_UPLOAD_MB"]) * 1024 * 1024)
+    app.config["MAX_UPLOAD_BYTES"] = max_upload_bytes
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes + MULTIPART_ALLOWANCE
+
+    from . import api, errors, pages
+    app.register_blueprint(pages.blueprint)
+    app.register_blueprint(api.blueprint)
+    errors.register(app)
+    return app

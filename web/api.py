@@ -1,0 +1,52 @@
+"""The JSON API: `POST /api/search` and `GET /api/health`.
+
+Errors are `{"error": message}` with the HTTP status saying what kind (see errors.py).
+"""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import BadRequest
+
+from trainer.imaging import ImageError
+
+from .engine import EngineUnavailable, gallery_summary, get_engine
+from .uploads import read_image_upload
+
+blueprint = Blueprint("api", __name__, url_prefix="/api")
+
+
+@blueprint.post("/search")
+def search():
+    """Multipart form: the photo in `image`, optionally `k` matches per face.
+
+    Answers the engine's own result, the JSON of `search query --json`.
+    """
+    image = read_image_upload(request.files.get("image"), current_app.config["MAX_UPLOAD_BYTES"])
+    k = matches_per_face(request.values.get("k"))
+    try:
+        result = get_engine().query(image, k=k)
+    except ImageError as error:
+        raise BadRequest(f"bad image: {error.reason}") from None
+    return jsonify(result)
+
+
+@blueprint.get("/health")
+def health():
+    try:
+        engine = get_engine()
+    except EngineUnavailable as error:
+        return jsonify(status="unavailable", error=str(error)), 503
+    return jsonify(status="ok", gallery=gallery_summary(engine))
+
+
+def matches_per_face(text: str | None) -> int:
+    limit = current_app.config["MAX_K"]
+    if text is None or text == "":
+        return current_app.config["DEFAULT_K"]
+    try:
+        k = int(text)
+    except ValueError:
+        raise BadRequest(f"k must be a whole number from 1 to {limit}") from None
+    if not 1 <= k <= limit:
+        raise BadRequest(f"k must be a whole number from 1 to {limit}")
+    return k

@@ -1,0 +1,73 @@
+"""The search engine behind the web app: one per process, created on first use.
+
+Loading the model and the index takes seconds and memory, so it happens once and every
+request thread shares the result. It happens lazily so that a server started before its
+index exists comes up and answers 503 with the reason instead of failing to start.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from flask import current_app
+
+log = logging.getLogger(__name__)
+
+_EXTENSION_KEY = "facesearch.engine"
+_creation_lock = threading.Lock()
+
+
+class EngineUnavailable(Exception):
+    """No usable index (missing, unreadable, built with another model): answered with 503."""
+
+
+def get_engine():
+    """The application's QueryEngine, created by the first request that needs it."""
+    app = current_app._get_current_object()
+    engine = app.extensions.get(_EXTENSION_KEY)
+    if engine is None:
+        with _creation_lock:   # concurrent first requests must not load it twice
+            engine = app.extensions.get(_EXTENSION_KEY)
+            if engine is None:
+                engine = _open_engine(app.config)
+                app.extensions[_EXTENSION_KEY] = engine
+    return engine
+
+
+def _open_engine(config):
+    # Imported here: torch and faiss load with the first search, not with the web package.
+    from search.engine import QueryEngine
+    from trainer import clitools
+
+    try:
+        return QueryEngine(config["INDEX"], model=config["MODEL"], detector=config["DETECTOR"])
+    except clitools.USER_ERRORS as error:
+        # The index, model and image errors every facesearch package registers: their
+        # messages are written for users and name what to do.
+        raise EngineUnavailable(f"search index not available: {error}") from None
+    except Exception:
+        log.exception("the search engine failed to start")
+        raise EngineUnavailable("the search engine failed to start; see the server log") from None
+
+
+def gallery_image(engine, image_id: int):
+    """The database row of indexed gallery face `image_id` (path, identity, box), or None.
+
+    Rows of skipped files are never served: their files are the broken ones.
+    """
+    from indexer.db import INDEXED, PENDING
+    record = engine.gallery.image(image_id)
+    return record if record is not None and record.status in (INDEXED, PENDING) else None
+
+
+def gallery_stats(engine) -> dict:
+    """Counts, model and index of the gallery (indexer.Gallery.stats)."""
+    return engine.gallery.stats()
+
+
+def gallery_summary(engine) -> dict:
+    """The public part of the stats: no file system paths."""
+    stats = gallery_stats(engine)
+    return {"images": stats["images"], "faces": stats["faces"], "identities": stats["identities"],
+            "model": stats["model"]["name"], "species": stats["model"]["species"],
+            "index_type": stats["index"]["type"], "vectors": stats["index"]["vectors"]}

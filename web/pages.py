@@ -1,0 +1,49 @@
+"""The pages people see: the search page, the status page and gallery thumbnails."""
+from __future__ import annotations
+
+import os
+
+from flask import Blueprint, abort, current_app, render_template, request
+
+from trainer.imaging import ImageError
+
+from .engine import EngineUnavailable, gallery_image, gallery_stats, get_engine
+from .thumbnails import thumbnail_jpeg
+
+blueprint = Blueprint("pages", __name__)
+
+
+@blueprint.get("/")
+def index():
+    config = current_app.config
+    return render_template("search.html", max_upload_bytes=config["MAX_UPLOAD_BYTES"],
+                           max_upload_mb=config["MAX_UPLOAD_MB"], default_k=config["DEFAULT_K"],
+                           max_k=config["MAX_K"])
+
+
+@blueprint.get("/status")
+def status():
+    try:
+        engine = get_engine()
+    except EngineUnavailable as error:
+        return render_template("status.html", stats=None, problem=str(error)), 503
+    return render_template("status.html", stats=gallery_stats(engine), problem=None)
+
+
+@blueprint.get("/thumb/<int:image_id>")
+def thumbnail(image_id: int):
+    """The thumbnail of gallery image `image_id`; its file path comes from the database."""
+    row = gallery_image(get_engine(), image_id)
+    if row is None:
+        abort(404, f"no gallery image {image_id}")
+    try:
+        modified_ns = os.stat(row.path).st_mtime_ns
+        jpeg = thumbnail_jpeg(row.path, modified_ns, row.box)
+    except (OSError, ImageError):
+        abort(404, f"gallery image {image_id} is no longer readable")
+    response = current_app.response_class(jpeg, mimetype="image/jpeg")
+    response.cache_control.public = True
+    response.cache_control.max_age = 3600
+    response.add_etag()
+    return response.make_conditional(request)
+

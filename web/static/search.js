@@ -1,0 +1,180 @@
+// The search page: send the chosen or dropped photo to /api/search, show it back with a
+// numbered box on each face found, and list each face's matches from the gallery.
+"use strict";
+
+const form = document.getElementById("search-form");
+const input = document.getElementById("image-input");
+const kInput = document.getElementById("k-input");
+const button = document.getElementById("search-button");
+const dropzone = document.getElementById("dropzone");
+const message = document.getElementById("message");
+const results = document.getElementById("results");
+const photo = document.getElementById("photo");
+const faceBoxes = document.getElementById("face-boxes");
+const summary = document.getElementById("summary");
+const facesList = document.getElementById("faces");
+const faceTemplate = document.getElementById("face-template");
+const matchTemplate = document.getElementById("match-template");
+
+const maxUploadBytes = Number(form.dataset.maxUploadBytes);
+// url_for cannot build a URL for an id only known here, so the page carries the one for id 0.
+const thumbUrl = (id) => form.dataset.thumbUrl.replace(/0$/, String(id));
+
+let photoUrl = null;
+
+function showMessage(text, isError) {
+  message.textContent = text;
+  message.classList.toggle("is-error", Boolean(isError));
+  message.hidden = false;
+}
+
+function megabytes(bytes) {
+  return `${(bytes / 1048576).toFixed(1)} MB`;
+}
+
+function showPhoto(file) {
+  if (photoUrl) URL.revokeObjectURL(photoUrl);
+  photoUrl = URL.createObjectURL(file);
+  // Resolves even when the browser cannot display the format: the matches still show.
+  const loaded = new Promise((resolve) => {
+    photo.onload = () => {
+      photo.parentElement.style.setProperty("--aspect", photo.naturalWidth / photo.naturalHeight);
+      resolve();
+    };
+    photo.onerror = resolve;
+  });
+  photo.src = photoUrl;
+  return loaded;
+}
+
+async function search(file) {
+  if (!file) return;
+  results.hidden = true;
+  if (file.size > maxUploadBytes) {
+    showMessage(`That file is ${megabytes(file.size)}; the limit is ${megabytes(maxUploadBytes)}.`, true);
+    return;
+  }
+  const body = new FormData();
+  body.append("image", file);
+  body.append("k", kInput.value);
+  const photoLoaded = showPhoto(file);
+  showMessage("Searching…", false);
+  button.disabled = true;
+  let response;
+  let payload = null;
+  try {
+    response = await fetch(form.action, { method: "POST", body });
+    payload = await response.json().catch(() => null);
+  } catch (error) {
+    showMessage("The server could not be reached. Try again in a moment.", true);
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  if (!response.ok || payload === null) {
+    showMessage((payload && payload.error) || `The search failed (HTTP ${response.status}).`, true);
+    return;
+  }
+  await photoLoaded;
+  showResults(payload);
+}
+
+function showResults(payload) {
+  const faces = payload.faces || [];
+  message.hidden = true;
+  faceBoxes.replaceChildren();
+  facesList.replaceChildren();
+  results.hidden = false;
+  if (faces.length === 0) {
+    summary.textContent = "No face found in this photo.";
+    summary.classList.add("is-error");
+    return;
+  }
+  summary.classList.remove("is-error");
+  summary.textContent = faces.length === 1 ? "1 face found." : `${faces.length} faces found.`;
+  faces.forEach((face, index) => {
+    const number = index + 1;
+    const matched = face.matches.some((match) => match.match);
+    if (face.box) drawBox(face.box, number, matched);
+    facesList.append(faceItem(face, number, matched));
+  });
+}
+
+// Boxes are in the photo's pixels; percentages keep them in place at any displayed size.
+function drawBox([x0, y0, x1, y1], number, matched) {
+  const width = photo.naturalWidth;
+  const height = photo.naturalHeight;
+  if (!width || !height) return;
+  const box = document.createElement("a");
+  box.href = `#face-${number}`;
+  box.className = matched ? "face-box is-match" : "face-box";
+  box.setAttribute("aria-label", `Face ${number}`);
+  const label = document.createElement("span");
+  label.textContent = String(number);
+  box.append(label);
+  box.style.left = `${(100 * x0) / width}%`;
+  box.style.top = `${(100 * y0) / height}%`;
+  box.style.width = `${(100 * (x1 - x0)) / width}%`;
+  box.style.height = `${(100 * (y1 - y0)) / height}%`;
+  faceBoxes.append(box);
+}
+
+function faceItem(face, number, matched) {
+  const item = faceTemplate.content.firstElementChild.cloneNode(true);
+  item.id = `face-${number}`;
+  item.querySelector(".face-number").textContent = String(number);
+  const verdict = item.querySelector(".verdict");
+  const best = face.matches.find((match) => match.match);
+  if (best) {
+    verdict.textContent = `Best match: ${identityOf(best)}.`;
+    verdict.classList.add("is-match");
+  } else if (face.matches.length > 0) {
+    verdict.textContent = "No match: no one in the gallery is similar enough. The closest are shown below.";
+  } else {
+    verdict.textContent = "No match: the gallery is empty.";
+  }
+  const grid = item.querySelector(".matches");
+  for (const match of face.matches) grid.append(matchItem(match));
+  return item;
+}
+
+function matchItem(match) {
+  const item = matchTemplate.content.firstElementChild.cloneNode(true);
+  const identity = identityOf(match);
+  item.classList.toggle("is-match", match.match);
+  item.querySelector(".thumb").src = thumbUrl(match.id);
+  item.querySelector(".thumb").alt = identity;
+  item.querySelector(".identity").textContent = identity;
+  item.querySelector(".similarity").textContent = `similarity ${match.similarity.toFixed(2)}`;
+  item.querySelector(".similarity").title = `distance ${match.distance.toFixed(3)}`;
+  item.querySelector(".badge").textContent = match.match ? "✓ match" : "below threshold";
+  return item;
+}
+
+function identityOf(match) {
+  if (match.identity) return match.identity.replaceAll("_", " ");
+  return `unnamed (${match.path.split("/").pop()})`;
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  search(input.files[0]);
+});
+
+input.addEventListener("change", () => search(input.files[0]));
+
+dropzone.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  dropzone.classList.add("is-dragging");
+});
+dropzone.addEventListener("dragleave", () => dropzone.classList.remove("is-dragging"));
+dropzone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  dropzone.classList.remove("is-dragging");
+  if (event.dataTransfer.files.length === 0) return;
+  input.files = event.dataTransfer.files;
+  search(input.files[0]);
+});
+// A photo dropped beside the drop zone must not make the browser navigate away to it.
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => event.preventDefault());
