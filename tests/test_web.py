@@ -1,0 +1,382 @@
+"""The web app and JSON API, on a real index of LFW faces built in the test.
+
+Two kinds of test share one small index: Flask test-client tests of the API, its errors and
+the pages; and real-browser tests that start `search serve` on a loopback port and drive it
+with Debian's headless Chromium through Playwright.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from indexer.cli import main as indexer_cli
+from trainer.checkpoint import save_checkpoint
+from trainer.imaging import Preprocess
+from trainer.models import EmbeddingNet
+from web import create_app
+
+LFW = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw" / "images"
+GROUP_PHOTO = LFW.parent.parent / "samples" / "group_photo.jpg"
+# People whose LFW photos dlib's detector finds a face in; two photos of each are indexed.
+GALLERY_PEOPLE = ("Aaron_Peirsol", "Abel_Pacheco", "Adam_Sandler", "Ahmed_Chalabi", "Ai_Sugiyama", "Al_Gore")
+GALLERY_PHOTO = LFW / "Al_Gore" / "Al_Gore_0001.jpg"
+STRANGER_PHOTO = LFW / "Al_Sharpton" / "Al_Sharpton_0001.jpg"   # not in the gallery
+# The model is untrained, so only a photo's own gallery copy is near enough (distance ~0);
+# other faces, even the same person's, are at 0.08 or more with this seed.
+THRESHOLD = 0.03
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not LFW.is_dir(), reason=f"LFW images not found at {LFW}")
+
+
+@pytest.fixture(scope="module")
+def web_index(tmp_path_factory) -> dict:
+    """An index of 12 LFW photos (6 people) built by `indexer build` with dlib face detection."""
+    root = tmp_path_factory.mktemp("web")
+    gallery = root / "gallery"
+    for person in GALLERY_PEOPLE:
+        (gallery / person).mkdir(parents=True)
+        for photo in sorted((LFW / person).iterdir())[:2]:
+            shutil.copy(photo, gallery / person / photo.name)
+    model = root / "model.pt"
+    torch.manual_seed(0)
+    save_checkpoint(model, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", THRESHOLD)
+    index = root / "index"
+    result = CliRunner().invoke(indexer_cli, ["build", str(gallery), "--index", str(index), "--model", str(model),
+                                              "--detector", "auto", "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return {"INDEX": str(index), "MODEL": str(model), "DETECTOR": "auto"}
+
+
+@pytest.fixture(scope="module")
+def app(web_index):
+    return create_app({**web_index, "MAX_UPLOAD_MB": 1, "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def upload(client, data: bytes, filename: str = "photo.jpg", content_type: str = "image/jpeg", **form):
+    form["image"] = (io.BytesIO(data), filename, content_type)
+    return client.post("/api/search", data=form, content_type="multipart/form-data")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# --- JSON API ---------------------------------------------------------------------------
+
+def test_health_reports_the_gallery(client):
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert body["gallery"]["images"] == 12 and body["gallery"]["identities"] == 6
+    assert body["gallery"]["index_type"] == "flat"
+
+
+def test_search_finds_a_gallery_photo_first(client):
+    response = upload(client, GALLERY_PHOTO.read_bytes())
+    assert response.status_code == 200
+    faces = response.get_json()["faces"]
+    assert len(faces) == 1
+    face = faces[0]
+    assert len(face["box"]) == 4
+    assert len(face["matches"]) == 10
+    best = face["matches"][0]
+    assert set(best) >= {"id", "path", "identity", "distance", "similarity", "match"}
+    assert best["identity"] == "Al_Gore" and best["match"] is True
+    assert best["distance"] < 0.01
+    assert [m["match"] for m in face["matches"][1:]] == [False] * 9
+
+
+def test_search_of_a_stranger_finds_no_match(client):
+    face = upload(client, STRANGER_PHOTO.read_bytes()).get_json()["faces"][0]
+    assert face["matches"] and not any(m["match"] for m in face["matches"])
+
+
+def test_group_photo_gives_six_faces_with_boxes(client):
+    faces = upload(client, GROUP_PHOTO.read_bytes(), k="2").get_json()["faces"]
+    assert len(faces) == 6
+    assert all(len(face["box"]) == 4 and len(face["matches"]) == 2 for face in faces)
+
+
+def test_photo_without_a_face_says_so(client):
+    response = upload(client, png_bytes(Image.new("RGB", (200, 200), (120, 160, 200))), "sky.png", "image/png")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["faces"] == [] and "no face" in body["message"]
+
+
+def test_k_sets_matches_per_face(client):
+    face = upload(client, GALLERY_PHOTO.read_bytes(), k="3").get_json()["faces"][0]
+    assert len(face["matches"]) == 3
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "51", "three", "2.5"])
+def test_bad_k_is_400(client, k):
+    response = upload(client, GALLERY_PHOTO.read_bytes(), k=k)
+    assert response.status_code == 400
+    assert "k must be" in response.get_json()["error"]
+
+
+def test_type_is_judged_by_content_not_by_name(client):
+    text = upload(client, b"just some text, not a photo\n" * 20, "photo.jpg", "image/jpeg")
+    assert text.status_code == 415
+    assert "not an image" in text.get_json()["error"]
+    disguised = png_bytes(Image.open(GALLERY_PHOTO))
+    response = upload(client, disguised, "notes.txt", "text/plain")
+    assert response.status_code == 200
+    assert response.get_json()["faces"][0]["matches"][0]["identity"] == "Al_Gore"
+
+
+def bomb_png() -> bytes:
+    """48 megapixels of one-bit black: a few kilobytes that would decode to far too much."""
+    return png_bytes(Image.new("1", (8000, 6000)))
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (GALLERY_PHOTO.read_bytes()[:300], "corrupt or truncated"),
+    (bomb_png(), "too large"),
+], ids=["empty", "truncated", "pixel-bomb"])
+def test_unusable_images_are_400(client, data, reason):
+    response = upload(client, data)
+    assert response.status_code == 400
+    assert reason in response.get_json()["error"]
+
+
+def test_missing_image_field_is_400(client):
+    response = client.post("/api/search", data={"k": "3"}, content_type="multipart/form-data")
+    assert response.status_code == 400
+    assert "field 'image'" in response.get_json()["error"]
+
+
+def test_upload_over_the_limit_is_413(client):
+    big = b"\xff\xd8\xff" + os.urandom(1024 * 1024 + 100)   # JPEG magic, 1 MB limit in this app
+    response = upload(client, big)
+    assert response.status_code == 413
+    assert response.get_json() == {"error": "upload too large: the limit is 1 MB"}
+
+
+def test_api_errors_are_json(client):
+    assert client.get("/api/search").status_code == 405
+    assert "error" in client.get("/api/search").get_json()
+    missing = client.get("/api/nothing-here")
+    assert missing.status_code == 404 and "error" in missing.get_json()
+
+
+def test_unexpected_errors_show_no_details(app, client, monkeypatch):
+    from web.engine import get_engine
+    with app.app_context():
+        engine = get_engine()
+
+    def broken_query(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(engine, "query", broken_query)
+    response = upload(client, GALLERY_PHOTO.read_bytes())
+    assert response.status_code == 500
+    text = response.get_data(as_text=True)
+    assert "secret" not in text and "Traceback" not in text
+    assert "internal server error" in response.get_json()["error"]
+
+
+# --- pages and thumbnails ---------------------------------------------------------------
+
+def test_search_page_has_the_upload_form(client):
+    page = client.get("/").get_data(as_text=True)
+    assert 'type="file" name="image"' in page and 'id="dropzone"' in page
+    assert 'data-max-upload-bytes="1048576"' in page
+
+
+def test_status_page_shows_gallery_model_and_index(client):
+    response = client.get("/status")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert '<dd id="status-images">12</dd>' in page
+    assert '<dd id="status-identities">6</dd>' in page
+    assert "model (human, 128-d embeddings)" in page
+    assert '<dd id="status-index-type">flat (12 vectors)</dd>' in page
+
+
+def test_thumbnails_are_small_jpegs_served_by_id(client):
+    image_id = upload(client, GALLERY_PHOTO.read_bytes()).get_json()["faces"][0]["matches"][0]["id"]
+    response = client.get(f"/thumb/{image_id}")
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    thumbnail = Image.open(io.BytesIO(response.data))
+    assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 160
+    again = client.get(f"/thumb/{image_id}", headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304
+
+
+@pytest.mark.parametrize("path", ["/thumb/999999", "/thumb/-1", "/thumb/..%2F..%2Fetc%2Fpasswd",
+                                  "/thumb/%2Fetc%2Fpasswd"])
+def test_thumbnails_of_anything_else_are_404(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_without_an_index_the_app_starts_and_answers_503(tmp_path):
+    client = create_app({"INDEX": str(tmp_path / "no-index"), "TESTING": True}).test_client()
+    assert client.get("/").status_code == 200
+    health = client.get("/api/health")
+    assert health.status_code == 503 and "indexer build" in health.get_json()["error"]
+    search = upload(client, GALLERY_PHOTO.read_bytes())
+    assert search.status_code == 503 and "no index" in search.get_json()["error"]
+    status = client.get("/status")
+    assert status.status_code == 503 and "indexer build" in status.get_data(as_text=True)
+
+
+# --- the real server in a real browser --------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(web_index, tmp_path_factory):
+    """`search serve` on a free loopback port, its engine warmed by a first health check."""
+    port = free_port()
+    search_command = Path(sys.executable).with_name("search")
+    env = {**os.environ, "FACESEARCH_DETECTOR": web_index["DETECTOR"]}
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([str(search_command), "serve", "--index", web_index["INDEX"],
+                                   "--model", web_index["MODEL"], "--host", "127.0.0.1", "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"search serve exited with {server.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=30) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"search serve did not answer within 90 s:\n{log_path.read_text()}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield context.new_page()
+    context.close()
+
+
+def wait_for_results(page):
+    page.wait_for_selector("#results:not([hidden]), #message.is-error", timeout=30_000)
+
+
+def test_browser_upload_shows_the_identity_first(page, server_url, tmp_path):
+    page.goto(server_url)
+    page.set_input_files("#image-input", str(GALLERY_PHOTO))
+    wait_for_results(page)
+    assert page.inner_text("#summary") == "1 face found."
+    assert page.locator(".face-box").count() == 1
+    first = page.locator("#faces .match").first
+    assert first.locator(".identity").inner_text() == "Al Gore"
+    assert "is-match" in first.get_attribute("class")
+    assert first.locator(".badge").inner_text() == "✓ match"
+    assert page.locator("#faces .match.is-match").count() == 1
+    assert page.inner_text(".verdict") == "Best match: Al Gore."
+    page.wait_for_function("document.querySelector('#faces .match .thumb').naturalWidth > 0")
+
+    screenshot = tmp_path / "search.png"
+    page.screenshot(path=str(screenshot))
+    image = Image.open(screenshot)
+    assert image.format == "PNG" and image.size == (1280, 900)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000   # photos and text, not a blank page
+    match_green = np.abs(pixels - (30, 138, 62)).sum(axis=2) < 30
+    assert match_green.sum() > 200   # the match mark and the face box are drawn
+
+
+def test_browser_group_photo_gets_six_boxes_on_the_photo(page, server_url):
+    page.goto(server_url)
+    page.fill("#k-input", "3")
+    page.set_input_files("#image-input", str(GROUP_PHOTO))
+    wait_for_results(page)
+    assert page.inner_text("#summary") == "6 faces found."
+    assert page.locator("#faces .face").count() == 6
+    assert page.locator("#faces .face").first.locator(".match").count() == 3
+    photo = page.locator("#photo").bounding_box()
+    boxes = [page.locator(".face-box").nth(i).bounding_box() for i in range(6)]
+    assert len(boxes) == 6
+    for box in boxes:
+        assert photo["x"] <= box["x"] and box["x"] + box["width"] <= photo["x"] + photo["width"] + 1
+        assert photo["y"] <= box["y"] and box["y"] + box["height"] <= photo["y"] + photo["height"] + 1
+        assert 10 < box["width"] < photo["width"] / 4
+
+
+def test_browser_non_image_shows_the_error(page, server_url):
+    page.goto(server_url)
+    page.set_input_files("#image-input", files=[{"name": "holiday.jpg", "mimeType": "image/jpeg",
+                                                 "buffer": b"this is not a photo\n" * 10}])
+    wait_for_results(page)
+    message = page.locator("#message")
+    assert message.is_visible() and "is-error" in message.get_attribute("class")
+    assert "not an image" in message.inner_text()
+    assert page.locator("#results").is_hidden()
+
+
+def test_browser_drop_on_a_phone_screen(browser, server_url):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(server_url)
+        # Drag and drop, as a browser does it: a drop event carrying the file.
+        photo = list(STRANGER_PHOTO.read_bytes())
+        drop = page.evaluate_handle("""(bytes) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "someone.jpg", {type: "image/jpeg"}));
+            return transfer;
+        }""", photo)
+        page.dispatch_event("#dropzone", "drop", {"dataTransfer": drop})
+        wait_for_results(page)
+        assert page.inner_text("#summary") == "1 face found."
+        assert page.inner_text(".verdict").startswith("No match")
+        assert page.locator("#faces .match.is-match").count() == 0
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390   # nothing wider than the phone
+    finally:
+        context.close()
