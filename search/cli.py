@@ -5,6 +5,8 @@ imported by the commands that need it, so `search --help` stays quick.
 """
 from __future__ import annotations
 
+import logging
+
 import click
 
 from trainer.clitools import FriendlyGroup, print_json, setup_logging
@@ -33,6 +35,9 @@ def main(verbose: bool) -> None:
     face: crop it to the dog's face first.
     """
     setup_logging(verbose)
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)   # the index's start-up chatter
+        logging.getLogger("faiss").setLevel(logging.WARNING)
 
 
 @main.command()
@@ -135,7 +140,7 @@ def _open(photo, index, model, detector):
 def _echo_header(photo, result) -> None:
     faces = len(result["faces"])
     if not faces:
-        click.echo(f"{photo}: {result['message']}")
+        click.echo(result["message"])
         return
     click.echo(f"{photo}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
                f"{result['detector']}; a match is distance <= {result['threshold']:.3f})")

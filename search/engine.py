@@ -109,11 +109,9 @@ class QueryEngine:
 
     def __init__(self, index: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
                  detector: str | None = None, device: str | None = None):
-        from indexer.config import resolve_index_dir
         from indexer.gallery import Gallery
         started = time.perf_counter()
-        self.index_dir = resolve_index_dir(index)
-        self.gallery = Gallery.open(self.index_dir)
+        self.gallery = Gallery.open(index)
         index_loaded = time.perf_counter()
         self.pipeline = FacePipeline(self._load_index_model(model, device), detector)
         self.load_timings_ms = {"index": _ms(index_loaded - started),
@@ -124,15 +122,10 @@ class QueryEngine:
         return self.pipeline.model
 
     def _load_index_model(self, model, device) -> FaceModel:
-        from indexer.errors import ModelMismatchError
-        recorded = self.gallery.model_name
-        loaded = load_model(model or recorded, device)
-        if loaded.sha256 != self.gallery.model_sha256:
-            raise ModelMismatchError(
-                f"the index at {self.index_dir} was built with model {recorded!r} "
-                f"(sha256 {self.gallery.model_sha256[:12]}), but {model or recorded!r} is a "
-                f"different model (sha256 {loaded.sha256[:12]}): search with the model the index "
-                f"was built with (--model), or rebuild the index with this one")
+        if model is None:
+            return self.gallery.load_model(device)
+        loaded = load_model(model, device)
+        self.gallery.check_model(loaded)     # another model's embeddings do not compare
         return loaded
 
     def query(self, source: Source, k: int = 10, name: str | None = None) -> dict:

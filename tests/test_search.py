@@ -1,0 +1,229 @@
+"""Search end to end: a small real index of LFW images built here, queried through the
+QueryEngine and the `search` command line, and every kind of bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import SHARED_DATA
+from indexer.writer import IndexWriter
+from search.cli import main as search_cli
+from search.engine import QueryEngine, SearchError, vote
+from trainer.checkpoint import save_checkpoint
+from trainer.imaging import Preprocess
+from trainer.models import EmbeddingNet
+
+LFW = SHARED_DATA / "lfw" / "images"
+GROUP_PHOTO = SHARED_DATA / "samples" / "group_photo.jpg"
+GALLERY_PEOPLE = ("Aaron_Peirsol", "Abdoulaye_Wade", "Adam_Sandler", "Ahmed_Chalabi")
+STRANGER = LFW / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg"    # not in the gallery
+# An untrained net puts every face within ~0.3 of every other; the same image is at ~0.
+# A threshold between the two makes "in the gallery" and "unknown" decidable.
+THRESHOLD = 0.02
+
+pytestmark = pytest.mark.skipif(not GROUP_PHOTO.is_file(), reason="shared data not present")
+
+
+def lfw_image(person: str, number: int = 1):
+    return LFW / person / f"{person}_{number:04d}.jpg"
+
+
+def write_checkpoint(path, seed: int):
+    torch.manual_seed(seed)
+    save_checkpoint(path, EmbeddingNet("small", 128).eval(), Preprocess(64, 0.5), "human", THRESHOLD)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A gallery folder of links to LFW images (never copies), its index, and two models."""
+    root = tmp_path_factory.mktemp("search")
+    for person in GALLERY_PEOPLE:
+        folder = root / "gallery" / person
+        folder.mkdir(parents=True)
+        for number in (1, 2, 3):
+            (folder / lfw_image(person, number).name).symlink_to(lfw_image(person, number))
+    model = write_checkpoint(root / "model.pt", seed=0)
+    other_model = write_checkpoint(root / "other.pt", seed=1)
+    index = root / "index"
+    with IndexWriter(index, create=True, model=str(model), detector="none", workers=0,
+                     progress=False) as writer:
+        report = writer.build(root / "gallery")
+    assert report.faces_added == 12
+    return {"root": root, "index": index, "model": model, "other_model": other_model}
+
+
+@pytest.fixture(scope="module")
+def engine(workspace) -> QueryEngine:
+    return QueryEngine(workspace["index"], detector="none")
+
+
+def run_cli(*args):
+    return CliRunner().invoke(search_cli, [str(a) for a in args])
+
+
+# --- the engine ---------------------------------------------------------------------------
+
+def test_gallery_image_finds_its_own_identity_first(engine):
+    result = engine.query(lfw_image("Adam_Sandler", 2), k=5)
+    [face] = result["faces"]
+    assert face["box"] is None                        # detector none: the whole image
+    first = face["matches"][0]
+    assert first["identity"] == "Adam_Sandler" and first["path"].endswith("Adam_Sandler_0002.jpg")
+    assert first["distance"] < 1e-3 and first["match"] is True
+    assert [m["match"] for m in face["matches"][1:]] == [False] * 4
+    distances = [m["distance"] for m in face["matches"]]
+    assert distances == sorted(distances) and len(distances) == 5
+    assert set(first) >= {"id", "path", "identity", "distance", "similarity", "match"}
+    assert result["threshold"] == pytest.approx(THRESHOLD)
+
+
+def test_identify_known_and_unknown(engine):
+    known = engine.identify(lfw_image("Ahmed_Chalabi", 3))["faces"][0]
+    assert known["identity"] == "Ahmed_Chalabi" and known["votes"] == 1
+    stranger = engine.identify(STRANGER)["faces"][0]
+    assert stranger["identity"] == "unknown" and stranger["votes"] == 0
+    assert stranger["matches"][0]["distance"] > THRESHOLD
+
+
+def test_group_photo_is_searched_face_by_face(workspace):
+    engine = QueryEngine(workspace["index"])          # human model: detector auto
+    result = engine.query(GROUP_PHOTO, k=3)
+    assert result["detector"] == "auto" and len(result["faces"]) == 6
+    assert [face["box"][0] for face in result["faces"]] == sorted(face["box"][0] for face in result["faces"])
+    assert all(len(face["matches"]) == 3 for face in result["faces"])
+    assert result["image"] == {"width": 1200, "height": 630}
+    json.dumps(result)                                # the web answers it as it is
+
+
+def test_photo_bytes_and_no_face(engine, workspace):
+    as_bytes = engine.query(lfw_image("Aaron_Peirsol", 1).read_bytes(), k=1, name="upload.jpg")
+    assert as_bytes["faces"][0]["matches"][0]["identity"] == "Aaron_Peirsol"
+    blank = workspace["root"] / "blank.png"
+    Image.new("RGB", (320, 240), (90, 140, 200)).save(blank)
+    result = QueryEngine(workspace["index"]).query(blank)
+    assert result["faces"] == [] and "no face found" in result["message"]
+
+
+def test_engine_loads_once_and_reuses(engine, monkeypatch):
+    """Nothing is re-read per query: loading the model or opening an index again fails."""
+    def no_reload(*args, **kwargs):
+        raise AssertionError("reloaded during a query")
+    monkeypatch.setattr("search.engine.load_model", no_reload)
+    monkeypatch.setattr("trainer.checkpoint.load_model", no_reload)
+    monkeypatch.setattr("indexer.gallery.Gallery.open", no_reload)
+    for _ in range(2):
+        assert engine.query(lfw_image("Abdoulaye_Wade", 1), k=1)["faces"][0]["matches"][0]["match"]
+
+
+def test_verify_same_and_different(engine):
+    same = engine.verify(lfw_image("Adam_Sandler", 1), lfw_image("Adam_Sandler", 1))
+    assert same["same"] is True and same["distance"] < 1e-3
+    different = engine.verify(lfw_image("Adam_Sandler", 1), STRANGER)
+    assert different["same"] is False and different["distance"] > THRESHOLD
+
+
+def test_index_built_with_another_model_is_refused(workspace):
+    from indexer.errors import ModelMismatchError
+    with pytest.raises(ModelMismatchError, match="built with model"):
+        QueryEngine(workspace["index"], model=workspace["other_model"])
+
+
+def test_k_must_be_positive(engine):
+    with pytest.raises(SearchError, match="k must be"):
+        engine.query(STRANGER, k=0)
+
+
+def test_vote_majority_then_nearest():
+    def m(identity, distance, match=True):
+        return {"identity": identity, "distance": distance, "match": match}
+    assert vote([m("a", 0.1), m("b", 0.2), m("b", 0.3), m("a", 0.9, False)])["identity"] == "b"
+    tie = vote([m("b", 0.1), m("a", 0.2), m("a", 0.3), m("b", 0.4)])
+    assert tie["identity"] == "b" and tie["votes"] == 2 and tie["distance"] == 0.1
+    assert vote([m("a", 0.5, False)]) == {"identity": "unknown", "votes": 0, "voters": 0, "distance": None}
+
+
+# --- the command line -----------------------------------------------------------------------
+
+def test_cli_query_table_and_json(workspace):
+    photo = lfw_image("Ahmed_Chalabi", 2)
+    table = run_cli("query", photo, "--index", workspace["index"], "--detector", "none", "-k", 2)
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert "1 face" in lines[0] and "distance" in table.output
+    assert any(line.split()[:4] == ["1", "0.000", "1.000", "yes"] and "Ahmed_Chalabi" in line
+               for line in lines)
+    as_json = run_cli("query", photo, "--index", workspace["index"], "--detector", "none", "--json")
+    result = json.loads(as_json.output.splitlines()[-1])
+    assert result["faces"][0]["matches"][0]["identity"] == "Ahmed_Chalabi"
+
+
+def test_cli_identify_and_verify(workspace):
+    unknown = run_cli("identify", STRANGER, "--index", workspace["index"], "--detector", "none")
+    assert unknown.exit_code == 0 and "unknown" in unknown.output
+    known = run_cli("identify", lfw_image("Aaron_Peirsol", 3), "--index", workspace["index"],
+                    "--detector", "none")
+    assert "Aaron_Peirsol" in known.output
+    same = run_cli("verify", GROUP_PHOTO, GROUP_PHOTO, "--model", workspace["model"])
+    assert same.exit_code == 0 and same.output.startswith("same: distance 0.000")
+
+
+def test_cli_no_face_is_an_answer(workspace):
+    blank = workspace["root"] / "blank.jpg"
+    Image.new("RGB", (320, 240), (200, 180, 160)).save(blank)
+    result = run_cli("query", blank, "--index", workspace["index"])
+    assert result.exit_code == 0 and "no face found" in result.output
+
+
+def bad_files(root):
+    """(path, what the error must say) for each kind of unusable file."""
+    empty = root / "empty.jpg"
+    empty.write_bytes(b"")
+    truncated = root / "truncated.jpg"
+    truncated.write_bytes(GROUP_PHOTO.read_bytes()[:3000])
+    text = root / "notes.jpg"
+    text.write_text("this is not a picture\n")
+    enormous = root / "enormous.png"        # 48 megapixels, a few kilobytes on disk
+    Image.new("1", (8000, 6000)).save(enormous)
+    return [(root / "missing.jpg", "file not found"), (empty, "empty file"),
+            (truncated, "truncated"), (text, "not an image"), (enormous, "too large"),
+            (root, "directory")]
+
+
+@pytest.mark.parametrize("command", ["query", "identify"])
+def test_cli_bad_photos(workspace, command):
+    for path, reason in bad_files(workspace["root"]):
+        result = run_cli(command, path, "--index", workspace["index"])
+        assert result.exit_code == 1, (path, result.output)
+        assert reason in result.output and "Traceback" not in result.output
+        assert isinstance(result.exception, SystemExit)
+
+
+def test_cli_verify_bad_photo(workspace):
+    path, reason = bad_files(workspace["root"])[2]
+    result = run_cli("verify", GROUP_PHOTO, path, "--model", workspace["model"])
+    assert result.exit_code == 1 and reason in result.output
+
+
+def test_cli_missing_index_and_other_model(workspace):
+    photo = lfw_image("Adam_Sandler", 1)
+    missing = run_cli("query", photo, "--index", workspace["root"] / "no-index")
+    assert missing.exit_code == 1 and "no index at" in missing.output
+    other = run_cli("query", photo, "--index", workspace["index"], "--model", workspace["other_model"])
+    assert other.exit_code == 1 and "built with model" in other.output
+    assert "Traceback" not in missing.output + other.output
+
+
+def test_cli_help_does_not_load_the_engine():
+    code = ("import sys; from search.cli import main\n"
+            "try: main(['query', '--help'])\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('faiss', 'search.engine', 'indexer.gallery', 'dlib') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--detector" in output and output.splitlines()[-1] == "[]"
