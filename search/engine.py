@@ -15,7 +15,10 @@ A query answers one JSON-ready dict (the `search query --json` output):
      "timings_ms": {"detect", "embed", "search"}}
 
 `match` is distance <= the model's verification threshold; distances are Euclidean
-between unit embeddings (0 to 2), similarity is their cosine.
+between unit embeddings (0 to 2), similarity is their cosine. `identify` answers the same
+dict with, in each face, "identity" (or "unknown"), "votes", "voters" and "distance" (of
+the nearest face of that identity). `verify` answers {"same", "distance", "similarity",
+"threshold", "model", "species", "detector", "a": {"path", "box", "faces"}, "b": {...}}.
 """
 from __future__ import annotations
 

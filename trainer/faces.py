@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,9 @@ class DlibDetector:
         self.aligned_size = aligned_size
         self._detect = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(_bundled_dlib_model("shape_predictor_5_face_landmarks.dat")))
+        # dlib's object detectors are not safe to call from several threads at once
+        # (a web server's request threads share one detector).
+        self._lock = threading.Lock()
 
     def __call__(self, image: Image.Image) -> list[Face]:
         scale = min(1.0, DETECT_MAX_SIDE / max(image.size))
@@ -83,10 +87,11 @@ class DlibDetector:
             (round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
         pixels = np.asarray(small)
         upsample = 1 if max(small.size) < UPSAMPLE_BELOW_SIDE else 0
-        rects, scores, _ = self._detect.run(pixels, upsample, 0.0)
+        with self._lock:
+            rects, scores, _ = self._detect.run(pixels, upsample, 0.0)
+            shapes = [self._landmarks(pixels, rect) for rect in rects]
         faces = []
-        for rect, score in zip(rects, scores):
-            shape = self._landmarks(pixels, rect)
+        for rect, score, shape in zip(rects, scores, shapes):
             landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) / scale
             box = _clip_box([rect.left() / scale, rect.top() / scale,
                              rect.right() / scale, rect.bottom() / scale], image.size)
