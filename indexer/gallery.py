@@ -80,6 +80,11 @@ class Gallery:
         return self.model.sha256
 
     @property
+    def model_source(self) -> str:
+        """What trainer.checkpoint.load_model takes to load the index's model (name or path)."""
+        return self.model.source
+
+    @property
     def threshold(self) -> float:
         """The model's verification threshold, an L2 distance (same individual if <=)."""
         return self.model.threshold

@@ -175,7 +175,7 @@ class FaissStore:
             removed = self.ntotal - rebuilt.ntotal
             self.index = rebuilt.index
             return removed
-        return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+        return int(self.index.remove_ids(ids))   # FAISS picks the selector its direct map needs
 
     def search(self, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), both N x k, best first; id -1 where fewer than k exist."""
