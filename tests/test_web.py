@@ -360,6 +360,15 @@ def test_browser_non_image_shows_the_error(page, server_url):
     assert page.locator("#results").is_hidden()
 
 
+def test_browser_photo_without_a_face_says_so(page, server_url):
+    page.goto(server_url)
+    sky = png_bytes(Image.new("RGB", (300, 200), (120, 160, 200)))
+    page.set_input_files("#image-input", files=[{"name": "sky.png", "mimeType": "image/png", "buffer": sky}])
+    wait_for_results(page)
+    assert page.inner_text("#summary") == "No face found in this photo."
+    assert page.locator("#faces .face").count() == 0
+
+
 def test_browser_drop_on_a_phone_screen(browser, server_url):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = context.new_page()

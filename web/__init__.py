@@ -26,16 +26,26 @@ from flask import Flask
 MULTIPART_ALLOWANCE = 64 * 1024
 
 
-def settings_from_env(environ=os.environ) -> dict:
+def settings_from_env() -> dict:
     return {
-        "INDEX": environ.get("FACESEARCH_INDEX") or None,
-        "MODEL": environ.get("FACESEARCH_MODEL") or None,
-        "DETECTOR": environ.get("FACESEARCH_DETECTOR") or None,
-        "MAX_UPLOAD_MB": float(environ.get("FACESEARCH_MAX_UPLOAD_MB", 10)),
-        "SECRET_KEY": environ.get("FACESEARCH_SECRET_KEY") or secrets.token_hex(32),
+        "INDEX": os.environ.get("FACESEARCH_INDEX") or None,
+        "MODEL": os.environ.get("FACESEARCH_MODEL") or None,
+        "DETECTOR": os.environ.get("FACESEARCH_DETECTOR") or None,
+        "MAX_UPLOAD_MB": megabytes(os.environ.get("FACESEARCH_MAX_UPLOAD_MB", "10")),
+        "SECRET_KEY": os.environ.get("FACESEARCH_SECRET_KEY") or secrets.token_hex(32),
         "DEFAULT_K": 10,
         "MAX_K": 50,
     }
+
+
+def megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"FACESEARCH_MAX_UPLOAD_MB must be a positive number of megabytes, not {text!r}")
+    return value
 
 
 def create_app(config: dict | None = None) -> Flask:
