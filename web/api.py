@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
+from trainer import clitools
 from trainer.imaging import ImageError
 
 from .engine import EngineUnavailable, gallery_summary, get_engine
@@ -27,6 +28,8 @@ def search():
         result = get_engine().query(image, k=k)
     except ImageError as error:
         raise BadRequest(f"bad image: {error.reason}") from None
+    except clitools.USER_ERRORS as error:   # e.g. the index damaged or replaced under a running server
+        raise EngineUnavailable(f"search index not available: {error}") from None
     return jsonify(result)
 
 

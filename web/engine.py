@@ -35,7 +35,8 @@ def get_engine():
 
 
 def _open_engine(config):
-    # Imported here: torch and faiss load with the first search, not with the web package.
+    # Imported here: FAISS, SQLite and the face detector load with the first search, not
+    # when the app is created, so the pages and a 503 come up at once.
     from search.engine import QueryEngine
     from trainer import clitools
 
