@@ -14,7 +14,7 @@ same steps timed inside one fresh process: interpreter, imports, index load, mod
 first query.
 
     python bench/bench_search.py [--sizes 10000,100000] [--million] [--queries 50]
-                                 [--photo PATH] [--model PATH] [--json]
+                                 [--photo PATH] [--model PATH] [--threads N] [--json]
 """
 from __future__ import annotations
 
@@ -140,8 +140,9 @@ import json, sys, time
 started = time.perf_counter()
 import search.cli
 cli_imported = time.perf_counter()
-import search.engine, indexer.gallery, dlib, faiss
+import search.engine, indexer.gallery, dlib, faiss, torch
 imported = time.perf_counter()
+torch.set_num_threads(1)   # as the search command does
 engine = search.engine.QueryEngine(sys.argv[1], model=sys.argv[2])
 loaded = time.perf_counter()
 engine.query(sys.argv[3], k=10)
@@ -179,8 +180,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50, help="Warm queries per gallery.")
     parser.add_argument("--photo", type=Path, default=GROUP_PHOTO)
     parser.add_argument("--model", help="Checkpoint (default: bundled human, else an untrained small net).")
+    parser.add_argument("--threads", type=int, default=1, help="Torch threads (1, as `search` uses).")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")] + ([1_000_000] if args.million else [])
 
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:

@@ -103,6 +103,7 @@ def verify(photo_a, photo_b, model, detector, as_json) -> None:
     from trainer.imaging import load_image
     images = load_image(photo_a), load_image(photo_b)   # bad files fail before the model loads
     from .engine import FacePipeline
+    _one_torch_thread()
     result = FacePipeline.load(model, detector).verify(*images, names=(photo_a, photo_b))
     if as_json:
         print_json(result)
@@ -124,6 +125,7 @@ def serve(index, model, host, port, threads) -> None:
     """Start the web page and JSON API under waitress (a production WSGI server)."""
     import waitress
     from web import create_app
+    _one_torch_thread()    # the request threads are the parallelism
     overrides = {key: value for key, value in (("INDEX", index), ("MODEL", model)) if value}
     click.echo(f"facesearch on http://{host}:{port}/ (Ctrl-C stops it)", err=True)
     waitress.serve(create_app(overrides), host=host, port=port, threads=threads)
@@ -134,7 +136,16 @@ def _open(photo, index, model, detector):
     from trainer.imaging import load_image
     image = load_image(photo)
     from .engine import QueryEngine
+    _one_torch_thread()
     return QueryEngine(index, model=model, detector=detector), image
+
+
+def _one_torch_thread() -> None:
+    """A query embeds a few faces at once: torch's intra-op threads gain little there and
+    stall badly when another process holds a core (6 faces on the shared 2-core machine:
+    20 ms on one thread, 600-1100 ms on two)."""
+    import torch
+    torch.set_num_threads(1)
 
 
 def _echo_header(photo, result) -> None:
