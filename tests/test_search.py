@@ -34,9 +34,9 @@ def lfw_image(person: str, number: int = 1):
     return LFW / person / f"{person}_{number:04d}.jpg"
 
 
-def write_checkpoint(path, seed: int):
+def write_checkpoint(path, seed: int, species: str = "human"):
     torch.manual_seed(seed)
-    save_checkpoint(path, EmbeddingNet("small", 128).eval(), Preprocess(64, 0.5), "human", THRESHOLD)
+    save_checkpoint(path, EmbeddingNet("small", 128).eval(), Preprocess(64, 0.5), species, THRESHOLD)
     return path
 
 
@@ -127,6 +127,22 @@ def test_verify_same_and_different(engine):
     assert same["same"] is True and same["distance"] < 1e-3
     different = engine.verify(lfw_image("Adam_Sandler", 1), STRANGER)
     assert different["same"] is False and different["distance"] > THRESHOLD
+
+
+def test_dog_photo_is_the_face(tmp_path):
+    """No dog detector ships: a dog index's queries take the whole photo as the face."""
+    dogs = SHARED_DATA / "dogfacenet" / "images"
+    for dog in ("0", "1"):
+        (tmp_path / "gallery" / dog).mkdir(parents=True)
+        (tmp_path / "gallery" / dog / f"{dog}.0.jpg").symlink_to(dogs / dog / f"{dog}.0.jpg")
+    model = write_checkpoint(tmp_path / "dog.pt", seed=0, species="dog")
+    with IndexWriter(tmp_path / "index", create=True, model=str(model), detector="none", workers=0,
+                     progress=False) as writer:
+        writer.build(tmp_path / "gallery")
+    result = QueryEngine(tmp_path / "index").identify(dogs / "1" / "1.0.jpg", k=2)
+    assert result["detector"] == "none" and result["species"] == "dog"
+    [face] = result["faces"]
+    assert face["box"] is None and face["identity"] == "1"
 
 
 def test_index_built_with_another_model_is_refused(workspace):
