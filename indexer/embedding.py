@@ -26,8 +26,12 @@ from .scan import os_error_reason
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 def default_workers() -> int:
-    return min(4, max(1, (os.cpu_count() or 2) - 1))
+    return min(4, max(1, available_cores() - 1))
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,15 @@ def embed_files(items: list[WorkItem], model: FaceModel, detector: str, batch_si
     loader = DataLoader(FaceCrops(items, model.preprocess, detector), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
                         prefetch_factor=4 if workers else None)
-    for batch in loader:
-        vectors = (model.embed_tensor(batch.crops) if len(batch.crops)
-                   else np.empty((0, model.embedding_dim), np.float32))
-        yield batch.results, vectors
+    threads = torch.get_num_threads()
+    if workers and model.device.type == "cpu":
+        # Leave the decoding workers their cores: a CPU model whose threads outnumber the
+        # free cores stalls at every parallel op while a worker holds one of them.
+        torch.set_num_threads(max(1, min(threads, available_cores() - workers)))
+    try:
+        for batch in loader:
+            vectors = (model.embed_tensor(batch.crops) if len(batch.crops)
+                       else np.empty((0, model.embedding_dim), np.float32))
+            yield batch.results, vectors
+    finally:
+        torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
@@ -372,27 +372,26 @@ class IndexWriter:
                     self.checkpoint()
 
     def _insert(self, results: list[ImageResult], vectors: np.ndarray, report: ChangeReport) -> None:
-        species = self.model_record.species
-        records, faces = [], []
+        common = {"species": self.model_record.species, "added_at": utc_now()}
+        skipped, faces = [], []
         for result in results:
+            row = {**common, "path": result.path, "sha256": result.sha256, "identity": result.identity,
+                   "file_size": result.file_size}
             if result.skip_reason is not None:
                 report.note_skip(result.path, result.skip_reason)
-                records.append(ImageRecord(path=result.path, sha256=result.sha256, identity=result.identity,
-                                           file_size=result.file_size, species=species, status=SKIPPED,
-                                           skip_reason=result.skip_reason))
+                skipped.append({**row, "status": SKIPPED, "skip_reason": result.skip_reason})
                 continue
             report.images_added += 1
             for box in result.boxes:
                 x0, y0, x1, y1 = box if box is not None else (None,) * 4
-                face = ImageRecord(path=result.path, sha256=result.sha256, identity=result.identity,
-                                   file_size=result.file_size, species=species, status=PENDING,
-                                   box_x0=x0, box_y0=y0, box_x1=x1, box_y1=y1)
-                records.append(face)
-                faces.append(face)
-        with Session(self.engine) as session, session.begin():
-            session.add_all(records)
-            session.flush()
-            ids = [face.id for face in faces]
+                faces.append({**row, "status": PENDING, "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1})
+        # Core inserts (one statement per kind of row): the ORM's unit of work would cost
+        # more per batch than the model does.
+        with self.engine.begin() as connection:
+            if skipped:
+                connection.execute(insert(ImageRecord), skipped)
+            ids = list(connection.scalars(insert(ImageRecord).returning(ImageRecord.id, sort_by_parameter_order=True),
+                                          faces)) if faces else []
         self.store.add(ids, vectors)
         report.faces_added += len(ids)
         self._since_checkpoint += len(ids)
