@@ -159,7 +159,7 @@ def bench_recall(args) -> dict:
     return {"vectors": len(vectors), "dim": args.dim, "queries": len(queries), "auto_index_type": chosen,
             "nlist": getattr(trained.index, "nlist", None), "nprobe": getattr(trained.index, "nprobe", None),
             "train_and_fill_seconds": round(build_seconds, 2),
-            f"recall@1": round(float(np.mean(exact_ids[:, 0] == found_ids[:, 0])), 4),
+            "recall@1": round(float(np.mean(exact_ids[:, 0] == found_ids[:, 0])), 4),
             f"recall@{args.k}": round(float(overlap), 4),
             "match_recall": round(found_matches / max(1, int(within.sum())), 4),
             "match_distance": args.match_distance,

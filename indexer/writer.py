@@ -191,6 +191,11 @@ class IndexWriter:
                 f"{self.index_dir}: {what} the index was built with {record.name} "
                 f"(sha256 {record.sha256[:12]}); embeddings of different models cannot be mixed: "
                 "build a separate index with --index DIR")
+        elif self.requested_model and model_source(self.requested_model) != record.source:
+            # The same model file found somewhere else: remember where, for search and web.
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                record.source = model_source(self.requested_model)
+                session.merge(record)
         self._face_model = model
         return model
 

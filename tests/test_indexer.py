@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import trainer.faces
 from indexer import Gallery, IndexBusyError, IndexMissingError, ModelMismatchError
@@ -22,7 +21,7 @@ from indexer.db import current_revision, downgrade, head_revision, open_database
 from indexer.lock import IndexLock
 from indexer.store import FaissStore
 from indexer.writer import IndexWriter
-from trainer.checkpoint import save_checkpoint
+from trainer.checkpoint import load_model, save_checkpoint
 from trainer.faces import Face
 from trainer.imaging import Preprocess, load_image
 from trainer.models import EmbeddingNet
@@ -243,15 +242,21 @@ def test_worker_processes_give_the_same_embeddings(gallery, open_writer, tmp_pat
     np.testing.assert_allclose(vectors_a[order_a], vectors_b[order_b], atol=1e-5)
 
 
-def test_another_model_is_refused(gallery, open_writer, tmp_path):
+def test_another_model_is_refused_and_a_moved_one_is_followed(gallery, open_writer, tmp_path, checkpoint):
     with open_writer() as writer:
         writer.build(gallery)
+    moved = tmp_path / "moved" / "same.pt"
+    moved.parent.mkdir()
+    shutil.copy(checkpoint, moved)
+    with open_writer(model=str(moved)) as writer:
+        assert writer.build(gallery).unchanged == 13
+    with Gallery.open(tmp_path / "index") as view:
+        assert view.model_source == str(moved) and view.load_model().sha256 == view.model_sha256
     other = make_checkpoint(tmp_path / "other.pt", seed=1)
     with pytest.raises(ModelMismatchError, match="cannot be mixed"):
         with open_writer(model=str(other)) as writer:
             writer.build(gallery)
     with Gallery.open(tmp_path / "index") as view:
-        from trainer.checkpoint import load_model
         with pytest.raises(ModelMismatchError):
             view.check_model(load_model(other))
         with pytest.raises(ModelMismatchError, match="dimensions"):
