@@ -51,7 +51,7 @@ def test_truncated_jpeg_is_reported(tmp_path):
     Image.effect_noise((128, 128), 60).convert("RGB").save(buffer, "JPEG")
     path = tmp_path / "cut.jpg"
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    with pytest.raises(ImageError, match="corrupt or truncated"):
+    with pytest.raises(ImageError, match="corrupt or truncated image .the bottom [0-9]+ of 128 rows are missing"):
         load_image(path)
 
 
@@ -82,3 +82,12 @@ def test_preprocess_crops_the_centre_and_normalises():
     assert tensor.min().item() == pytest.approx(1.0)          # only the white centre is kept
     roundtrip = Preprocess.from_dict(Preprocess(32, 0.7).to_dict())
     assert roundtrip == Preprocess(32, 0.7)
+
+
+def test_jpeg_missing_only_its_last_bytes_is_accepted(tmp_path):
+    """Real photos (the sample portrait among them) sometimes lack their final bytes."""
+    buffer = io.BytesIO()
+    Image.effect_noise((256, 256), 60).convert("RGB").save(buffer, "JPEG")
+    path = tmp_path / "short.jpg"
+    path.write_bytes(buffer.getvalue()[:-3])
+    assert load_image(path).size == (256, 256)

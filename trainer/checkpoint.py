@@ -16,16 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ModelError
 from .imaging import Preprocess
 from .models import EmbeddingNet
 
 FORMAT = "facesearch-embedding/1"
 BUNDLED_MODELS = ("human", "dog")
 DEFAULT_MODEL = "human"
-
-
-class ModelError(Exception):
-    """A model name or file that cannot be loaded; the message says why."""
 
 
 def models_dir() -> Path:

@@ -8,9 +8,7 @@ import sys
 
 import click
 
-from .checkpoint import ModelError
-from .data import DataError
-from .imaging import ImageError
+from .errors import DataError, ImageError, ModelError
 
 USER_ERRORS: tuple[type[Exception], ...] = (DataError, ModelError, ImageError)
 

@@ -13,13 +13,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from .imaging import ImageError, Preprocess, list_images, load_image
+from .errors import DataError, ImageError
+from .imaging import Preprocess, list_images, load_image
 
 log = logging.getLogger(__name__)
-
-
-class DataError(Exception):
-    """A data folder or pairs file that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
