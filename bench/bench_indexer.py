@@ -104,7 +104,8 @@ def bench_build(args, work: Path) -> dict:
     with IndexWriter(work / "index", create=True, model=model_path, batch_size=args.batch_size,
                      workers=args.workers, progress=not args.no_progress) as writer:
         report = writer.build(gallery)
-    model_busy = model_seconds[0]
+        model_busy = model_seconds[0]
+        unchanged = writer.build(gallery)     # nothing changed: hashes every file, embeds none
     after = forward_throughput(model, args.batch_size)
     # The model's own speed: its best thread count, averaged over before and after the build.
     by_threads = {threads: (before[threads] + after[threads]) / 2 for threads in before}
@@ -117,6 +118,7 @@ def bench_build(args, work: Path) -> dict:
             "ratio_build_to_forward": round(build_rate / forward, 3),
             # Load-independent view: how much of the build's wall time the model was busy.
             "model_busy_fraction": round(model_busy / report.seconds, 3),
+            "rebuild_unchanged_seconds": unchanged.seconds,
             "workers": default_workers() if args.workers is None else args.workers,
             "batch_size": args.batch_size, "cores": available_cores(),
             "peak_rss_mb": {"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
@@ -202,7 +204,8 @@ def main() -> None:
         print(f"build: {b['images']} images ({b['skipped']} skipped) in {b['seconds']:.1f} s = "
               f"{b['build_images_per_s']} images/s; bare model forward {b['forward_images_per_s']} images/s "
               f"(best of threads {b['forward_by_threads']}; before/after {b['forward_before_after']}); "
-              f"ratio {b['ratio_build_to_forward']:.2f}; model busy {b['model_busy_fraction']:.0%} of the build "
+              f"ratio {b['ratio_build_to_forward']:.2f}; model busy {b['model_busy_fraction']:.0%} of the build; "
+              f"rebuild with nothing changed {b['rebuild_unchanged_seconds']:.1f} s "
               f"[{b['cores']} cores, {b['workers']} workers, batch {b['batch_size']}; "
               f"peak RSS main {b['peak_rss_mb']['main']} MB, workers {b['peak_rss_mb']['workers']} MB]")
     if "recall" in result:

@@ -301,6 +301,7 @@ class IndexWriter:
                 ids.extend(found)
                 if not found:
                     report.not_found.append(path)
+        ids = sorted(set(ids))
         report.removed = len(ids)
         self.delete_rows(ids)
         return self.finish(report)
@@ -421,7 +422,6 @@ class IndexWriter:
                 log.info("converting the index from %s to %s (%d vectors)", self.store.index_type, target,
                          self.store.ntotal)
                 self.store = self.store.converted(target)
-                self._unsaved = True
         if not self._unsaved:
             return
         self.store.save(self.vectors_path)
