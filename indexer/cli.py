@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
 from trainer.clitools import FriendlyGroup, print_json, setup_logging
 from trainer.faces import DETECTORS
 
-from .config import DEFAULT_INDEX_DIR, INDEX_ENV_VAR, resolve_index_dir
-from .embedding import default_workers
+from .config import DEFAULT_CHECKPOINT_EVERY, DEFAULT_INDEX_DIR, INDEX_ENV_VAR, default_workers, resolve_index_dir
+from .gallery import Gallery
 from .store import INDEX_TYPES
-from .writer import DEFAULT_CHECKPOINT_EVERY, ChangeReport, IndexWriter
+
+if TYPE_CHECKING:
+    from .writer import ChangeReport, IndexWriter
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -65,6 +68,7 @@ def known_detector(name: str | None) -> str | None:
 
 
 def open_writer(index_dir, create=False, **options) -> IndexWriter:
+    from .writer import IndexWriter   # torch and the model code: only for commands that change
     options.pop("as_json", None)
     progress = not options.pop("no_progress", False)
     return IndexWriter(resolve_index_dir(index_dir), create=create, progress=progress, **options)
@@ -146,7 +150,6 @@ def remove(files: tuple[str, ...], identity: str | None, index_dir: str | None, 
 @json_option
 def stats(index_dir: str | None, as_json: bool) -> None:
     """Counts (images, identities, skipped files and why), model, index type, size on disk."""
-    from .gallery import Gallery
     with Gallery.open(index_dir) as gallery:
         data = gallery.stats()
     if as_json:
@@ -206,10 +209,8 @@ def check(repair: bool, sample: int, index_dir: str | None, as_json: bool, no_pr
 @index_option
 def export(out: str, index_dir: str | None) -> None:
     """Write ids, paths, identities, boxes, clusters and embeddings to an .npz file."""
-    from .gallery import Gallery
-    from .maintenance import export_gallery
     with Gallery.open(index_dir) as gallery:
-        count = export_gallery(gallery, out)
+        count = gallery.export(out)
     click.echo(f"exported {count} faces to {out}")
 
 

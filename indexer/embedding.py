@@ -20,18 +20,11 @@ from trainer.checkpoint import FaceModel
 from trainer.faces import get_detector
 from trainer.imaging import ImageError, Preprocess, load_image
 
+from .config import available_cores, default_workers
 from .scan import os_error_reason
 
 # Files this large are not photos of faces; refusing them keeps a worker's memory bounded.
 MAX_FILE_BYTES = 256 * 1024 * 1024
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def default_workers() -> int:
-    return min(4, max(1, available_cores() - 1))
 
 
 @dataclass(frozen=True)

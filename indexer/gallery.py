@@ -13,17 +13,19 @@ import math
 import os
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from trainer.checkpoint import FaceModel, load_model
-
 from .config import DATABASE_FILE, VECTORS_FILE, resolve_index_dir
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database
 from .errors import IndexMissingError, ModelMismatchError
 from .store import FaissStore
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import FaceModel
 
 SQL_CHUNK = 500
 
@@ -111,6 +113,7 @@ class Gallery:
 
     def load_model(self, device: str | None = None) -> FaceModel:
         """The index's own model, checked to be the very file the index was built with."""
+        from trainer.checkpoint import load_model   # torch: only for callers that embed
         model = load_model(self.model.source, device=device)
         self.check_model(model)
         return model
@@ -179,6 +182,30 @@ class Gallery:
             records = self._records(ids)
             kept = np.array([i for i in ids.tolist() if i in records], dtype=np.int64)
             yield [records[i] for i in kept.tolist()], self.store.vectors(kept)
+
+    def export(self, out: str | os.PathLike) -> int:
+        """Write ids, paths, identities, boxes, clusters and embeddings of every indexed face
+        to an .npz file (atomically); returns how many."""
+        ids, paths, identities, boxes, clusters, parts = [], [], [], [], [], []
+        for records, vectors in self.embeddings():
+            for record in records:
+                ids.append(record.id)
+                paths.append(record.path)
+                identities.append(record.identity or "")
+                boxes.append(record.box or (-1, -1, -1, -1))
+                clusters.append(-1 if record.cluster is None else record.cluster)
+            parts.append(vectors)
+        out = Path(out)
+        temporary = out.with_name(out.name + ".tmp")
+        with open(temporary, "wb") as handle:
+            np.savez(handle, ids=np.array(ids, dtype=np.int64), paths=np.array(paths, dtype=str),
+                     identities=np.array(identities, dtype=str),
+                     boxes=np.array(boxes, dtype=np.int64).reshape(-1, 4),
+                     clusters=np.array(clusters, dtype=np.int64),
+                     embeddings=np.concatenate(parts) if parts else np.empty((0, self.embedding_dim), np.float32),
+                     model_name=np.array(self.model_name), model_sha256=np.array(self.model_sha256))
+        os.replace(temporary, out)
+        return len(ids)
 
     # --- summary ----------------------------------------------------------------------
 

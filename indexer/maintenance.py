@@ -6,7 +6,6 @@ import os
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -18,7 +17,6 @@ from trainer.checkpoint import ModelError
 from .db import INDEXED, PENDING, ImageRecord
 from .embedding import WorkItem, embed_files
 from .errors import IndexCorruptError, ModelMismatchError
-from .gallery import Gallery
 from .store import FaissStore
 from .writer import SQL_CHUNK, ChangeReport, IndexWriter, batched
 
@@ -217,31 +215,3 @@ def cluster_gallery(writer: IndexWriter, neighbours: int = 10) -> dict:
     summary["assignment"] = [{"id": r.id, "path": r.path, "identity": r.identity, "cluster": label}
                              for r, label in zip(records, labels.tolist())]
     return summary
-
-
-# --- export ----------------------------------------------------------------------------------
-
-def export_gallery(gallery: Gallery, out: str | os.PathLike) -> int:
-    """Write ids, paths, identities, boxes, clusters and embeddings of every indexed face to
-    an .npz file; returns how many."""
-    ids, paths, identities, boxes, clusters, parts = [], [], [], [], [], []
-    for records, vectors in gallery.embeddings():
-        for record in records:
-            ids.append(record.id)
-            paths.append(record.path)
-            identities.append(record.identity or "")
-            boxes.append(record.box or (-1, -1, -1, -1))
-            clusters.append(-1 if record.cluster is None else record.cluster)
-        parts.append(vectors)
-    out = Path(out)
-    temporary = out.with_name(out.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        np.savez(handle, ids=np.array(ids, dtype=np.int64), paths=np.array(paths, dtype=str),
-                 identities=np.array(identities, dtype=str),
-                 boxes=np.array(boxes, dtype=np.int64).reshape(-1, 4),
-                 clusters=np.array(clusters, dtype=np.int64),
-                 embeddings=(np.concatenate(parts) if parts
-                             else np.empty((0, gallery.embedding_dim), np.float32)),
-                 model_name=np.array(gallery.model_name), model_sha256=np.array(gallery.model_sha256))
-    os.replace(temporary, out)
-    return len(ids)

@@ -34,7 +34,7 @@ from trainer.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sh
 from trainer.data import resolve_data_root
 from trainer.faces import get_detector
 
-from .config import DATABASE_FILE, VECTORS_FILE
+from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database, utc_now
 from .embedding import ImageResult, WorkItem, embed_files
 from .errors import IndexCorruptError, IndexMissingError, ModelMismatchError
@@ -45,7 +45,6 @@ from .store import INDEX_TYPES, FaissStore, auto_index_type
 log = logging.getLogger(__name__)
 
 SQL_CHUNK = 500            # ids per IN (...) clause
-DEFAULT_CHECKPOINT_EVERY = 2048
 EXAMPLES_KEPT = 10         # skipped files named in a report (all are in the database)
 
 
