@@ -1,8 +1,6 @@
-"""Keeping an index honest and using all of it: check (and repair), cluster, export."""
+"""Keeping an index honest, and grouping it: check (and repair), cluster."""
 from __future__ import annotations
 
-import logging
-import os
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -12,15 +10,13 @@ from scipy.sparse import csr_matrix
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from trainer.checkpoint import ModelError
+from trainer.errors import ModelError
 
 from .db import INDEXED, PENDING, ImageRecord
 from .embedding import WorkItem, embed_files
 from .errors import IndexCorruptError, ModelMismatchError
 from .store import FaissStore
 from .writer import SQL_CHUNK, ChangeReport, IndexWriter, batched
-
-log = logging.getLogger(__name__)
 
 # A stored embedding and a fresh one of the same file by the same model agree to float
 # rounding (thread counts change summation order); anything further off is a real mismatch.
