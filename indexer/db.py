@@ -66,12 +66,6 @@ class ImageRecord(Base):
             return None
         return (self.box_x0, self.box_y0, self.box_x1, self.box_y1)
 
-    def to_dict(self) -> dict:
-        return {"id": self.id, "path": self.path, "sha256": self.sha256, "identity": self.identity,
-                "file_size": self.file_size, "species": self.species,
-                "added_at": self.added_at.isoformat(), "status": self.status,
-                "skip_reason": self.skip_reason, "box": self.box, "cluster": self.cluster}
-
 
 class ModelRecord(Base):
     """The embedding model (and face detector) an index is built with: exactly one row."""
