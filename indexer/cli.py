@@ -105,8 +105,10 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
 @click.option("--model", help="Bundled model (human, dog) or checkpoint path; default: the index's "
                               "own, or human for a new index.")
 @click.option("--detector", callback=lambda ctx, param, value: known_detector(value),
-              help="Face detector, a name in trainer.faces.DETECTORS; default: the index's own, or "
-                   "'none' (the whole image is the face) for a new index.")
+              help="'auto' finds and aligns every human face in each photo (one entry per face); "
+                   "'none' takes the whole image as the face: use it for cropped galleries such as "
+                   "LFW, and it is the only choice for dogs. Default: the index's own; for a new "
+                   "index auto with a human model, none with a dog model.")
 @index_option
 @click.option("--index-type", type=click.Choice(("auto",) + INDEX_TYPES), default="auto", show_default=True,
               help="auto: exact (flat) search, switching to a trained IVF index for large galleries.")

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from trainer.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
 from trainer.data import resolve_data_root
-from trainer.faces import get_detector
+from trainer.faces import default_detector, get_detector
 
 from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database, utc_now
@@ -175,7 +175,7 @@ class IndexWriter:
         record = self.model_record
         model = load_model(self.requested_model or (record.source if record else DEFAULT_MODEL))
         if record is None:
-            detector = self.requested_detector or "none"
+            detector = self.requested_detector or default_detector(model.species)
             get_detector(detector)    # an unknown name fails here, before anything is written
             record = ModelRecord(name=model.name, source=model_source(self.requested_model or DEFAULT_MODEL),
                                  sha256=model.sha256, embedding_dim=model.embedding_dim,

@@ -59,8 +59,8 @@ def last_json(output: str) -> dict:
 @pytest.fixture
 def built(tmp_path, gallery, checkpoint) -> Path:
     index = tmp_path / "index"
-    code, output = run("build", gallery, "--model", checkpoint, "--index", index, "--workers", 0,
-                       "--no-progress", "--json")
+    code, output = run("build", gallery, "--model", checkpoint, "--index", index, "--detector", "none",
+                       "--workers", 0, "--no-progress", "--json")
     assert code == 0 and last_json(output)["faces_added"] == 16
     return index
 
@@ -185,7 +185,7 @@ def build_and_kill(gallery: Path, index: Path, checkpoint: Path, kill_after: int
     """Run `indexer build` in a subprocess; SIGKILL it once more than `kill_after` faces are
     indexed (None: let it finish). Returns the exit status."""
     command = [sys.executable, "-m", "indexer.cli", "build", str(gallery), "--index", str(index),
-               "--model", str(checkpoint), "--workers", "1", "--batch-size", "8", "--checkpoint-every", "16",
+               "--model", str(checkpoint), "--detector", "none", "--workers", "1", "--batch-size", "8", "--checkpoint-every", "16",
                "--no-progress"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if kill_after is not None:
@@ -212,7 +212,8 @@ def test_a_killed_build_leaves_a_usable_index_and_the_next_build_completes(tmp_p
         rest.append(folder)
         total += len(list(folder.glob("*.jpg")))
     os.symlink(first, gallery / first.name)
-    with IndexWriter(index, create=True, model=str(checkpoint), workers=0, progress=False) as writer:
+    with IndexWriter(index, create=True, model=str(checkpoint), detector="none", workers=0,
+                     progress=False) as writer:
         writer.build(gallery)
     previous = indexed_count(index)
     for folder in rest:
