@@ -216,7 +216,7 @@ def test_status_page_shows_gallery_model_and_index(client):
     page = response.get_data(as_text=True)
     assert '<dd id="status-images">12</dd>' in page
     assert '<dd id="status-identities">6</dd>' in page
-    assert "model (human, 128-d embeddings)" in page
+    assert "model.pt (human, 128-d embeddings)" in page
     assert '<dd id="status-index-type">flat (12 vectors)</dd>' in page
 
 

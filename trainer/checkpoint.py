@@ -118,7 +118,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | No
                          for k, v in payload["state_dict"].items()})
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device).eval()
-    name = str(name_or_path) if str(name_or_path) in BUNDLED_MODELS else path.stem
+    name = str(name_or_path)   # a bundled name, or the path as the user gave it
     return FaceModel(net=net, preprocess=Preprocess.from_dict(payload["preprocess"]),
                      species=payload["species"], threshold=payload["threshold"], name=name,
                      sha256=file_sha256(path), info=payload.get("training", {}))
