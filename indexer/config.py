@@ -23,9 +23,18 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def default_workers() -> int:
-    """Decoding worker processes: every core but the one the model runs on, at most 4."""
-    return min(4, max(1, available_cores() - 1))
+def default_workers(detector: str) -> int:
+    """Decoding worker processes for a build with `detector`.
+
+    Face detection costs far more than the embedding, so it gets every core (up to 8). Plain
+    decoding costs about as much as the small model's forward pass: on 2 cores decoding in
+    the main process while the model keeps both cores is fastest (LFW, human model: 1,209
+    images/s against 1,002 with one worker); beyond that, one core is kept for the model.
+    """
+    cores = available_cores()
+    if detector != "none":
+        return min(8, cores)
+    return 0 if cores <= 2 else min(4, cores - 1)
 
 
 def resolve_index_dir(option: str | os.PathLike | None = None) -> Path:

@@ -114,7 +114,7 @@ def embed_files(items: list[WorkItem], model: FaceModel, detector: str, batch_si
     """(results, vectors) per batch: vectors holds one row per face, in the results' order."""
     if not items:
         return
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(detector) if workers is None else workers
     loader = DataLoader(FaceCrops(items, model.preprocess, detector), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
                         prefetch_factor=4 if workers else None)
