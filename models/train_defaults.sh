@@ -9,5 +9,5 @@ train() {
   [ -f "$out/last.pt" ] && resume=(--resume)
   trainer train --out "$out" --no-progress "${resume[@]}" "$@"
 }
-train runs/dog --data ../shared/data/dogfacenet/images --species dog --miner batch-all --input-size 96 --epochs 40
-train runs/human --data ../shared/data/lfw/images --species human --miner batch-all --crop 0.5 --input-size 64 --epochs 40
+train runs/dog-long --data ../shared/data/dogfacenet/images --species dog --miner batch-all --input-size 96 --epochs 120
+train runs/human-long --data ../shared/data/lfw/images --species human --miner batch-all --crop 0.5 --input-size 64 --epochs 100
