@@ -1,7 +1,7 @@
 """face_recognition (dlib) on the same pairs `trainer evaluate` scores, with the same
 10-fold protocol, so the bundled human model can be compared with what users would pick.
 
-    python bench/dlib_baseline.py --data runs/human/split/val --pairs runs/human/split/val_pairs.txt
+    python bench/dlib_baseline.py --data runs/human-long/split/val --pairs runs/human-long/split/val_pairs.txt
 
 dlib finds the face with its HOG detector; where it finds none (LFW has a few hard
 crops) it is given LFW's central box, so every pair is scored.
