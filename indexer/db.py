@@ -11,6 +11,7 @@ could not be used, and why; they have no vector.
 """
 from __future__ import annotations
 
+import fcntl
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -160,5 +161,10 @@ def open_database(database: Path) -> Engine:
     """An engine on `database` (created if missing), its schema upgraded to the newest revision."""
     engine = create_sqlite_engine(database)
     if current_revision(engine) != head_revision():
-        upgrade(engine)
+        # Processes opening an old database at once would each start the upgrade, and SQLite
+        # refuses all but one ("database is locked"): upgrade one at a time, re-checking.
+        with open(database.parent / f"{database.name}.upgrade-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if current_revision(engine) != head_revision():
+                upgrade(engine)
     return engine

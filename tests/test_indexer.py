@@ -2,6 +2,7 @@
 vector store. Real SQLite files and FAISS indexes in tmp_path, small generated images."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -323,6 +324,31 @@ def test_database_at_first_revision_upgrades_without_losing_rows(tmp_path):
         rows = db.execute("SELECT id, path, identity, cluster FROM images ORDER BY id").fetchall()
         assert rows == [(i + 1, f"/g/rex/{i}.jpg", "rex", None) for i in range(5)]
         assert db.execute("SELECT name, threshold FROM models").fetchall() == [("m", 0.9)]
+
+
+def _open_and_report(database: str, barrier, results) -> None:
+    barrier.wait()                      # all processes open the old database at the same moment
+    try:
+        results.put(current_revision(open_database(Path(database))))
+    except Exception as error:          # the failure itself is what the test reports
+        results.put(repr(error))
+
+
+def test_processes_opening_an_old_database_at_once_all_see_it_upgraded(tmp_path):
+    database = tmp_path / DATABASE_FILE
+    engine = create_sqlite_engine(database)
+    upgrade(engine, "0001")
+    engine.dispose()
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(4), context.Queue()
+    processes = [context.Process(target=_open_and_report, args=(str(database), barrier, results))
+                 for _ in range(4)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join()
+    assert outcomes == ["0002"] * 4
 
 
 def test_real_index_downgraded_to_first_revision_opens_upgraded(gallery, open_writer, tmp_path):
