@@ -9,6 +9,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+LFW = SHARED_DATA / "lfw" / "images"
+DOGS = SHARED_DATA / "dogfacenet" / "images"
+GROUP_PHOTO = SHARED_DATA / "samples" / "group_photo.jpg"
 
 
 def identity_image(identity: int, variant: int, size: int = 64) -> Image.Image:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, identity_image
+from conftest import DOGS, LFW, identity_image
 from trainer.checkpoint import load_model
 from trainer.data import (group_by_identity, make_pairs, read_pairs, scan_identities, split_identities,
                           write_pairs)
 from trainer.imaging import load_image
 
-DATA = {"human": SHARED_DATA / "lfw" / "images", "dog": SHARED_DATA / "dogfacenet" / "images"}
+DATA = {"human": LFW, "dog": DOGS}
 
 
 @pytest.mark.parametrize("name", ["human", "dog"])

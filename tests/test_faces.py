@@ -11,10 +11,9 @@ from trainer.faces import (ALIGNED_SIZE, LFW_LANDMARKS, DlibDetector, Face, alig
                            default_detector, get_detector)
 from trainer.imaging import load_image
 
-from conftest import SHARED_DATA
+from conftest import GROUP_PHOTO, LFW
 
-GROUP_PHOTO = SHARED_DATA / "samples" / "group_photo.jpg"
-LFW_FACE = SHARED_DATA / "lfw" / "images" / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
+LFW_FACE = LFW / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg"
 
 needs_data = pytest.mark.skipif(not GROUP_PHOTO.is_file(), reason="shared sample photos not present")
 

@@ -27,9 +27,8 @@ from trainer.faces import Face
 from trainer.imaging import Preprocess, load_image
 from trainer.models import EmbeddingNet
 
-from conftest import SHARED_DATA, identity_image, write_identity_folders
+from conftest import LFW, identity_image, write_identity_folders
 
-LFW = SHARED_DATA / "lfw" / "images"
 
 
 def make_checkpoint(path: Path, seed: int = 0, threshold: float = 1.0) -> Path:

@@ -26,9 +26,8 @@ from trainer.checkpoint import save_checkpoint
 from trainer.imaging import Preprocess
 from trainer.models import EmbeddingNet
 
-from conftest import REPO, SHARED_DATA, write_identity_folders
+from conftest import LFW, REPO, write_identity_folders
 
-LFW = SHARED_DATA / "lfw" / "images"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import DOGS, GROUP_PHOTO, LFW
 from indexer.writer import IndexWriter
 from search.cli import main as search_cli
 from search.engine import QueryEngine, SearchError, vote
@@ -19,8 +19,6 @@ from trainer.checkpoint import save_checkpoint
 from trainer.imaging import Preprocess
 from trainer.models import EmbeddingNet
 
-LFW = SHARED_DATA / "lfw" / "images"
-GROUP_PHOTO = SHARED_DATA / "samples" / "group_photo.jpg"
 GALLERY_PEOPLE = ("Aaron_Peirsol", "Abdoulaye_Wade", "Adam_Sandler", "Ahmed_Chalabi")
 STRANGER = LFW / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg"    # not in the gallery
 # An untrained net puts every face within ~0.3 of every other; the same image is at ~0.
@@ -131,15 +129,14 @@ def test_verify_same_and_different(engine):
 
 def test_dog_photo_is_the_face(tmp_path):
     """No dog detector ships: a dog index's queries take the whole photo as the face."""
-    dogs = SHARED_DATA / "dogfacenet" / "images"
     for dog in ("0", "1"):
         (tmp_path / "gallery" / dog).mkdir(parents=True)
-        (tmp_path / "gallery" / dog / f"{dog}.0.jpg").symlink_to(dogs / dog / f"{dog}.0.jpg")
+        (tmp_path / "gallery" / dog / f"{dog}.0.jpg").symlink_to(DOGS / dog / f"{dog}.0.jpg")
     model = write_checkpoint(tmp_path / "dog.pt", seed=0, species="dog")
     with IndexWriter(tmp_path / "index", create=True, model=str(model), detector="none", workers=0,
                      progress=False) as writer:
         writer.build(tmp_path / "gallery")
-    result = QueryEngine(tmp_path / "index").identify(dogs / "1" / "1.0.jpg", k=2)
+    result = QueryEngine(tmp_path / "index").identify(DOGS / "1" / "1.0.jpg", k=2)
     assert result["detector"] == "none" and result["species"] == "dog"
     [face] = result["faces"]
     assert face["box"] is None and face["identity"] == "1"

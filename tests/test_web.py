@@ -28,8 +28,8 @@ from trainer.imaging import Preprocess
 from trainer.models import EmbeddingNet
 from web import create_app
 
-LFW = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw" / "images"
-GROUP_PHOTO = LFW.parent.parent / "samples" / "group_photo.jpg"
+from conftest import GROUP_PHOTO, LFW
+
 # People whose LFW photos dlib's detector finds a face in; two photos of each are indexed.
 GALLERY_PEOPLE = ("Aaron_Peirsol", "Abel_Pacheco", "Adam_Sandler", "Ahmed_Chalabi", "Ai_Sugiyama", "Al_Gore")
 GALLERY_PHOTO = LFW / "Al_Gore" / "Al_Gore_0001.jpg"
