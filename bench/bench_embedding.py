@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.checkpoint import load_model
+from faces.checkpoint import load_model
 from trainer.data import scan_identities
-from trainer.imaging import load_image
+from faces.imaging import load_image
 from trainer.losses import TripletLoss
 from trainer.miners import BatchHardMiner
-from trainer.models import DEFAULT_INPUT_SIZE, EmbeddingNet
+from faces.models import DEFAULT_INPUT_SIZE, EmbeddingNet
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw" / "images"
 

@@ -28,9 +28,9 @@ import torch
 from indexer.embedding import available_cores, default_workers
 from indexer.store import TRAINED_INDEX_MIN_SIZE, FaissStore, auto_index_type
 from indexer.writer import IndexWriter
-from trainer.checkpoint import FaceModel, load_model, save_checkpoint
-from trainer.imaging import Preprocess
-from trainer.models import EmbeddingNet
+from faces.checkpoint import FaceModel, load_model, save_checkpoint
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
 
 REPO = Path(__file__).resolve().parent.parent
 LFW = REPO.parent / "shared" / "data" / "lfw" / "images"

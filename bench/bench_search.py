@@ -33,9 +33,9 @@ from indexer.db import ImageRecord
 from indexer.embedding import ImageResult
 from indexer.writer import ChangeReport, IndexWriter
 from search.engine import QueryEngine
-from trainer.checkpoint import load_model, resolve_model_path, save_checkpoint
-from trainer.imaging import Preprocess, load_image
-from trainer.models import EmbeddingNet
+from faces.checkpoint import load_model, resolve_model_path, save_checkpoint
+from faces.imaging import Preprocess, load_image
+from faces.models import EmbeddingNet
 
 REPO = Path(__file__).resolve().parent.parent
 GROUP_PHOTO = REPO.parent / "shared" / "data" / "samples" / "group_photo.jpg"

@@ -16,7 +16,7 @@ import numpy as np
 
 from trainer.data import read_pairs
 from trainer.evaluate import verification_metrics
-from trainer.imaging import load_image
+from faces.imaging import load_image
 
 
 def encode(path, face_recognition) -> np.ndarray:

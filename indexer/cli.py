@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from trainer.clitools import FriendlyGroup, print_json, setup_logging
-from trainer.faces import DETECTORS
+from faces.clitools import FriendlyGroup, print_json, setup_logging
+from faces.detection import DETECTORS
 
 from .config import DEFAULT_CHECKPOINT_EVERY, DEFAULT_INDEX_DIR, INDEX_ENV_VAR, default_workers, resolve_index_dir
 from .gallery import Gallery
@@ -61,7 +61,7 @@ def embedding_options(command):
 
 
 def known_detector(name: str | None) -> str | None:
-    # Checked when the command runs, so detectors added to trainer.faces later are accepted.
+    # Checked when the command runs, so detectors added to faces.detection later are accepted.
     if name is not None and name not in DETECTORS:
         raise click.BadParameter(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}",
                                  param_hint="--detector")

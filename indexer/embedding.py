@@ -1,7 +1,7 @@
 """The embedding pipeline: files in, face embeddings out, in batches.
 
 DataLoader worker processes read each file once (hashing the bytes), decode it with
-trainer.imaging.load_image, find its faces with the trainer.faces detector and crop them
+faces.imaging.load_image, find its faces with the faces.detection detector and crop them
 with the model's Preprocess; the main process runs the model on whole batches. So decoding
 overlaps the model, and only a few batches are ever in memory.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.checkpoint import FaceModel
-from trainer.faces import get_detector
-from trainer.imaging import ImageError, Preprocess, load_image
+from faces.checkpoint import FaceModel
+from faces.detection import get_detector
+from faces.imaging import ImageError, Preprocess, load_image
 
 from .config import available_cores, default_workers
 from .scan import os_error_reason

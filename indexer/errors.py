@@ -1,11 +1,11 @@
 """The indexer's user-facing errors: each message says what is wrong and what to run.
 
-They are registered with trainer.clitools, so every facesearch command line prints them as
+They are registered with faces.clitools, so every facesearch command line prints them as
 one line and a non-zero exit instead of a traceback.
 """
 from __future__ import annotations
 
-from trainer.clitools import register_user_error
+from faces.clitools import register_user_error
 
 
 class IndexerError(Exception):

@@ -25,7 +25,7 @@ from .errors import IndexMissingError, ModelMismatchError
 from .store import FaissStore
 
 if TYPE_CHECKING:
-    from trainer.checkpoint import FaceModel
+    from faces.checkpoint import FaceModel
 
 SQL_CHUNK = 500
 
@@ -83,7 +83,7 @@ class Gallery:
 
     @property
     def model_source(self) -> str:
-        """What trainer.checkpoint.load_model takes to load the index's model (name or path)."""
+        """What faces.checkpoint.load_model takes to load the index's model (name or path)."""
         return self.model.source
 
     @property
@@ -101,7 +101,7 @@ class Gallery:
 
     @property
     def detector(self) -> str:
-        """The trainer.faces detector the gallery's faces were cropped with; queries need the same."""
+        """The faces.detection detector the gallery's faces were cropped with; queries need the same."""
         return self.model.detector
 
     def check_model(self, model: FaceModel) -> None:
@@ -113,7 +113,7 @@ class Gallery:
 
     def load_model(self, device: str | None = None) -> FaceModel:
         """The index's own model, checked to be the very file the index was built with."""
-        from trainer.checkpoint import load_model   # torch: only for callers that embed
+        from faces.checkpoint import load_model   # torch: only for callers that embed
         model = load_model(self.model.source, device=device)
         self.check_model(model)
         return model

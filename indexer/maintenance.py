@@ -10,7 +10,7 @@ from scipy.sparse import csr_matrix
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from trainer.errors import ModelError
+from faces.errors import ModelError
 
 from .db import INDEXED, PENDING, ImageRecord
 from .embedding import WorkItem, embed_files

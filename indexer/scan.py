@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from trainer.imaging import is_image_name
+from faces.imaging import is_image_name
 
 
 @dataclass(frozen=True)

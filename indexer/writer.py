@@ -30,9 +30,9 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from trainer.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
+from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
 from trainer.data import resolve_data_root
-from trainer.faces import default_detector, get_detector
+from faces.detection import default_detector, get_detector
 
 from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database, utc_now

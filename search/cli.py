@@ -9,8 +9,8 @@ import logging
 
 import click
 
-from trainer.clitools import FriendlyGroup, print_json, setup_logging
-from trainer.faces import DETECTOR_HELP, DETECTORS
+from faces.clitools import FriendlyGroup, print_json, setup_logging
+from faces.detection import DETECTOR_HELP, DETECTORS
 
 INDEX_HELP = "Index folder (default: $FACESEARCH_INDEX, else ./facesearch-index)."
 MODEL_HELP = ("Model name (human, dog) or checkpoint path. Default: the model the index was "
@@ -100,7 +100,7 @@ def identify(photo, k, index, model, detector, as_json) -> None:
 def verify(photo_a, photo_b, model, detector, as_json) -> None:
     """Whether PHOTO_A and PHOTO_B show the same individual (the largest face of each).
     Needs no index."""
-    from trainer.imaging import load_image
+    from faces.imaging import load_image
     images = load_image(photo_a), load_image(photo_b)   # bad files fail before the model loads
     from .engine import FacePipeline
     _one_torch_thread()
@@ -133,7 +133,7 @@ def serve(index, model, host, port, threads) -> None:
 
 def _open(photo, index, model, detector):
     """The photo, read first so a bad file fails before seconds of loading, and the engine."""
-    from trainer.imaging import load_image
+    from faces.imaging import load_image
     image = load_image(photo)
     from .engine import QueryEngine
     _one_torch_thread()

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from trainer.checkpoint import DEFAULT_MODEL, FaceModel, load_model
-from trainer.clitools import register_user_error
-from trainer.faces import Face, default_detector, get_detector
-from trainer.imaging import load_image
+from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
+from faces.clitools import register_user_error
+from faces.detection import Face, default_detector, get_detector
+from faces.imaging import load_image
 
 Source = str | os.PathLike | bytes | Image.Image
 

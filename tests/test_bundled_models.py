@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import DOGS, LFW, identity_image
-from trainer.checkpoint import load_model
+from faces.checkpoint import load_model
 from trainer.data import (group_by_identity, make_pairs, read_pairs, scan_identities, split_identities,
                           write_pairs)
-from trainer.imaging import load_image
+from faces.imaging import load_image
 
 DATA = {"human": LFW, "dog": DOGS}
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from trainer.checkpoint import save_checkpoint
+from faces.checkpoint import save_checkpoint
 from trainer.cli import main
 from trainer.data import DataError, read_pairs
 from trainer.evaluate import (balanced_folds, best_threshold, identification_metrics,
                               retrieval_metrics, verification_metrics)
-from trainer.imaging import Preprocess
-from trainer.models import EmbeddingNet
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
 
 
 def test_best_threshold_matches_exhaustive_search():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from trainer.faces import (ALIGNED_SIZE, LFW_LANDMARKS, DlibDetector, Face, align,
+from faces.detection import (ALIGNED_SIZE, LFW_LANDMARKS, DlibDetector, Face, align,
                            default_detector, get_detector)
-from trainer.imaging import load_image
+from faces.imaging import load_image
 
 from conftest import GROUP_PHOTO, LFW
 

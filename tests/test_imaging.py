@@ -4,7 +4,7 @@ import io
 import pytest
 from PIL import Image
 
-from trainer.imaging import ImageError, Preprocess, load_image
+from faces.imaging import ImageError, Preprocess, load_image
 
 
 def save(image: Image.Image, path, **options):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import trainer.faces
+import faces.detection
 from indexer import Gallery, IndexBusyError, IndexMissingError, ModelMismatchError
 from indexer import store as store_module
 from indexer.config import DATABASE_FILE, INDEX_ENV_VAR, VECTORS_FILE, resolve_index_dir
@@ -22,10 +22,10 @@ from indexer.db import current_revision, downgrade, head_revision, open_database
 from indexer.lock import IndexLock
 from indexer.store import FaissStore
 from indexer.writer import IndexWriter
-from trainer.checkpoint import load_model, save_checkpoint
-from trainer.faces import Face
-from trainer.imaging import Preprocess, load_image
-from trainer.models import EmbeddingNet
+from faces.checkpoint import load_model, save_checkpoint
+from faces.detection import Face
+from faces.imaging import Preprocess, load_image
+from faces.models import EmbeddingNet
 
 from conftest import LFW, identity_image, write_identity_folders
 
@@ -216,7 +216,7 @@ class TwoHalves:
 
 
 def test_one_row_per_detected_face_with_its_box(gallery, open_writer, tmp_path, monkeypatch):
-    monkeypatch.setitem(trainer.faces.DETECTORS, "halves", TwoHalves)
+    monkeypatch.setitem(faces.detection.DETECTORS, "halves", TwoHalves)
     with open_writer(detector="halves") as writer:
         report = writer.build(gallery)
     assert (report.images_added, report.faces_added) == (13, 26)

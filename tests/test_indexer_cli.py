@@ -22,9 +22,9 @@ from indexer.config import DATABASE_FILE, INDEX_ENV_VAR, VECTORS_FILE
 from indexer.lock import IndexLock
 from indexer.store import FaissStore
 from indexer.writer import IndexWriter
-from trainer.checkpoint import save_checkpoint
-from trainer.imaging import Preprocess
-from trainer.models import EmbeddingNet
+from faces.checkpoint import save_checkpoint
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
 
 from conftest import LFW, REPO, write_identity_folders
 

@@ -15,9 +15,9 @@ from conftest import DOGS, GROUP_PHOTO, LFW
 from indexer.writer import IndexWriter
 from search.cli import main as search_cli
 from search.engine import QueryEngine, SearchError, vote
-from trainer.checkpoint import save_checkpoint
-from trainer.imaging import Preprocess
-from trainer.models import EmbeddingNet
+from faces.checkpoint import save_checkpoint
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
 
 GALLERY_PEOPLE = ("Aaron_Peirsol", "Abdoulaye_Wade", "Adam_Sandler", "Ahmed_Chalabi")
 STRANGER = LFW / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg"    # not in the gallery
@@ -114,7 +114,7 @@ def test_engine_loads_once_and_reuses(engine, monkeypatch):
     def no_reload(*args, **kwargs):
         raise AssertionError("reloaded during a query")
     monkeypatch.setattr("search.engine.load_model", no_reload)
-    monkeypatch.setattr("trainer.checkpoint.load_model", no_reload)
+    monkeypatch.setattr("faces.checkpoint.load_model", no_reload)
     monkeypatch.setattr("indexer.gallery.Gallery.open", no_reload)
     for _ in range(2):
         assert engine.query(lfw_image("Abdoulaye_Wade", 1), k=1)["faces"][0]["matches"][0]["match"]

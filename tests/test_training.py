@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from trainer.checkpoint import load_model, read_checkpoint
+from faces.checkpoint import load_model, read_checkpoint
 from trainer.cli import main
 from trainer.data import PKSampler, scan_identities, split_identities
 
@@ -50,7 +50,7 @@ def test_identity_split_is_disjoint_and_reproducible():
 
 def mean_distances(model, root):
     samples = scan_identities(root)
-    from trainer.imaging import load_image
+    from faces.imaging import load_image
     embeddings = model.embed_images([load_image(s.path) for s in samples])
     labels = np.array([s.identity for s in samples])
     d = np.linalg.norm(embeddings[:, None] - embeddings[None], axis=2)

@@ -23,9 +23,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from indexer.cli import main as indexer_cli
-from trainer.checkpoint import save_checkpoint
-from trainer.imaging import Preprocess
-from trainer.models import EmbeddingNet
+from faces.checkpoint import save_checkpoint
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
 from web import create_app
 
 from conftest import GROUP_PHOTO, LFW

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .clitools import FriendlyGroup, print_json, setup_logging
+from faces.clitools import FriendlyGroup, print_json, setup_logging
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -84,7 +84,7 @@ def train(resume: bool, no_amp: bool, no_compile: bool, no_progress: bool, **opt
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every number.")
 def evaluate(model: str, data: str, pairs: str, out: str, as_json: bool) -> None:
     """Verification (LFW 10-fold protocol), identification and retrieval on DATA."""
-    from .checkpoint import load_model
+    from faces.checkpoint import load_model
     from .evaluate import evaluate as run_evaluation
     face_model = load_model(model)
     result = run_evaluation(face_model, data, pairs, Path(out), progress=not as_json)
@@ -128,7 +128,7 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
 @click.option("--json", "as_json", is_flag=True)
 def info(model: str, as_json: bool) -> None:
     """What a checkpoint holds: architecture, preprocessing, threshold, training metrics."""
-    from .checkpoint import read_checkpoint, resolve_model_path
+    from faces.checkpoint import read_checkpoint, resolve_model_path
     payload = read_checkpoint(resolve_model_path(model))
     payload.pop("state_dict")
     if as_json:

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from .errors import DataError, ImageError
-from .imaging import Preprocess, list_images, load_image
+from faces.errors import DataError, ImageError
+from faces.imaging import Preprocess, list_images, load_image
 
 log = logging.getLogger(__name__)
 

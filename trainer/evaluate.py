@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import FaceModel
+from faces.checkpoint import FaceModel
 from .data import DataError, load_faces, read_pairs, scan_identities
 
 FAR_TARGET = 1e-3

@@ -16,13 +16,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import FaceModel, save_checkpoint
+from faces.checkpoint import FaceModel, save_checkpoint
 from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
 from .evaluate import EvaluationSet, verification_metrics
-from .imaging import Preprocess
+from faces.imaging import Preprocess
 from .losses import ContrastiveLoss, JointLoss, TripletLoss
 from .miners import make_miner
-from .models import DEFAULT_INPUT_SIZE, EmbeddingNet
+from faces.models import DEFAULT_INPUT_SIZE, EmbeddingNet
 
 log = logging.getLogger(__name__)
 

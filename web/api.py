@@ -7,8 +7,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
-from trainer import clitools
-from trainer.imaging import ImageError
+from faces import clitools
+from faces.imaging import ImageError
 
 from .engine import EngineUnavailable, gallery_summary, get_engine
 from .uploads import read_image_upload

@@ -38,7 +38,7 @@ def _open_engine(config):
     # Imported here: FAISS, SQLite and the face detector load with the first search, not
     # when the app is created, so the pages and a 503 come up at once.
     from search.engine import QueryEngine
-    from trainer import clitools
+    from faces import clitools
 
     try:
         return QueryEngine(config["INDEX"], model=config["MODEL"], detector=config["DETECTOR"])

@@ -5,7 +5,7 @@ import os
 
 from flask import Blueprint, abort, current_app, render_template, request
 
-from trainer.imaging import ImageError
+from faces.imaging import ImageError
 
 from .engine import EngineUnavailable, gallery_image, gallery_stats, get_engine
 from .thumbnails import thumbnail_jpeg

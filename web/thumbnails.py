@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from functools import lru_cache
 
-from trainer.imaging import load_image
+from faces.imaging import load_image
 
 THUMBNAIL_PIXELS = 160
 # Context kept around a stored face box, as a fraction of the box's size on each side.

@@ -3,7 +3,7 @@
 The file name and the declared content type are the client's word and are ignored; the
 first bytes decide. Only everyday photo formats are accepted, which also keeps PIL's
 rarer decoders away from untrusted input. Whether the picture then decodes (corrupt,
-truncated, too many pixels) is for `trainer.imaging.load_image`, inside the engine.
+truncated, too many pixels) is for `faces.imaging.load_image`, inside the engine.
 """
 from __future__ import annotations
 
