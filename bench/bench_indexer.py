@@ -120,7 +120,7 @@ def bench_build(args, work: Path) -> dict:
             # Load-independent view: how much of the build's wall time the model was busy.
             "model_busy_fraction": round(model_busy / report.seconds, 3),
             "rebuild_unchanged_seconds": unchanged.seconds,
-            "workers": default_workers("none") if args.workers is None else args.workers,
+            "workers": default_workers(False) if args.workers is None else args.workers,
             "batch_size": args.batch_size, "cores": available_cores(),
             "peak_rss_mb": {"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
                             "workers": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024}}
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--model", help="Checkpoint to embed with (default: a fresh small 64 px model; "
                                         "throughput does not depend on the weights).")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, help=f"Decoding workers (default {default_workers('none')}).")
+    parser.add_argument("--workers", type=int, help=f"Decoding workers (default {default_workers(False)}).")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available).")
     parser.add_argument("--synthetic", type=int, default=TRAINED_INDEX_MIN_SIZE + 50_000,
                         help="Synthetic vectors for the recall test.")

@@ -61,6 +61,7 @@ class FaceModel:
     name: str = "unnamed"
     sha256: str = ""
     info: dict = field(default_factory=dict)
+    flip_average: bool = False   # embed each face and its mirror image, and average the two
 
     @property
     def embedding_dim(self) -> int:
@@ -74,7 +75,10 @@ class FaceModel:
     def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 N x 3 x S x S crops -> float32 N x D unit vectors."""
         inputs = self.preprocess.normalise(batch.to(self.device))
-        return self.net(inputs).float().cpu().numpy()
+        if not self.flip_average:
+            return self.net(inputs).float().cpu().numpy()
+        both = self.net(inputs) + self.net(inputs.flip(3))
+        return torch.nn.functional.normalize(both, dim=1).float().cpu().numpy()
 
     def embed_images(self, images, batch_size: int = 64) -> np.ndarray:
         """PIL face crops -> float32 N x D unit vectors."""
@@ -87,12 +91,13 @@ class FaceModel:
 
 def save_checkpoint(path: str | os.PathLike, net: EmbeddingNet, preprocess: Preprocess,
                     species: str, threshold: float, training: dict | None = None,
-                    half: bool = True) -> None:
+                    half: bool = True, flip_average: bool = False) -> None:
     state = {key: (value.half() if half and value.is_floating_point() else value).cpu()
              for key, value in net.state_dict().items()}
     payload = {"format": FORMAT, "arch": net.arch, "embedding_dim": net.embedding_dim,
                "preprocess": preprocess.to_dict(), "species": species,
-               "threshold": float(threshold), "training": training or {}, "state_dict": state}
+               "threshold": float(threshold), "flip_average": flip_average, "training": training or {},
+               "state_dict": state}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
@@ -121,4 +126,5 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | No
     name = str(name_or_path)   # a bundled name, or the path as the user gave it
     return FaceModel(net=net, preprocess=Preprocess.from_dict(payload["preprocess"]),
                      species=payload["species"], threshold=payload["threshold"], name=name,
-                     sha256=file_sha256(path), info=payload.get("training", {}))
+                     sha256=file_sha256(path), info=payload.get("training", {}),
+                     flip_average=bool(payload.get("flip_average", False)))

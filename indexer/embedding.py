@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from faces.checkpoint import FaceModel
-from faces.detection import get_detector
+from faces.detection import finds_faces, get_detector
 from faces.imaging import ImageError, Preprocess, load_image
 
 from .config import available_cores, default_workers
@@ -90,7 +90,7 @@ class FaceCrops(Dataset):
             result.skip_reason = error.reason
             return result, None
         if self._detector is None:
-            self._detector = get_detector(self.detector_name)
+            self._detector = get_detector(self.detector_name, self.preprocess)
         faces = self._detector(image)
         if not faces:
             result.skip_reason = "no face found"
@@ -114,7 +114,7 @@ def embed_files(items: list[WorkItem], model: FaceModel, detector: str, batch_si
     """(results, vectors) per batch: vectors holds one row per face, in the results' order."""
     if not items:
         return
-    workers = default_workers(detector) if workers is None else workers
+    workers = default_workers(finds_faces(detector, model.preprocess)) if workers is None else workers
     loader = DataLoader(FaceCrops(items, model.preprocess, detector), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
                         prefetch_factor=4 if workers else None)

@@ -62,7 +62,7 @@ class FacePipeline:
     def __init__(self, model: FaceModel, detector: str | None = None):
         self.model = model
         self.detector_name = detector or default_detector(model.species)
-        self.detector = get_detector(self.detector_name)
+        self.detector = get_detector(self.detector_name, model.preprocess)
 
     @classmethod
     def load(cls, model: str | os.PathLike = DEFAULT_MODEL, detector: str | None = None,

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from faces.checkpoint import save_checkpoint
 from trainer.cli import main
 from trainer.data import DataError, read_pairs
-from trainer.evaluate import (balanced_folds, best_threshold, identification_metrics,
-                              retrieval_metrics, verification_metrics)
+from trainer.evaluate import (balanced_folds, best_threshold, distance_matrix, identification_metrics,
+                              retrieval_metrics, search_metrics, verification_metrics)
 from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 
@@ -53,6 +53,25 @@ def test_identification_and_retrieval_known_answers():
     assert retrieval["queries"] == 6
     assert retrieval["recall@1"] == pytest.approx(5 / 6)   # only e5 finds identity 0 first
     assert 0 < retrieval["map"] < 1
+
+
+def test_search_metrics_query_each_identitys_first_image_against_the_rest():
+    e = np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 1, 0], [0.1, 0.99, 0], [0, 0, 1], [0.95, 0, 0.31],
+                  [0.999, 0.04, 0]])
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    labels = np.array([0, 0, 1, 1, 2, 2, 3])   # identity 3 has one image: a distractor only
+    search = search_metrics(e, labels)
+    assert search["queries"] == 3 and search["gallery"] == 4
+    # Identity 0's query finds the distractor first, its own second image next.
+    assert search["rank1"] == pytest.approx(2 / 3) and search["rank5"] == 1.0
+    assert search["map"] == pytest.approx((1 / 2 + 1 + 1) / 3)
+
+
+def test_distance_matrix_is_euclidean_for_vectors_of_any_length():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 8)), 3 * rng.normal(size=(4, 8))
+    expected = np.linalg.norm(a[:, None] - b[None], axis=2)
+    assert np.allclose(distance_matrix(a, b), expected, atol=1e-6)
 
 
 def test_pairs_file_formats(tmp_path):

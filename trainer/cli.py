@@ -28,9 +28,15 @@ def main(verbose: bool) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics logs, plots, identity split.")
 @click.option("--species", type=click.Choice(["human", "dog"]), default="human", show_default=True)
-@click.option("--arch", type=click.Choice(["small", "inception_resnet_v1", "resnet18", "resnet34",
-                                           "resnet50"]), default="small", show_default=True,
+@click.option("--arch", type=click.Choice(["small", "inception_resnet_v1", "dlib_resnet", "resnet18",
+                                           "resnet34", "resnet50"]), default="small", show_default=True,
               help="Backbone. 'small' trains on a laptop CPU; the others want a GPU.")
+@click.option("--init", help="Start from this checkpoint (bundled name or path), e.g. one written "
+                             "by `trainer import-dlib`; its architecture and preprocessing are kept.")
+@click.option("--freeze", default=0, show_default=True,
+              help="Keep the first N backbone layers (input side) fixed.")
+@click.option("--augment", type=click.Choice(["full", "light"]), default="full", show_default=True,
+              help="'light' (flips, colour, 2%% shifts) suits adapting an aligned-face network.")
 @click.option("--pretrained", is_flag=True, help="Start torchvision ResNets from ImageNet weights.")
 @click.option("--embedding-dim", default=128, show_default=True)
 @click.option("--input-size", type=int, help="Input pixels (default: the backbone's own).")
@@ -81,12 +87,16 @@ def train(resume: bool, no_amp: bool, no_compile: bool, no_progress: bool, **opt
               help="Pairs file in LFW format.")
 @click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True,
               help="Where the ROC curve and embedding map PNGs go.")
+@click.option("--flip/--no-flip", default=None,
+              help="Average each face's embedding with its mirror image's (default: as the model says).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every number.")
-def evaluate(model: str, data: str, pairs: str, out: str, as_json: bool) -> None:
-    """Verification (LFW 10-fold protocol), identification and retrieval on DATA."""
+def evaluate(model: str, data: str, pairs: str, out: str, flip: bool | None, as_json: bool) -> None:
+    """Verification (LFW 10-fold protocol), identification, retrieval and search on DATA."""
     from faces.checkpoint import load_model
     from .evaluate import evaluate as run_evaluation
     face_model = load_model(model)
+    if flip is not None:
+        face_model.flip_average = flip
     result = run_evaluation(face_model, data, pairs, Path(out), progress=not as_json)
     if as_json:
         print_json(result)
@@ -99,6 +109,10 @@ def evaluate(model: str, data: str, pairs: str, out: str, as_json: bool) -> None
     if i["rank1"] is not None:
         click.echo(f"identification  rank-1 {i['rank1']:.4f}   rank-5 {i['rank5']:.4f} "
                    f"({i['probes']} probes, {i['gallery']} gallery)")
+    if result["search"]["rank1"] is not None:
+        q = result["search"]
+        click.echo(f"search  rank-1 {q['rank1']:.4f}   rank-5 {q['rank5']:.4f}   mAP {q['map']:.4f} "
+                   f"(each identity's first image against {q['gallery']} others, {q['queries']} queries)")
     if r["map"] is not None:
         click.echo(f"retrieval  mAP {r['map']:.4f}   R@1 {r['recall@1']:.4f}   R@5 {r['recall@5']:.4f}   "
                    f"R@10 {r['recall@10']:.4f}")
@@ -121,6 +135,25 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
     print_json(counts) if as_json else click.echo(
         f"{counts['train_identities']} train / {counts['val_identities']} val identities; "
         f"pairs in {Path(out) / 'val_pairs.txt'}")
+
+
+@main.command("import-dlib")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint to write, e.g. models/human.pt.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Held-out identity folders to choose the verification threshold on.")
+@click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Pairs file (LFW format) among --data's identities.")
+@click.option("--json", "as_json", is_flag=True)
+def import_dlib(out: str, data: str, pairs: str, as_json: bool) -> None:
+    """Convert dlib's public face recognition ResNet (shipped in face-recognition-models)
+    into a facesearch checkpoint: architecture dlib_resnet, dlib's 150 px face chips, its
+    exact float32 weights. Nothing is downloaded."""
+    from .dlib_import import import_dlib as run_import
+    result = run_import(out, data, pairs, progress=not as_json)
+    print_json(result) if as_json else click.echo(
+        f"wrote {result['out']}: held-out accuracy {result['val_accuracy']:.4f}, "
+        f"AUC {result['val_auc']:.4f}, threshold {result['val_threshold']:.4f}")
 
 
 @main.command()

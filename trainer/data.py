@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from faces.errors import DataError, ImageError
+from faces.detection import get_detector
 from faces.imaging import Preprocess, list_images, load_image
 
 log = logging.getLogger(__name__)
@@ -160,9 +161,10 @@ def load_faces(paths: list[Path], preprocess: Preprocess, progress: bool = True,
                desc: str = "loading") -> tuple[torch.Tensor, list[int], list[ImageError]]:
     """Decode and crop every file once: (uint8 N x 3 x S x S, indices kept, errors)."""
     tensors, kept, errors = [], [], []
+    face_of = get_detector("none", preprocess)   # the image is the face, aligned as the model wants
     for index, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress)):
         try:
-            tensors.append(preprocess.to_uint8(load_image(path)))
+            tensors.append(preprocess.to_uint8(face_of(load_image(path))[0].image))
             kept.append(index)
         except ImageError as error:
             errors.append(error)

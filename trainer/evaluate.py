@@ -64,7 +64,9 @@ def verification_metrics(distances: np.ndarray, same: np.ndarray, folds: int = 1
 # --- identification and retrieval ----------------------------------------------------------
 
 def distance_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.clip(2.0 - 2.0 * a @ b.T, 0.0, None))
+    """Euclidean distances between rows (any length: baselines' vectors are not unit)."""
+    squared = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.clip(squared, 0.0, None))
 
 
 def identification_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict:
@@ -105,6 +107,23 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 5, 10),
     return {"map": float(np.mean(average_precisions)),
             **{f"recall@{k}": float(np.mean(hits[k])) for k in ks},
             "queries": len(average_precisions)}
+
+
+def search_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict:
+    """Search as a user runs it: each identity's first image (of those with two or more)
+    queries a gallery of every other non-query image; rank-1/5 and mAP over the queries."""
+    _, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    queries = first[counts >= 2]
+    gallery = np.setdiff1d(np.arange(len(labels)), queries)
+    if len(queries) == 0:
+        return {"rank1": None, "rank5": None, "map": None, "queries": 0, "gallery": int(len(gallery))}
+    distances = distance_matrix(embeddings[queries], embeddings[gallery])
+    order = np.argsort(distances, axis=1, kind="stable")
+    relevant = labels[gallery][order] == labels[queries][:, None]
+    first_hit = relevant.argmax(1)
+    precisions = [float((np.arange(1, r.sum() + 1) / (np.flatnonzero(r) + 1)).mean()) for r in relevant]
+    return {"rank1": float((first_hit < 1).mean()), "rank5": float((first_hit < 5).mean()),
+            "map": float(np.mean(precisions)), "queries": int(len(queries)), "gallery": int(len(gallery))}
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -201,12 +220,13 @@ def evaluate(model: FaceModel, data: str | Path, pairs_file: str | Path, out: Pa
     inputs = evaluation_set.embed(model)
     verification = verification_metrics(inputs.pair_distances, inputs.pair_same)
     far, tar = verification.pop("roc")
-    result = {"model": model.name, "data": str(data), "pairs_file": str(pairs_file),
+    result = {"model": model.name, "flip_average": model.flip_average, "data": str(data), "pairs_file": str(pairs_file),
               "images": int(len(inputs.labels)), "identities": len(inputs.names),
               "skipped": evaluation_set.skipped, "pairs_unusable": evaluation_set.pairs_unusable,
               "verification": verification,
               "identification": identification_metrics(inputs.embeddings, inputs.labels),
-              "retrieval": retrieval_metrics(inputs.embeddings, inputs.labels)}
+              "retrieval": retrieval_metrics(inputs.embeddings, inputs.labels),
+              "search": search_metrics(inputs.embeddings, inputs.labels)}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         plot_roc(far, tar, verification["auc"], f"ROC: {model.name} on {Path(data).name}", out / "roc.png")

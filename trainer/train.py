@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from faces.checkpoint import FaceModel, save_checkpoint
+from faces.checkpoint import FaceModel, load_model, save_checkpoint
 from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
 from .evaluate import EvaluationSet, verification_metrics
 from faces.imaging import Preprocess
@@ -58,6 +58,9 @@ class TrainConfig:
     scheduler: str = "cosine"
     val_fraction: float = 0.2
     seed: int = 0
+    init: str | None = None
+    freeze: int = 0
+    augment: str = "full"
     workers: int = 1
     amp: bool = True
     compile: bool = True
@@ -75,8 +78,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def augmentation(size: int):
+AUGMENTATIONS = ("full", "light")
+
+
+def augmentation(size: int, kind: str = "full"):
+    """'full' for training from scratch; 'light' (flips, colour, 2% shifts) for adapting an
+    aligned-face network, whose features depend on where the alignment puts the face."""
     from torchvision.transforms import v2
+    if kind == "light":
+        return v2.Compose([
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=3, translate=(0.02, 0.02)),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+        ])
+    if kind != "full":
+        raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}")
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
         v2.RandomHorizontalFlip(),
@@ -116,6 +132,16 @@ def build_scheduler(config: TrainConfig, optimizer):
     raise ValueError(f"unknown scheduler {config.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
 
 
+def freeze_early_layers(net: EmbeddingNet, count: int) -> None:
+    """Stop training the first `count` backbone layers that hold parameters (in the order
+    the backbone builds them, input first): early features of a face network are generic."""
+    layers = [m for m in net.backbone.modules() if next(m.parameters(recurse=False), None) is not None]
+    if count > len(layers):
+        raise ValueError(f"--freeze {count}: the {net.arch} backbone has {len(layers)} layers with parameters")
+    for layer in layers[:count]:
+        layer.requires_grad_(False)
+
+
 def plot_history(history: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -146,7 +172,14 @@ class Trainer:
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
         seed_everything(config.seed)
-        self.preprocess = Preprocess(input_size=config.size, crop=config.crop)
+        start = load_model(config.init, "cpu") if config.init else None
+        if start is not None:
+            # The starting network fixes architecture and preprocessing.
+            config.arch, config.embedding_dim = start.net.arch, start.embedding_dim
+            config.input_size, config.crop = start.preprocess.input_size, start.preprocess.crop
+            self.preprocess = start.preprocess
+        else:
+            self.preprocess = Preprocess(input_size=config.size, crop=config.crop)
 
         train_root, self.validation = Path(config.data), None
         if config.val_fraction > 0:
@@ -157,7 +190,7 @@ class Trainer:
                                             self.out / "split" / "val_pairs.txt",
                                             self.preprocess, config.progress)
         self.dataset = FaceDataset(scan_identities(train_root), self.preprocess,
-                                   augmentation(config.size), config.progress)
+                                   augmentation(config.size, config.augment), config.progress)
         if len(self.dataset.identities) < 2:
             raise DataError(f"{train_root}: training needs at least two identities with readable "
                             f"images, found {len(self.dataset.identities)}")
@@ -165,9 +198,12 @@ class Trainer:
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=config.workers,
                                  persistent_workers=config.workers > 0, pin_memory=self.cuda)
 
-        self.net = EmbeddingNet(config.arch, config.embedding_dim, config.pretrained).to(self.device)
+        self.net = (start.net if start is not None
+                    else EmbeddingNet(config.arch, config.embedding_dim, config.pretrained)).to(self.device)
+        freeze_early_layers(self.net, config.freeze)
         self.loss = build_loss(config, len(self.dataset.identities)).to(self.device)
-        self.optimizer = build_optimizer(config, list(self.net.parameters()) + list(self.loss.parameters()))
+        trainable = [p for p in self.net.parameters() if p.requires_grad] + list(self.loss.parameters())
+        self.optimizer = build_optimizer(config, trainable)
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
         self.forward = torch.compile(self.net) if self.cuda and config.compile else self.net
