@@ -1,8 +1,8 @@
 """Model checkpoints: one file carries everything needed to use a model.
 
 A checkpoint holds the architecture, embedding size, preprocessing (input size, crop,
-normalisation), species, the verification threshold chosen on validation identities, and
-how it was trained. `load_model` needs only this module and `models`: no training code,
+normalisation), species, its operating points (verification thresholds chosen on held-out
+identities, with the true and false accept rates they gave there), and how it was trained. `load_model` needs only this module and `models`: no training code,
 no network. Bundled models are found by name (`human`, `dog`) in the repository's
 `models/` folder, or in $FACESEARCH_MODELS.
 """
@@ -19,12 +19,11 @@ import torch
 from .errors import ModelError
 from .imaging import Preprocess
 from .models import EmbeddingNet
+from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
 
 FORMAT = "facesearch-embedding/1"
 BUNDLED_MODELS = ("human", "dog")
 DEFAULT_MODEL = "human"
-
-
 def models_dir() -> Path:
     return Path(os.environ.get("FACESEARCH_MODELS", Path(__file__).resolve().parent.parent / "models"))
 
@@ -57,11 +56,37 @@ class FaceModel:
     net: EmbeddingNet
     preprocess: Preprocess
     species: str
-    threshold: float
+    threshold: float            # the default (strict) operating point's distance
     name: str = "unnamed"
     sha256: str = ""
     info: dict = field(default_factory=dict)
     flip_average: bool = False   # embed each face and its mirror image, and average the two
+    operating_points: dict = field(default_factory=dict)   # {"strict": {"threshold", "tar", "far"}, ...}
+
+    def operating_point(self, choice: str | float | None = None) -> dict:
+        """{"name", "threshold", "tar", "far"} of an operating point name (strict, balanced),
+        or {"name": "custom", "threshold": value, ...} for a distance given as a number.
+        tar and far are None where the checkpoint has no measurement (old checkpoints, and
+        custom values)."""
+        choice = DEFAULT_OPERATING_POINT if choice is None else choice
+        if isinstance(choice, str) and choice.strip().lower() in OPERATING_POINTS:
+            name = choice.strip().lower()
+            point = self.operating_points.get(name) or {"threshold": self.threshold}
+            return {"name": name, "threshold": float(point["threshold"]),
+                    "tar": point.get("tar"), "far": point.get("far")}
+        try:
+            value = float(choice)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0.0 < value <= 2.0:   # also refuses nan
+            raise ModelError(f"threshold {choice!r}: expected {' or '.join(OPERATING_POINTS)}, or a "
+                             f"distance between 0 and 2")
+        return {"name": "custom", "threshold": value, "tar": None, "far": None}
+
+    def threshold_for(self, choice: str | float | None = None) -> float:
+        """The distance threshold (same individual if distance <= it) of an operating point
+        name or a number; None means the default (strict)."""
+        return self.operating_point(choice)["threshold"]
 
     @property
     def embedding_dim(self) -> int:
@@ -91,13 +116,41 @@ class FaceModel:
 
 def save_checkpoint(path: str | os.PathLike, net: EmbeddingNet, preprocess: Preprocess,
                     species: str, threshold: float, training: dict | None = None,
-                    half: bool = True, flip_average: bool = False) -> None:
+                    half: bool = True, operating_points: dict | None = None,
+                    flip_average: bool = False) -> None:
+    """Write a checkpoint. With `operating_points` (trainer.evaluate.operating_points), the
+    stored threshold is their strict one and `threshold` is ignored."""
     state = {key: (value.half() if half and value.is_floating_point() else value).cpu()
              for key, value in net.state_dict().items()}
     payload = {"format": FORMAT, "arch": net.arch, "embedding_dim": net.embedding_dim,
                "preprocess": preprocess.to_dict(), "species": species,
                "threshold": float(threshold), "flip_average": flip_average, "training": training or {},
                "state_dict": state}
+    if operating_points:
+        _set_operating_points(payload, operating_points)
+    _write_payload(payload, path)
+
+
+def write_operating_points(path: str | os.PathLike, operating_points: dict,
+                           out: str | os.PathLike | None = None) -> Path:
+    """Store operating points in an existing checkpoint (in place, or as a copy at `out`);
+    the weights are untouched. Returns the file written."""
+    payload = read_checkpoint(path)
+    _set_operating_points(payload, operating_points)
+    target = Path(out) if out is not None else Path(path)
+    _write_payload(payload, target)
+    return target
+
+
+def _set_operating_points(payload: dict, operating_points: dict) -> None:
+    missing = [name for name in OPERATING_POINTS if name not in operating_points]
+    if missing:
+        raise ModelError(f"operating points {', '.join(missing)} missing")
+    payload["operating_points"] = operating_points
+    payload["threshold"] = float(operating_points[DEFAULT_OPERATING_POINT]["threshold"])
+
+
+def _write_payload(payload: dict, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
@@ -127,4 +180,6 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | No
     return FaceModel(net=net, preprocess=Preprocess.from_dict(payload["preprocess"]),
                      species=payload["species"], threshold=payload["threshold"], name=name,
                      sha256=file_sha256(path), info=payload.get("training", {}),
-                     flip_average=bool(payload.get("flip_average", False)))
+                     flip_average=bool(payload.get("flip_average", False)),
+                     # Checkpoints from before operating points: their one threshold serves all.
+                     operating_points=payload.get("operating_points", {}))

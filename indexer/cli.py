@@ -8,6 +8,7 @@ import click
 
 from faces.clitools import FriendlyGroup, print_json, setup_logging
 from faces.detection import DETECTORS
+from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
 
 from .config import DEFAULT_CHECKPOINT_EVERY, DEFAULT_INDEX_DIR, INDEX_ENV_VAR, default_workers, resolve_index_dir
 from .gallery import Gallery
@@ -219,25 +220,33 @@ def export(out: str, index_dir: str | None) -> None:
 
 
 @main.command()
-@click.option("--neighbours", default=10, show_default=True,
-              help="Nearest neighbours linked per face (the clustering's connectivity).")
+@click.option("--threshold", default=DEFAULT_OPERATING_POINT, show_default=True, help=THRESHOLD_HELP)
+@click.option("--neighbours", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Nearest faces looked up per face (memory grows with faces x neighbours).")
 @index_option
 @json_option
-def cluster(neighbours: int, index_dir: str | None, as_json: bool) -> None:
-    """Group the gallery into individuals (agglomerative clustering at the model's threshold)
-    and store each face's cluster."""
+def cluster(threshold: str, neighbours: int, index_dir: str | None, as_json: bool) -> None:
+    """Group the gallery into individuals and store each face's cluster (`indexer export`
+    writes them): average-linkage clustering, two groups joining while the mean distance
+    between their faces is within the threshold. Where gallery folders name identities, the
+    clusters are scored against them: pairwise precision (of the pairs put together, the
+    share that are one identity), recall (of each identity's pairs, the share put together),
+    F1, and V-measure."""
     from .maintenance import cluster_gallery
     with open_writer(index_dir) as writer:
-        summary = cluster_gallery(writer, neighbours)
+        summary = cluster_gallery(writer, threshold, neighbours)
     if as_json:
         print_json(summary)
         return
     click.echo(f"{summary['faces']} faces in {summary['clusters']} clusters ({summary['singletons']} singletons; "
-               f"largest {summary['largest']}) at threshold {summary['threshold']:.4f}")
+               f"largest {summary['largest']}) at distance {summary['threshold']:.4f} "
+               f"({summary['operating_point']['name']} operating point)")
     if "against_identities" in summary:
         known = summary["against_identities"]
-        click.echo(f"against the {known['identities']} folder identities: homogeneity {known['homogeneity']}, "
-                   f"completeness {known['completeness']}, V-measure {known['v_measure']}")
+        click.echo(f"against the {known['identities']} folder identities of {known['faces']} faces: pairwise "
+                   f"precision {known['pairwise_precision']}, recall {known['pairwise_recall']}, "
+                   f"F1 {known['pairwise_f1']}; V-measure {known['v_measure']} (homogeneity "
+                   f"{known['homogeneity']}, completeness {known['completeness']})")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
 """Keeping an index honest, and grouping it: check (and repair), cluster."""
 from __future__ import annotations
 
-import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse import csr_matrix
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -164,50 +162,38 @@ def _files_of(writer: IndexWriter, ids) -> dict[str, str | None]:
 
 # --- clustering ----------------------------------------------------------------------------
 
-def cluster_gallery(writer: IndexWriter, neighbours: int = 10) -> dict:
-    """Group the indexed faces into individuals: average-linkage agglomerative clustering,
-    merging while clusters are closer than the model's threshold (L2). Only the k nearest
-    neighbours of each face (from the index itself) are linked, so memory grows with N·k,
-    not N². Writes each face's cluster to the database."""
-    from sklearn.cluster import AgglomerativeClustering
-    from sklearn.metrics import homogeneity_completeness_v_measure
+def cluster_gallery(writer: IndexWriter, threshold: str | float | None = None, neighbours: int = 100) -> dict:
+    """Group the indexed faces into individuals (indexer.clustering.cluster_faces: average
+    linkage at the operating point's distance, default strict, over each face's `neighbours`
+    nearest faces from the index itself) and write each face's cluster to the database.
+    Where faces have identities (gallery folders), the summary scores the clusters against
+    them (pairwise precision, recall, F1; V-measure)."""
+    from .clustering import cluster_faces, cluster_scores
 
+    point = writer.face_model().operating_point(threshold)
     writer.reconcile()
     with Session(writer.engine) as session:
         records = list(session.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.identity)
                                        .where(ImageRecord.status == INDEXED).order_by(ImageRecord.id)))
     ids = np.array([r.id for r in records], dtype=np.int64)
-    vectors = writer.store.vectors(ids)
-    if len(ids) < 2:
-        labels = np.zeros(len(ids), dtype=np.int64)
-    else:
-        k = min(neighbours + 1, len(ids))
-        _, found = writer.store.search(vectors, k)
+    labels = np.zeros(len(ids), dtype=np.int64)
+    if len(ids) >= 2:
+        similarities, found = writer.store.search(writer.store.vectors(ids), min(neighbours + 1, len(ids)))
         position = {image_id: i for i, image_id in enumerate(ids.tolist())}
-        rows = np.repeat(np.arange(len(ids)), k)
-        cols = np.array([position.get(i, -1) for i in found.reshape(-1).tolist()])
-        keep = cols >= 0
-        graph = csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(len(ids), len(ids)))
-        with warnings.catch_warnings():
-            # Several components in the neighbour graph are normal (distinct individuals);
-            # scikit-learn joins them itself and says so.
-            warnings.filterwarnings("ignore", message=".*connected components.*")
-            labels = AgglomerativeClustering(n_clusters=None, distance_threshold=writer.model_record.threshold,
-                                             linkage="average", connectivity=graph + graph.T
-                                             ).fit_predict(vectors)
+        rows = np.array([[position.get(i, -1) for i in row] for row in found.tolist()], dtype=np.int64)
+        distances = np.sqrt(np.clip(2.0 - 2.0 * similarities, 0.0, None))
+        labels = cluster_faces(rows, distances, point["threshold"])
     with Session(writer.engine) as session, session.begin():
         session.execute(update(ImageRecord).values(cluster=None))
         for chunk in batched(list(zip(ids.tolist(), labels.tolist())), SQL_CHUNK):
             session.execute(update(ImageRecord), [{"id": i, "cluster": c} for i, c in chunk])
     sizes = Counter(labels.tolist())
     summary = {"faces": len(ids), "clusters": len(sizes), "singletons": sum(1 for n in sizes.values() if n == 1),
-               "largest": [n for _, n in sizes.most_common(5)], "threshold": writer.model_record.threshold}
+               "largest": [n for _, n in sizes.most_common(5)], "threshold": point.pop("threshold"),
+               "operating_point": point, "neighbours": neighbours}
     named = [(r.identity, label) for r, label in zip(records, labels.tolist()) if r.identity is not None]
     if named:
-        truth, predicted = zip(*named)
-        homogeneity, completeness, v_measure = homogeneity_completeness_v_measure(truth, predicted)
-        summary["against_identities"] = {"identities": len(set(truth)), "homogeneity": round(homogeneity, 4),
-                                         "completeness": round(completeness, 4), "v_measure": round(v_measure, 4)}
+        summary["against_identities"] = {"faces": len(named), **cluster_scores(*zip(*named))}
     summary["assignment"] = [{"id": r.id, "path": r.path, "identity": r.identity, "cluster": label}
                              for r, label in zip(records, labels.tolist())]
     return summary

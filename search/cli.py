@@ -9,8 +9,10 @@ import logging
 
 import click
 
+from faces import clitools
 from faces.clitools import FriendlyGroup, print_json, setup_logging
 from faces.detection import DETECTOR_HELP, DETECTORS
+from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
 
 INDEX_HELP = "Index folder (default: $FACESEARCH_INDEX, else ./facesearch-index)."
 MODEL_HELP = ("Model name (human, dog) or checkpoint path. Default: the model the index was "
@@ -21,7 +23,20 @@ model_option = click.option("--model", help=MODEL_HELP)
 detector_option = click.option("--detector", type=click.Choice(list(DETECTORS)), help=DETECTOR_HELP)
 k_option = click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1),
                         help="Gallery neighbours per face.")
+threshold_option = click.option("--threshold", default=DEFAULT_OPERATING_POINT, show_default=True,
+                                help=THRESHOLD_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+lines_option = click.option("--json", "as_json", is_flag=True,
+                            help='Print one JSON object per line, one per photo, each with a "photo" '
+                                 'field (the path as given); a photo that fails gives '
+                                 '{"photo", "error"}.')
+photos_argument = click.argument("photos", nargs=-1, required=True, type=click.Path())
+
+
+class Trouble(click.ClickException):
+    """An error in a command whose exit status 1 has another meaning (verify: different)."""
+
+    exit_code = 2
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -41,53 +56,56 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.argument("photo", type=click.Path())
+@photos_argument
 @k_option
+@threshold_option
 @index_option
 @model_option
 @detector_option
-@json_option
-def query(photo, k, index, model, detector, as_json) -> None:
-    """The K nearest gallery faces of every face in PHOTO, and whether each is within the
-    model's verification threshold (a match)."""
-    engine, image = _open(photo, index, model, detector)
-    result = engine.query(image, k=k, name=photo)
-    if as_json:
-        print_json(result)
-        return
-    _echo_header(photo, result)
-    for number, face in enumerate(result["faces"], 1):
-        click.echo(f"\nface {number}  box {_box(face['box'])}")
-        click.echo(f"  {'rank':>4}  {'distance':>8}  {'similarity':>10}  {'match':<5}  "
-                   f"{'identity':<24}  path")
-        for rank, m in enumerate(face["matches"], 1):
-            click.echo(f"  {rank:>4}  {m['distance']:>8.3f}  {m['similarity']:>10.3f}  "
-                       f"{'yes' if m['match'] else 'no':<5}  {str(m['identity']):<24}  {m['path']}")
+@lines_option
+def query(photos, k, threshold, index, model, detector, as_json) -> None:
+    """The K nearest gallery faces of every face in each of PHOTOS (files, or folders of
+    images), and whether each is a match: within the operating point's distance.
+    Exit status 0 when every photo was searched, 1 when any could not be."""
+    def show(photo, result):
+        _echo_header(photo, result)
+        for number, face in enumerate(result["faces"], 1):
+            click.echo(f"\nface {number}  box {_box(face['box'])}")
+            click.echo(f"  {'rank':>4}  {'distance':>8}  {'similarity':>10}  {'match':<5}  "
+                       f"{'identity':<24}  path")
+            for rank, m in enumerate(face["matches"], 1):
+                click.echo(f"  {rank:>4}  {m['distance']:>8.3f}  {m['similarity']:>10.3f}  "
+                           f"{'yes' if m['match'] else 'no':<5}  {str(m['identity']):<24}  {m['path']}")
+
+    _run_photos("query", photos, dict(k=k, threshold=threshold), index, model, detector, as_json, show)
 
 
 @main.command()
-@click.argument("photo", type=click.Path())
+@photos_argument
 @k_option
+@threshold_option
 @index_option
 @model_option
 @detector_option
-@json_option
-def identify(photo, k, index, model, detector, as_json) -> None:
-    """Who is in PHOTO: for each face, the identity most of its K nearest gallery faces
-    within the threshold vote for, or "unknown" when none is within it."""
-    engine, image = _open(photo, index, model, detector)
-    result = engine.identify(image, k=k, name=photo)
-    if as_json:
-        print_json(result)
-        return
-    _echo_header(photo, result)
-    for number, face in enumerate(result["faces"], 1):
-        if face["votes"]:
-            verdict = (f"{face['identity']}  ({face['votes']} of {face['voters']} neighbours within "
-                       f"the threshold agree; nearest distance {face['distance']:.3f})")
-        else:
-            verdict = f"unknown  (no gallery face within distance {result['threshold']:.3f})"
-        click.echo(f"face {number}  box {_box(face['box'])}: {verdict}")
+@lines_option
+def identify(photos, k, threshold, index, model, detector, as_json) -> None:
+    """Who is in each of PHOTOS (files, or folders of images): for each face, the identity
+    its K nearest gallery faces within the threshold point to, the nearest counting most
+    (weight 1/distance²; an exact match wins), or "unknown" when none is within the
+    threshold or they disagree (the winner holds under 75% of the evidence).
+    Exit status 0 when every photo was searched, 1 when any could not be."""
+    def show(photo, result):
+        _echo_header(photo, result)
+        for number, face in enumerate(result["faces"], 1):
+            if face["identity"] != "unknown":
+                verdict = (f"{face['identity']}  ({face['evidence']:.0%} of the evidence, {face['votes']} of "
+                           f"{face['voters']} neighbours within the threshold; nearest distance "
+                           f"{face['distance']:.3f})")
+            else:
+                verdict = f"unknown  ({face['reason']})"
+            click.echo(f"face {number}  box {_box(face['box'])}: {verdict}")
+
+    _run_photos("identify", photos, dict(k=k, threshold=threshold), index, model, detector, as_json, show)
 
 
 @main.command()
@@ -95,23 +113,37 @@ def identify(photo, k, index, model, detector, as_json) -> None:
 @click.argument("photo_b", type=click.Path())
 @click.option("--model", default="human", show_default=True,
               help="Model name (human, dog) or checkpoint path.")
+@threshold_option
 @detector_option
 @json_option
-def verify(photo_a, photo_b, model, detector, as_json) -> None:
+def verify(photo_a, photo_b, model, threshold, detector, as_json) -> None:
     """Whether PHOTO_A and PHOTO_B show the same individual (the largest face of each).
-    Needs no index."""
-    from faces.imaging import load_image
-    images = load_image(photo_a), load_image(photo_b)   # bad files fail before the model loads
-    from .engine import FacePipeline
-    _one_torch_thread()
-    result = FacePipeline.load(model, detector).verify(*images, names=(photo_a, photo_b))
+    Needs no index.
+
+    \b
+    Exit status, as cmp and diff: 0 same, 1 different, 2 error (a bad photo, no face,
+    a bad model or threshold).
+    """
+    try:
+        from faces.imaging import load_image
+        images = load_image(photo_a), load_image(photo_b)   # bad files fail before the model loads
+        from .engine import FacePipeline
+        _one_torch_thread()
+        result = FacePipeline.load(model, detector).verify(*images, names=(photo_a, photo_b),
+                                                            threshold=threshold)
+    except clitools.USER_ERRORS as error:   # search's own errors register on import
+        raise Trouble(str(error)) from None
+    except Exception as error:   # anything unforeseen is still trouble (2), never "different"
+        logging.getLogger(__name__).debug("verify failed", exc_info=True)
+        raise Trouble(f"unexpected {type(error).__name__}: {error}") from None
     if as_json:
         print_json(result)
-        return
-    verdict = "same" if result["same"] else "different"
-    relation = "<=" if result["same"] else ">"
-    click.echo(f"{verdict}: distance {result['distance']:.3f} {relation} threshold "
-               f"{result['threshold']:.3f} (model {result['model']})")
+    else:
+        verdict = "same" if result["same"] else "different"
+        relation = "<=" if result["same"] else ">"
+        click.echo(f"{verdict}: distance {result['distance']:.3f} {relation} threshold "
+                   f"{result['threshold']:.3f} ({_point(result)}; model {result['model']})")
+    raise SystemExit(0 if result["same"] else 1)
 
 
 @main.command()
@@ -131,13 +163,50 @@ def serve(index, model, host, port, threads) -> None:
     waitress.serve(create_app(overrides), host=host, port=port, threads=threads)
 
 
-def _open(photo, index, model, detector):
-    """The photo, read first so a bad file fails before seconds of loading, and the engine."""
-    from faces.imaging import load_image
-    image = load_image(photo)
-    from .engine import QueryEngine
+def _run_photos(command, photos, options, index, model, detector, as_json, show) -> None:
+    """Answer every photo with one engine; a photo that fails is reported and the rest go on."""
+    from faces.imaging import ImageError
+    from .engine import QueryEngine, SearchError
+    paths = expand_photos(photos)
     _one_torch_thread()
-    return QueryEngine(index, model=model, detector=detector), image
+    engine = QueryEngine(index, model=model, detector=detector)
+    engine.pipeline.operating_point(options["threshold"])   # a bad --threshold fails once, here
+    failed = 0
+    for photo, problem in paths:
+        try:
+            if problem:
+                raise SearchError(f"{photo}: {problem}")
+            result = getattr(engine, command)(photo, name=photo, **options)
+        except (ImageError, SearchError) as error:
+            failed += 1
+            if as_json:
+                print_json({"photo": photo, "error": str(error)})
+            else:
+                click.echo(f"error: {error}", err=True)
+            continue
+        if as_json:
+            print_json({"photo": photo, **result})
+        else:
+            show(photo, result)
+    if failed:
+        raise SystemExit(1)
+
+
+def expand_photos(photos) -> list[tuple[str, str | None]]:
+    """(path, problem) for each photo: files as given, folders replaced by the images under
+    them (sorted); a folder with none gives one entry with the problem."""
+    from pathlib import Path
+    from faces.imaging import is_image_name
+    expanded = []
+    for photo in photos:
+        if Path(photo).is_dir():
+            found = sorted(str(p) for p in Path(photo).rglob("*") if p.is_file() and is_image_name(p))
+            expanded.extend((path, None) for path in found)
+            if not found:
+                expanded.append((photo, "a folder with no images"))
+        else:
+            expanded.append((photo, None))
+    return expanded
 
 
 def _one_torch_thread() -> None:
@@ -154,7 +223,16 @@ def _echo_header(photo, result) -> None:
         click.echo(result["message"])
         return
     click.echo(f"{photo}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
-               f"{result['detector']}; a match is distance <= {result['threshold']:.3f})")
+               f"{result['detector']}; a match is distance <= {result['threshold']:.3f}, {_point(result)})")
+
+
+def _point(result) -> str:
+    """The operating point in words: its name and what it gave on held-out identities."""
+    point = result["operating_point"]
+    if point["far"] is None:
+        return f"{point['name']} operating point"
+    return (f"{point['name']} operating point: on held-out identities {point['tar']:.1%} of same pairs "
+            f"and {point['far']:.2%} of stranger pairs passed")
 
 
 def _box(box) -> str:

@@ -8,23 +8,27 @@ alone: what `verify` needs, without an index.
 A query answers one JSON-ready dict (the `search query --json` output):
 
     {"image": {"width", "height"}, "model", "species", "threshold", "detector",
+     "operating_point": {"name", "tar", "far"},
      "faces": [{"box": [x0, y0, x1, y1] or None, "score",
                 "matches": [{"id", "path", "identity", "distance", "similarity",
                              "match", "box"}, ...]}, ...],
      "message": "no face found ..." (only when there is no face),
      "timings_ms": {"detect", "embed", "search"}}
 
-`match` is distance <= the model's verification threshold; distances are Euclidean
-between unit embeddings (0 to 2), similarity is their cosine. `identify` answers the same
-dict with, in each face, "identity" (or "unknown"), "votes", "voters" and "distance" (of
-the nearest face of that identity). `verify` answers {"same", "distance", "similarity",
-"threshold", "model", "species", "detector", "a": {"path", "box", "faces"}, "b": {...}}.
+`match` is distance <= the threshold of the operating point asked for (default strict:
+the model's checkpoint says what true and false accept rates it gave on held-out
+identities; "custom" for a number); distances are Euclidean between unit embeddings (0 to
+2), similarity is their cosine. `identify` answers the same dict with, in each face, the
+open-set decision of `decide`: "identity" (or "unknown"), "evidence", "votes", "voters",
+"distance" and, when unknown, "reason". `verify` answers {"same", "distance", "similarity",
+"threshold", "operating_point", "model", "species", "detector", "a": {"path", "box",
+"faces"}, "b": {...}}.
 """
 from __future__ import annotations
 
 import os
 import time
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,14 +83,22 @@ class FacePipeline:
         return Photo(image.width, image.height, faces, embeddings,
                      {"detect": _ms(detected - started), "embed": _ms(embedded - detected)})
 
-    def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None)) -> dict:
+    def operating_point(self, threshold: str | float | None = None) -> tuple[float, dict]:
+        """(distance threshold, {"name", "tar", "far"}) of an operating point name or number
+        (faces.checkpoint.FaceModel.operating_point); None is the default, strict."""
+        point = self.model.operating_point(threshold)
+        return point.pop("threshold"), point
+
+    def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
+               threshold: str | float | None = None) -> dict:
         """Same individual or not: the most prominent face of each photo, compared."""
+        limit, point = self.operating_point(threshold)
         sides = [self._main_face(source, _label(source, name)) for source, name in zip((a, b), names)]
         (embedding_a, summary_a), (embedding_b, summary_b) = sides
         similarity = float(embedding_a @ embedding_b)
         distance = float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity)))
-        return {"same": distance <= self.model.threshold, "distance": distance,
-                "similarity": similarity, "threshold": self.model.threshold,
+        return {"same": distance <= limit, "distance": distance, "similarity": similarity,
+                "threshold": limit, "operating_point": point,
                 "model": self.model.name, "species": self.model.species,
                 "detector": self.detector_name, "a": summary_a, "b": summary_b}
 
@@ -131,21 +143,23 @@ class QueryEngine:
         self.gallery.check_model(loaded)     # another model's embeddings do not compare
         return loaded
 
-    def query(self, source: Source, k: int = 10, name: str | None = None) -> dict:
-        """The k nearest gallery faces of every face in the photo."""
+    def query(self, source: Source, k: int = 10, name: str | None = None,
+              threshold: str | float | None = None) -> dict:
+        """The k nearest gallery faces of every face in the photo; `threshold` is the
+        operating point that decides `match` (strict, balanced or a distance; default strict)."""
         if k < 1:
             raise SearchError(f"k must be at least 1 (got {k})")
+        limit, point = self.pipeline.operating_point(threshold)   # a bad value fails before any work
         photo = self.pipeline.read(source, name)
         started = time.perf_counter()
         hits = self.gallery.search(photo.embeddings, k) if photo.faces else []
         photo.timings_ms["search"] = _ms(time.perf_counter() - started)
-        threshold = self.model.threshold
         result = {
             "image": {"width": photo.width, "height": photo.height},
-            "model": self.model.name, "species": self.model.species, "threshold": threshold,
-            "detector": self.pipeline.detector_name,
+            "model": self.model.name, "species": self.model.species, "threshold": limit,
+            "operating_point": point, "detector": self.pipeline.detector_name,
             "faces": [{"box": list(face.box) if face.box else None, "score": face.score,
-                       "matches": [_match(hit, threshold) for hit in face_hits]}
+                       "matches": [_match(hit, limit) for hit in face_hits]}
                       for face, face_hits in zip(photo.faces, hits)],
             "timings_ms": photo.timings_ms,
         }
@@ -155,30 +169,57 @@ class QueryEngine:
                                  f"face crop use the 'none' detector)")
         return result
 
-    def identify(self, source: Source, k: int = 10, name: str | None = None) -> dict:
-        """A query where each face also gets the identity its neighbours vote for (FaceNet's
-        k-NN recognition): only neighbours within the threshold vote, none means "unknown"."""
-        result = self.query(source, k, name)
+    def identify(self, source: Source, k: int = 10, name: str | None = None,
+                 threshold: str | float | None = None) -> dict:
+        """A query where each face also gets an open-set answer (`decide`): the identity its
+        nearest gallery faces within the threshold point to, or "unknown"."""
+        result = self.query(source, k, name, threshold)
         for face in result["faces"]:
-            face.update(vote(face["matches"]))
+            face.update(decide(face["matches"]))
         return result
 
-    def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None)) -> dict:
-        return self.pipeline.verify(a, b, names)
+    def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
+               threshold: str | float | None = None) -> dict:
+        return self.pipeline.verify(a, b, names, threshold)
 
 
-def vote(matches: list[dict]) -> dict:
-    """The identity most matches within the threshold agree on; ties go to the nearest."""
+UNKNOWN = "unknown"
+# Evidence weights: 1 / distance², the distance floored here, so the nearest faces count most
+# and an exact match (the very photo, distance ~0) outweighs any number of further ones.
+NEAREST_DISTANCE = 1e-3
+# The winning identity must hold at least this share of the evidence; less is a split vote.
+MIN_EVIDENCE = 0.75
+
+
+def decide(matches: list[dict]) -> dict:
+    """Open-set identification from a face's gallery neighbours (each with "identity",
+    "distance" and "match": within the threshold). Only matches count; each adds
+    1 / distance² to its identity's evidence. The answer is the identity with the most
+    evidence, or "unknown" when no neighbour matches or the winner holds less than
+    MIN_EVIDENCE of it (the neighbours disagree). Neighbours without an identity count
+    against the others but are never the answer."""
     passing = [m for m in matches if m["match"]]
     if not passing:
-        return {"identity": "unknown", "votes": 0, "voters": 0, "distance": None}
-    votes = Counter(m["identity"] for m in passing)
-    nearest = {}
-    for m in passing:   # matches come nearest first
-        nearest.setdefault(m["identity"], m["distance"])
-    winner = max(votes, key=lambda identity: (votes[identity], -nearest[identity]))
-    return {"identity": winner, "votes": votes[winner], "voters": len(passing),
-            "distance": nearest[winner]}
+        return {"identity": UNKNOWN, "evidence": 0.0, "votes": 0, "voters": 0, "distance": None,
+                "reason": "no gallery face within the threshold"}
+    evidence: dict = defaultdict(float)
+    nearest: dict = {}
+    for m in passing:
+        evidence[m["identity"]] += 1.0 / max(m["distance"], NEAREST_DISTANCE) ** 2
+        nearest.setdefault(m["identity"], m["distance"])    # matches come nearest first
+    total = sum(evidence.values())
+    ranked = sorted(evidence, key=lambda identity: (-evidence[identity], nearest[identity]))
+    winner = ranked[0]
+    share = evidence[winner] / total
+    answer = {"identity": winner, "evidence": round(share, 4),
+              "votes": sum(m["identity"] == winner for m in passing), "voters": len(passing),
+              "distance": nearest[winner]}
+    if share < MIN_EVIDENCE:
+        shares = ", ".join(f"{identity or 'unnamed'} {evidence[identity] / total:.0%}" for identity in ranked[:3])
+        answer.update(identity=UNKNOWN, reason=f"the nearest gallery faces disagree ({shares})")
+    elif winner is None:
+        answer.update(identity=UNKNOWN, reason="the gallery faces it matches have no identity")
+    return answer
 
 
 def _match(hit: dict, threshold: float) -> dict:

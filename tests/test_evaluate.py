@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from faces.checkpoint import save_checkpoint
+from faces.checkpoint import load_model, read_checkpoint, save_checkpoint, write_operating_points
+from faces.errors import ModelError
 from trainer.cli import main
 from trainer.data import DataError, read_pairs
 from trainer.evaluate import (balanced_folds, best_threshold, distance_matrix, identification_metrics,
-                              retrieval_metrics, search_metrics, verification_metrics)
+                              operating_points, retrieval_metrics, search_metrics, stranger_distances,
+                              verification_metrics)
 from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 
@@ -23,6 +25,59 @@ def test_best_threshold_matches_exhaustive_search():
     exhaustive = max(((distances <= t) == same).mean() for t in np.concatenate([distances, [-1.0]]))
     assert accuracy == pytest.approx(exhaustive)
     assert ((distances <= threshold) == same).mean() == pytest.approx(accuracy)
+
+
+def test_operating_points_strict_and_balanced():
+    rng = np.random.default_rng(3)
+    genuine, strangers = rng.normal(0.6, 0.15, 2000), rng.normal(1.3, 0.15, 20000)
+    distances = np.concatenate([genuine, strangers])
+    same = np.arange(len(distances)) < len(genuine)
+    points = operating_points(distances, same)
+    strict, balanced = points["strict"], points["balanced"]
+    assert points["same_pairs"] == 2000 and points["different_pairs"] == 20000
+    # strict: the largest threshold that lets at most 1e-3 of the strangers (20) through.
+    assert (strangers <= strict["threshold"]).sum() == 20 == round(strict["far"] * 20000)
+    assert strict["tar"] == pytest.approx((genuine <= strict["threshold"]).mean())
+    assert np.sort(strangers)[20] > strict["threshold"]
+    # balanced: the best mean of TAR and 1 - FAR (between the two bumps, here near 0.95).
+    exhaustive = max(((genuine <= t).mean() + (strangers > t).mean()) / 2 for t in distances)
+    assert (balanced["tar"] + 1 - balanced["far"]) / 2 == pytest.approx(exhaustive)
+    assert 0.85 < balanced["threshold"] < 1.05 and balanced["far"] > strict["far"]
+    # Too few strangers to allow even one false accept: strict accepts no stranger.
+    few = operating_points(np.array([0.1, 0.2, 0.3, 0.9]), np.array([True, True, False, False]))
+    assert few["strict"]["far"] == 0 and few["strict"]["tar"] == 1.0 and 0.2 < few["strict"]["threshold"] < 0.3
+    with pytest.raises(DataError, match="both same and different"):
+        operating_points(np.array([0.1]), np.array([True]))
+
+
+def test_stranger_distances_are_every_pair_of_different_identities():
+    e = np.eye(4, dtype=np.float32)
+    labels = np.array([0, 0, 1, 2])
+    distances = stranger_distances(e, labels)
+    assert len(distances) == 5 and np.allclose(distances, np.sqrt(2))     # 6 pairs less the one same
+    assert len(stranger_distances(e, labels, max_images=3)) <= 3
+
+
+def test_old_checkpoint_and_calibrated_operating_points(tmp_path):
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, EmbeddingNet("small", 32).eval(), Preprocess(32, 1.0), "human", 0.7)
+    model = load_model(old, device="cpu")
+    assert model.threshold_for() == model.threshold_for("balanced") == model.threshold == pytest.approx(0.7)
+    assert model.operating_point("strict") == {"name": "strict", "threshold": pytest.approx(0.7), "tar": None, "far": None}
+    assert model.threshold_for("0.9") == 0.9 and model.operating_point(0.9)["name"] == "custom"
+    for bad in ("loose", "0", "2.5", "nan"):
+        with pytest.raises(ModelError, match="expected strict or balanced, or a distance between 0 and 2"):
+            model.threshold_for(bad)
+    points = {"strict": {"threshold": 0.4, "tar": 0.5, "far": 0.001},
+              "balanced": {"threshold": 0.9, "tar": 0.9, "far": 0.1}, "different_pairs": 5000}
+    new = write_operating_points(old, points, tmp_path / "new.pt")
+    calibrated = load_model(new, device="cpu")
+    assert calibrated.threshold == 0.4 and calibrated.threshold_for("balanced") == 0.9
+    assert calibrated.operating_point("balanced") == {"name": "balanced", "threshold": 0.9, "tar": 0.9, "far": 0.1}
+    assert read_checkpoint(new)["operating_points"]["different_pairs"] == 5000
+    assert "operating_points" not in read_checkpoint(old)            # --out leaves the original alone
+    with pytest.raises(ModelError, match="balanced missing"):
+        write_operating_points(old, {"strict": points["strict"]})
 
 
 def test_folds_are_balanced_whatever_the_order():
@@ -115,3 +170,24 @@ def test_evaluate_cli_identical_same_pairs_scores_perfectly(tmp_path, identity_f
     assert report["identities"] == len(names) and report["images"] == len(names) * 6
     for plot in report["plots"]:
         assert (tmp_path / "plots").joinpath(plot.split("/")[-1]).stat().st_size > 5000
+
+
+def test_calibrate_cli_writes_operating_points_that_info_shows(tmp_path, identity_folders, untrained_model):
+    names = sorted(p.name for p in identity_folders.iterdir())
+    lines = [f"{n}\t1\t2" for n in names] + [f"{a}\t1\t{b}\t2" for a, b in zip(names, names[1:] + names[:1])]
+    (tmp_path / "pairs.txt").write_text(f"{len(names)}\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "calibrated.pt"
+    result = CliRunner().invoke(main, ["calibrate", "--model", str(untrained_model), "--data", str(identity_folders),
+                                       "--pairs", str(tmp_path / "pairs.txt"), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    points = json.loads(result.output.strip().splitlines()[-1])["operating_points"]
+    # 6 identities x 5 images: every one of the 15 x 25 = 375 cross-identity pairs is a stranger pair.
+    assert points["different_pairs"] == 375 and points["same_pairs"] == len(names)
+    assert read_checkpoint(out)["operating_points"] == points
+    assert load_model(out, device="cpu").threshold == points["strict"]["threshold"]
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0
+    assert f"strict   threshold {points['strict']['threshold']:.4f}   TAR {points['strict']['tar']:.4f}" in info.output
+    assert "on 6 same and 375 stranger pairs" in info.output
+    old = CliRunner().invoke(main, ["info", str(untrained_model)])
+    assert "none measured" in old.output

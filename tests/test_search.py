@@ -14,8 +14,9 @@ from PIL import Image
 from conftest import DOGS, GROUP_PHOTO, LFW
 from indexer.writer import IndexWriter
 from search.cli import main as search_cli
-from search.engine import QueryEngine, SearchError, vote
+from search.engine import QueryEngine, SearchError, decide
 from faces.checkpoint import save_checkpoint
+from faces.errors import ModelError
 from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 
@@ -153,13 +154,37 @@ def test_k_must_be_positive(engine):
         engine.query(STRANGER, k=0)
 
 
-def test_vote_majority_then_nearest():
+def test_decide_weighs_evidence_by_distance():
     def m(identity, distance, match=True):
         return {"identity": identity, "distance": distance, "match": match}
-    assert vote([m("a", 0.1), m("b", 0.2), m("b", 0.3), m("a", 0.9, False)])["identity"] == "b"
-    tie = vote([m("b", 0.1), m("a", 0.2), m("a", 0.3), m("b", 0.4)])
-    assert tie["identity"] == "b" and tie["votes"] == 2 and tie["distance"] == 0.1
-    assert vote([m("a", 0.5, False)]) == {"identity": "unknown", "votes": 0, "voters": 0, "distance": None}
+    # The photo itself is in the gallery: its exact match outweighs ten nearby others.
+    exact = decide([m("a", 0.0005)] + [m("b", 0.3 + i / 100) for i in range(10)])
+    assert exact["identity"] == "a" and exact["votes"] == 1 and exact["voters"] == 11
+    assert exact["evidence"] > 0.99
+    # Nearer faces count more than more faces: 1/0.2² beats 3/0.6² + a non-match.
+    nearer = decide([m("a", 0.2), m("b", 0.6), m("b", 0.6), m("b", 0.6), m("b", 0.1, False)])
+    assert nearer["identity"] == "a" and nearer["distance"] == 0.2
+    # Evidence split about evenly is no answer, and says who it was split between.
+    split = decide([m("a", 0.5), m("b", 0.52)])
+    assert split["identity"] == "unknown" and "disagree" in split["reason"] and "a 52%" in split["reason"]
+    # Nothing within the threshold: unknown.
+    assert decide([m("a", 0.5, False)]) == {"identity": "unknown", "evidence": 0.0, "votes": 0, "voters": 0,
+                                            "distance": None, "reason": "no gallery face within the threshold"}
+    unnamed = decide([m(None, 0.1)])
+    assert unnamed["identity"] == "unknown" and "no identity" in unnamed["reason"]
+
+
+def test_threshold_choices_decide_match(engine):
+    probe = lfw_image("Ahmed_Chalabi", 2)
+    strict = engine.query(probe, k=12)
+    assert strict["operating_point"] == {"name": "strict", "tar": None, "far": None}   # an old checkpoint
+    assert strict["threshold"] == pytest.approx(THRESHOLD)
+    everything = engine.query(probe, k=12, threshold=2.0)
+    assert everything["operating_point"]["name"] == "custom"
+    assert all(m["match"] for m in everything["faces"][0]["matches"])
+    assert sum(m["match"] for m in strict["faces"][0]["matches"]) == 1    # only the photo itself
+    with pytest.raises(ModelError, match="expected strict or balanced"):
+        engine.query(probe, threshold="loose")
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -179,12 +204,50 @@ def test_cli_query_table_and_json(workspace):
 
 def test_cli_identify_and_verify(workspace):
     unknown = run_cli("identify", STRANGER, "--index", workspace["index"], "--detector", "none")
-    assert unknown.exit_code == 0 and "unknown" in unknown.output
+    assert unknown.exit_code == 0 and "unknown  (no gallery face within the threshold)" in unknown.output
     known = run_cli("identify", lfw_image("Aaron_Peirsol", 3), "--index", workspace["index"],
                     "--detector", "none")
-    assert "Aaron_Peirsol" in known.output
+    assert "Aaron_Peirsol  (100% of the evidence" in known.output
     same = run_cli("verify", GROUP_PHOTO, GROUP_PHOTO, "--model", workspace["model"])
     assert same.exit_code == 0 and same.output.startswith("same: distance 0.000")
+
+
+def test_cli_verify_exit_status(workspace):
+    """As cmp and diff: 0 same, 1 different, 2 trouble."""
+    a, b = lfw_image("Adam_Sandler", 1), lfw_image("Abdoulaye_Wade", 1)
+    different = run_cli("verify", a, b, "--model", workspace["model"], "--detector", "none", "--json")
+    assert different.exit_code == 1 and json.loads(different.output)["same"] is False
+    loose = run_cli("verify", a, b, "--model", workspace["model"], "--detector", "none", "--threshold", "2")
+    assert loose.exit_code == 0 and loose.output.startswith("same:") and "custom operating point" in loose.output
+    bad_threshold = run_cli("verify", a, b, "--model", workspace["model"], "--threshold", "3")
+    assert bad_threshold.exit_code == 2 and "between 0 and 2" in bad_threshold.output
+    missing_model = run_cli("verify", a, b, "--model", workspace["root"] / "nothing.pt")
+    assert missing_model.exit_code == 2 and "no such model file" in missing_model.output
+    blank = workspace["root"] / "blank-verify.jpg"
+    Image.new("RGB", (320, 240), (200, 180, 160)).save(blank)
+    no_face = run_cli("verify", blank, a, "--model", workspace["model"])
+    assert no_face.exit_code == 2 and "no face found" in no_face.output
+    assert run_cli("verify", a).exit_code == 2                 # usage: a photo missing
+
+
+def test_cli_many_photos_and_folders_as_json_lines(workspace):
+    folder = workspace["root"] / "gallery" / "Adam_Sandler"
+    broken = workspace["root"] / "broken.jpg"
+    broken.write_text("not a picture")
+    result = run_cli("identify", lfw_image("Aaron_Peirsol", 2), broken, folder, "--index", workspace["index"],
+                     "--detector", "none", "--json")
+    assert result.exit_code == 1                                 # one photo failed
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["photo"] for line in lines] == [str(lfw_image("Aaron_Peirsol", 2)), str(broken)] + sorted(
+        str(p) for p in folder.iterdir())
+    assert lines[0]["faces"][0]["identity"] == "Aaron_Peirsol"
+    assert set(lines[1]) == {"photo", "error"} and lines[1]["error"].startswith(f"{broken}: not an image")
+    assert all(line["faces"][0]["identity"] == "Adam_Sandler" for line in lines[2:])
+    empty = workspace["root"] / "empty-folder"
+    empty.mkdir(exist_ok=True)
+    table = run_cli("query", empty, lfw_image("Aaron_Peirsol", 2), "--index", workspace["index"],
+                    "--detector", "none", "-k", 1)
+    assert table.exit_code == 1 and "a folder with no images" in table.output and "Aaron_Peirsol" in table.output
 
 
 def test_cli_no_face_is_an_answer(workspace):
@@ -211,7 +274,7 @@ def bad_files(root):
 
 @pytest.mark.parametrize("command", ["query", "identify"])
 def test_cli_bad_photos(workspace, command):
-    for path, reason in bad_files(workspace["root"]):
+    for path, reason in bad_files(workspace["root"])[:-1]:    # a folder is a batch of photos
         result = run_cli(command, path, "--index", workspace["index"])
         assert result.exit_code == 1, (path, result.output)
         assert reason in result.output and "Traceback" not in result.output
@@ -219,9 +282,9 @@ def test_cli_bad_photos(workspace, command):
 
 
 def test_cli_verify_bad_photo(workspace):
-    path, reason = bad_files(workspace["root"])[2]
-    result = run_cli("verify", GROUP_PHOTO, path, "--model", workspace["model"])
-    assert result.exit_code == 1 and reason in result.output
+    for path, reason in bad_files(workspace["root"]):
+        result = run_cli("verify", GROUP_PHOTO, path, "--model", workspace["model"])
+        assert result.exit_code == 2 and reason in result.output, (path, result.output)
 
 
 def test_cli_missing_index_and_other_model(workspace):

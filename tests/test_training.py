@@ -89,7 +89,10 @@ def test_checkpoint_carries_everything_and_resume_continues(tmp_path):
     checkpoint = read_checkpoint(out / "model.pt")
     assert checkpoint["arch"] == "small" and checkpoint["embedding_dim"] == 128
     assert checkpoint["species"] == "dog" and checkpoint["preprocess"]["input_size"] == 32
-    assert checkpoint["threshold"] == pytest.approx(rows[-1]["val_threshold"])
+    points = checkpoint["operating_points"]     # chosen on the 2 held-out identities
+    assert checkpoint["threshold"] == points["strict"]["threshold"] and points["strict"]["far"] <= 1e-3
+    assert points["different_pairs"] == 5 * 5 and points["data"] == str(out / "split" / "val")
+    assert points["balanced"]["threshold"] >= points["strict"]["threshold"]
     assert checkpoint["training"]["metrics"]["epoch"] == 3 and "trainer" in checkpoint["training"]["command"]
     assert all(v.dtype == torch.float16 for v in checkpoint["state_dict"].values() if v.is_floating_point())
     # The split is written once and is disjoint.

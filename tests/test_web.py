@@ -110,6 +110,16 @@ def test_search_finds_a_gallery_photo_first(client):
     assert [m["match"] for m in face["matches"][1:]] == [False] * 9
 
 
+def test_search_says_which_operating_point_decides_match(client):
+    strict = upload(client, GALLERY_PHOTO.read_bytes()).get_json()
+    assert strict["threshold"] == pytest.approx(THRESHOLD)
+    assert strict["operating_point"] == {"name": "strict", "tar": None, "far": None}   # an uncalibrated model
+    loose = upload(client, GALLERY_PHOTO.read_bytes(), threshold="2").get_json()
+    assert loose["operating_point"]["name"] == "custom" and all(m["match"] for m in loose["faces"][0]["matches"])
+    bad = upload(client, GALLERY_PHOTO.read_bytes(), threshold="loose")
+    assert bad.status_code == 400 and "expected strict or balanced" in bad.get_json()["error"]
+
+
 def test_search_of_a_stranger_finds_no_match(client):
     face = upload(client, STRANGER_PHOTO.read_bytes()).get_json()["faces"][0]
     assert face["matches"] and not any(m["match"] for m in face["matches"])
@@ -319,7 +329,10 @@ def test_browser_upload_shows_the_identity_first(page, server_url, tmp_path):
     assert "is-match" in first.get_attribute("class")
     assert first.locator(".badge").inner_text() == "✓ match"
     assert page.locator("#faces .match.is-match").count() == 1
-    assert page.inner_text(".verdict") == "Best match: Al Gore."
+    assert page.inner_text(".verdict").startswith("Best match: Al Gore (distance 0.0")
+    assert first.locator(".distance").inner_text().startswith("distance 0.0")
+    assert page.inner_text("#operating-point") == (f"A match is a gallery face within distance {THRESHOLD:.3f} "
+                                                   "(strict operating point).")
     page.wait_for_function("document.querySelector('#faces .match .thumb').naturalWidth > 0")
 
     screenshot = tmp_path / "search.png"
@@ -384,7 +397,8 @@ def test_browser_drop_on_a_phone_screen(browser, server_url):
         page.dispatch_event("#dropzone", "drop", {"dataTransfer": drop})
         wait_for_results(page)
         assert page.inner_text("#summary") == "1 face found."
-        assert page.inner_text(".verdict").startswith("No match")
+        assert page.inner_text(".verdict").startswith("No confident match")
+        assert page.locator("#faces .match .badge").first.inner_text() == "not a match"
         assert page.locator("#faces .match.is-match").count() == 0
         assert page.evaluate("document.documentElement.scrollWidth") <= 390   # nothing wider than the phone
     finally:

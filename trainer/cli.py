@@ -122,6 +122,41 @@ def evaluate(model: str, data: str, pairs: str, out: str, flip: bool | None, as_
 
 
 @main.command()
+@click.option("--model", required=True, help="Bundled model name or checkpoint path to calibrate.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of identity sub-folders the model never trained on (e.g. SPLIT/val).")
+@click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Pairs file in LFW format (e.g. SPLIT/val_pairs.txt): its same pairs give the "
+                   "true accept rates.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write the calibrated checkpoint here (default: update MODEL's file in place).")
+@click.option("--json", "as_json", is_flag=True, help="Print the operating points as one JSON object.")
+def calibrate(model: str, data: str, pairs: str, out: str | None, as_json: bool) -> None:
+    """Choose the model's operating points on held-out identities and store them in the
+    checkpoint: strict (false accept rate <= 1e-3, the default for `match`) and balanced
+    (best accuracy). Stranger pairs are every pair of images of different identities in DATA
+    (up to 2,000 images, about 2 million pairs), so the FAR is measured, not extrapolated."""
+    from faces.checkpoint import load_model, resolve_model_path, write_operating_points
+    from .evaluate import calibrate as measure
+    face_model = load_model(model)
+    points = measure(face_model, data, pairs, progress=not as_json)
+    written = write_operating_points(resolve_model_path(model), points, out)
+    if as_json:
+        print_json({"model": str(written), "operating_points": points})
+        return
+    click.echo(f"{written}: operating points on {points['same_pairs']:,} same and "
+               f"{points['different_pairs']:,} stranger pairs of {data}")
+    for line in operating_point_lines(points):
+        click.echo("  " + line)
+
+
+def operating_point_lines(points: dict) -> list[str]:
+    from faces.thresholds import OPERATING_POINTS
+    return [f"{name:<8} threshold {points[name]['threshold']:.4f}   TAR {points[name]['tar']:.4f}   "
+            f"FAR {points[name]['far']:.5f}" for name in OPERATING_POINTS]
+
+
+@main.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--val-fraction", default=0.2, show_default=True)
@@ -160,7 +195,8 @@ def import_dlib(out: str, data: str, pairs: str, as_json: bool) -> None:
 @click.argument("model", default="human")
 @click.option("--json", "as_json", is_flag=True)
 def info(model: str, as_json: bool) -> None:
-    """What a checkpoint holds: architecture, preprocessing, threshold, training metrics."""
+    """What a checkpoint holds: architecture, preprocessing, operating points (thresholds with
+    their true and false accept rates), training metrics."""
     from faces.checkpoint import read_checkpoint, resolve_model_path
     payload = read_checkpoint(resolve_model_path(model))
     payload.pop("state_dict")
@@ -170,6 +206,15 @@ def info(model: str, as_json: bool) -> None:
     training = payload.get("training", {})
     click.echo(f"{model}: {payload['arch']} -> {payload['embedding_dim']}-D, species {payload['species']}, "
                f"threshold {payload['threshold']:.4f}")
+    points = payload.get("operating_points")
+    if points:
+        click.echo(f"operating points (on {points['same_pairs']:,} same and {points['different_pairs']:,} "
+                   f"stranger pairs of {points.get('data', 'held-out identities')}):")
+        for line in operating_point_lines(points):
+            click.echo("  " + line)
+    else:
+        click.echo("operating points: none measured (an old checkpoint: its one threshold serves "
+                   "strict and balanced; `trainer calibrate` measures them)")
     click.echo(f"preprocess: {payload['preprocess']}")
     if training:
         click.echo(f"trained with: {training.get('command')}")

@@ -11,6 +11,9 @@ from faces.checkpoint import FaceModel
 from .data import DataError, load_faces, read_pairs, scan_identities
 
 FAR_TARGET = 1e-3
+# Stranger pairs for calibration: every pair of images of different identities among at most
+# this many images (2,000 images give about 2 million pairs, so FAR 1e-3 rests on ~2,000 errors).
+CALIBRATION_MAX_IMAGES = 2000
 
 
 # --- verification -----------------------------------------------------------------------
@@ -37,6 +40,62 @@ def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, floa
     i = int(np.argmax(accuracy))
     edges = np.concatenate([[d[0] - 1e-6], (d[1:] + d[:-1]) / 2, [d[-1] + 1e-6]])
     return float(edges[i]), float(accuracy[i])
+
+
+def operating_points(distances: np.ndarray, same: np.ndarray, far_target: float = FAR_TARGET) -> dict:
+    """The thresholds a model ships with, chosen on pairs of held-out identities (same if d <= t).
+
+    strict: the largest threshold whose false accept rate (different pairs accepted) is at
+    most `far_target`, i.e. the most true accepts within it; balanced: the best balanced
+    accuracy, (TAR + 1 - FAR) / 2, which is plain accuracy when same and different pairs are
+    equally many. Each gives {"threshold", "tar", "far"} measured on these pairs; the counts
+    say how much the rates can be trusted (a FAR of 1e-3 needs many thousands of strangers)."""
+    same = np.asarray(same, dtype=bool)
+    if same.all() or not same.any():
+        raise DataError("operating points need both same and different pairs")
+    order = np.argsort(distances, kind="stable")
+    d, s = np.asarray(distances, dtype=np.float64)[order], same[order]
+    # Cut i accepts the i nearest pairs; it sits halfway between pairs i-1 and i.
+    tar = np.concatenate([[0], np.cumsum(s)]) / s.sum()
+    far = np.concatenate([[0], np.cumsum(~s)]) / (~s).sum()
+    cuts = np.concatenate([[True], d[1:] != d[:-1], [True]])
+    edges = np.concatenate([[d[0] - 1e-6], (d[1:] + d[:-1]) / 2, [d[-1] + 1e-6]])
+    strict = int(np.flatnonzero(cuts & (far <= far_target))[-1])   # cut 0 (accept none) qualifies
+    balanced = int(np.argmax(np.where(cuts, (tar + 1 - far) / 2, -1)))
+
+    def point(i: int) -> dict:
+        return {"threshold": float(edges[i]), "tar": float(tar[i]), "far": float(far[i])}
+
+    return {"strict": point(strict), "balanced": point(balanced), "far_target": far_target,
+            "same_pairs": int(s.sum()), "different_pairs": int((~s).sum())}
+
+
+def stranger_distances(embeddings: np.ndarray, labels: np.ndarray,
+                       max_images: int = CALIBRATION_MAX_IMAGES, seed: int = 0) -> np.ndarray:
+    """Distances of every pair of images of different identities (among `max_images` images
+    drawn at random when there are more)."""
+    if len(labels) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(labels), max_images, replace=False))
+        embeddings, labels = embeddings[keep], labels[keep]
+    upper = np.triu_indices(len(labels), k=1)
+    different = labels[upper[0]] != labels[upper[1]]
+    return distance_matrix(embeddings, embeddings)[upper][different]
+
+
+def calibration_pairs(inputs: "EvaluationInputs") -> tuple[np.ndarray, np.ndarray]:
+    """(distances, same) to choose operating points on: the pairs file's same pairs, and as
+    strangers every different-identity pair of the folder's images (a pairs file's 1,500
+    different pairs cannot measure a FAR of 1e-3)."""
+    genuine = inputs.pair_distances[inputs.pair_same]
+    strangers = stranger_distances(inputs.embeddings, inputs.labels)
+    return (np.concatenate([genuine, strangers]),
+            np.concatenate([np.ones(len(genuine), bool), np.zeros(len(strangers), bool)]))
+
+
+def calibrate(model: FaceModel, data: str | Path, pairs_file: str | Path, progress: bool = True) -> dict:
+    """The model's operating points on a folder of held-out identities and its pairs file."""
+    inputs = EvaluationSet(data, pairs_file, model.preprocess, progress).embed(model)
+    return {**operating_points(*calibration_pairs(inputs)), "data": str(data), "pairs_file": str(pairs_file)}
 
 
 def verification_metrics(distances: np.ndarray, same: np.ndarray, folds: int = 10) -> dict:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from faces.checkpoint import FaceModel, load_model, save_checkpoint
 from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
-from .evaluate import EvaluationSet, verification_metrics
+from .evaluate import EvaluationSet, calibration_pairs, operating_points, verification_metrics
 from faces.imaging import Preprocess
 from .losses import ContrastiveLoss, JointLoss, TripletLoss
 from .miners import make_miner
@@ -208,6 +208,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
         self.forward = torch.compile(self.net) if self.cuda and config.compile else self.net
         self.epoch, self.best_accuracy, self.history = 0, -1.0, []
+        self.operating_points = None   # chosen on the validation identities by each validate()
 
     # --- state ---------------------------------------------------------------------------
 
@@ -238,12 +239,13 @@ class Trainer:
         training = {"command": self.command, "config": asdict(self.config), "epoch": self.epoch,
                     "metrics": metrics, "identities": len(self.dataset.identities),
                     "images": len(self.dataset)}
+        points = self.operating_points
         save_checkpoint(self.out / "model.pt", self.net, self.preprocess, self.config.species,
-                        threshold, training)
+                        threshold, training, operating_points=points)
         if self.validation is None or metrics["val_accuracy"] >= self.best_accuracy:
             self.best_accuracy = metrics.get("val_accuracy") or 0.0
             save_checkpoint(self.out / "best.pt", self.net, self.preprocess, self.config.species,
-                            threshold, training)
+                            threshold, training, operating_points=points)
         temporary = self.out / "last.pt.tmp"
         torch.save(self.state(), temporary)
         temporary.replace(self.out / "last.pt")
@@ -257,6 +259,9 @@ class Trainer:
         model = FaceModel(self.net, self.preprocess, self.config.species, FALLBACK_THRESHOLD)
         inputs = self.validation.embed(model)
         metrics = verification_metrics(inputs.pair_distances, inputs.pair_same)
+        self.operating_points = {**operating_points(*calibration_pairs(inputs)),
+                                 "data": str(self.out / "split" / "val"),
+                                 "pairs_file": str(self.out / "split" / "val_pairs.txt")}
         return {"val_accuracy": metrics["accuracy"], "val_accuracy_std": metrics["accuracy_std"],
                 "val_auc": metrics["auc"], "val_threshold": metrics["threshold"]}
 

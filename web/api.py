@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
 from faces import clitools
+from faces.errors import ModelError
 from faces.imaging import ImageError
 
 from .engine import EngineUnavailable, gallery_summary, get_engine
@@ -18,16 +19,19 @@ blueprint = Blueprint("api", __name__, url_prefix="/api")
 
 @blueprint.post("/search")
 def search():
-    """Multipart form: the photo in `image`, optionally `k` matches per face.
+    """Multipart form: the photo in `image`, optionally `k` matches per face and the
+    `threshold` that decides a match (strict, the default; balanced; or a distance).
 
-    Answers the engine's own result, the JSON of `search query --json`.
+    Answers the engine's own result, the JSON of `search query --json` for one photo.
     """
     image = read_image_upload(request.files.get("image"), current_app.config["MAX_UPLOAD_BYTES"])
     k = matches_per_face(request.values.get("k"))
     try:
-        result = get_engine().query(image, k=k)
+        result = get_engine().query(image, k=k, threshold=request.values.get("threshold") or None)
     except ImageError as error:
         raise BadRequest(f"bad image: {error.reason}") from None
+    except ModelError as error:    # an unknown operating point or a distance out of range
+        raise BadRequest(str(error)) from None
     except clitools.USER_ERRORS as error:   # e.g. the index damaged or replaced under a running server
         raise EngineUnavailable(f"search index not available: {error}") from None
     return jsonify(result)

@@ -12,6 +12,7 @@ const results = document.getElementById("results");
 const photo = document.getElementById("photo");
 const faceBoxes = document.getElementById("face-boxes");
 const summary = document.getElementById("summary");
+const operatingPoint = document.getElementById("operating-point");
 const facesList = document.getElementById("faces");
 const faceTemplate = document.getElementById("face-template");
 const matchTemplate = document.getElementById("match-template");
@@ -84,6 +85,7 @@ function showResults(payload) {
   message.hidden = true;
   faceBoxes.replaceChildren();
   facesList.replaceChildren();
+  operatingPoint.hidden = true;
   results.hidden = false;
   if (faces.length === 0) {
     summary.textContent = "No face found in this photo.";
@@ -92,6 +94,8 @@ function showResults(payload) {
   }
   summary.classList.remove("is-error");
   summary.textContent = faces.length === 1 ? "1 face found." : `${faces.length} faces found.`;
+  operatingPoint.textContent = describeOperatingPoint(payload);
+  operatingPoint.hidden = false;
   faces.forEach((face, index) => {
     const number = index + 1;
     const matched = face.matches.some((match) => match.match);
@@ -124,14 +128,16 @@ function faceItem(face, number, matched) {
   item.id = `face-${number}`;
   item.querySelector(".face-number").textContent = String(number);
   const verdict = item.querySelector(".verdict");
+  // Only a face within the threshold is named; the nearest others are shown for reference.
   const best = face.matches.find((match) => match.match);
   if (best) {
-    verdict.textContent = `Best match: ${identityOf(best)}.`;
+    verdict.textContent = `Best match: ${identityOf(best)} (distance ${best.distance.toFixed(3)}).`;
     verdict.classList.add("is-match");
   } else if (face.matches.length > 0) {
-    verdict.textContent = "No match: no one in the gallery is similar enough. The closest are shown below.";
+    verdict.textContent = "No confident match: no one in the gallery is within the threshold. " +
+      "The closest faces are shown below; they are probably other people.";
   } else {
-    verdict.textContent = "No match: the gallery is empty.";
+    verdict.textContent = "No confident match: the gallery is empty.";
   }
   const grid = item.querySelector(".matches");
   for (const match of face.matches) grid.append(matchItem(match));
@@ -146,9 +152,20 @@ function matchItem(match) {
   item.querySelector(".thumb").alt = identity;
   item.querySelector(".identity").textContent = identity;
   item.querySelector(".similarity").textContent = `similarity ${match.similarity.toFixed(2)}`;
-  item.querySelector(".similarity").title = `distance ${match.distance.toFixed(3)}`;
-  item.querySelector(".badge").textContent = match.match ? "✓ match" : "below threshold";
+  item.querySelector(".distance").textContent = `distance ${match.distance.toFixed(3)}`;
+  item.querySelector(".badge").textContent = match.match ? "✓ match" : "not a match";
   return item;
+}
+
+// What `match` means: the distance threshold and what it gave on held-out identities.
+function describeOperatingPoint(payload) {
+  const point = payload.operating_point;
+  const rule = `A match is a gallery face within distance ${payload.threshold.toFixed(3)} ` +
+    `(${point.name} operating point`;
+  if (point.far === null) return `${rule}).`;
+  const percent = (rate, digits) => `${(100 * rate).toFixed(digits)}%`;
+  return `${rule}: on people the model never saw, it accepted ${percent(point.tar, 0)} of ` +
+    `same-person pairs and ${percent(point.far, 2)} of stranger pairs).`;
 }
 
 function identityOf(match) {
