@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faces.checkpoint import load_model
+from faces.checkpoint import BUNDLED_MODELS, load_model
 from trainer.data import scan_identities
 from faces.imaging import load_image
 from trainer.losses import TripletLoss
@@ -88,13 +88,13 @@ def main() -> None:
 
     samples = scan_identities(DATA)[: args.images]
     images = [load_image(s.path) for s in samples]
-    for name in ("human", "dog"):
+    for name in BUNDLED_MODELS:
         report["inference_images_per_s"][name] = round(inference_throughput(name, images), 1)
     dlib = dlib_throughput(images)
     if dlib:
         report["inference_images_per_s"]["face_recognition (dlib)"] = round(dlib, 1)
         report["inference_ratio_to_dlib"] = {n: round(report["inference_images_per_s"][n] / dlib, 2)
-                                             for n in ("human", "dog")}
+                                             for n in BUNDLED_MODELS}
     if args.json:
         print(json.dumps(report))
         return

@@ -131,7 +131,7 @@ def main() -> None:
     print(f"{args.model}: gallery {len(setup['gallery'])} faces of {len(setup['known'])} identities; "
           f"{len(setup['known'])} known probes; {len(setup['strangers'])} strangers", file=sys.stderr)
     started = time.perf_counter()
-    embeddings = model.embed_images([load_image(path) for path in setup["paths"]])
+    embeddings = model.embed_cropped([load_image(path) for path in setup["paths"]])
     rows = []
     for name in OPERATING_POINTS:
         point = model.operating_point(name)
@@ -146,7 +146,7 @@ def main() -> None:
         print("face_recognition is not installed: no dlib baseline in this run", file=sys.stderr)
     if face_recognition is not None and model.species == "human":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from dlib_baseline import encode
+        from compare_face_recognition import encode
         started = time.perf_counter()
         dlib_embeddings = np.array([encode(path, face_recognition) for path in setup["paths"]])
         seconds = round(time.perf_counter() - started, 1)

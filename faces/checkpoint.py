@@ -22,7 +22,7 @@ from .models import EmbeddingNet
 from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
 
 FORMAT = "facesearch-embedding/1"
-BUNDLED_MODELS = ("human", "dog")
+BUNDLED_MODELS = ("human", "human-fast", "dog")
 DEFAULT_MODEL = "human"
 def models_dir() -> Path:
     return Path(os.environ.get("FACESEARCH_MODELS", Path(__file__).resolve().parent.parent / "models"))
@@ -106,12 +106,19 @@ class FaceModel:
         return torch.nn.functional.normalize(both, dim=1).float().cpu().numpy()
 
     def embed_images(self, images, batch_size: int = 64) -> np.ndarray:
-        """PIL face crops -> float32 N x D unit vectors."""
+        """Aligned face images (a detector's `Face.image`) -> float32 N x D unit vectors."""
         crops = [self.preprocess.to_uint8(image) for image in images]
         if not crops:
             return np.empty((0, self.embedding_dim), dtype=np.float32)
         return np.concatenate([self.embed_tensor(torch.stack(crops[i:i + batch_size]))
                                for i in range(0, len(crops), batch_size)])
+
+    def embed_cropped(self, images, batch_size: int = 64) -> np.ndarray:
+        """Pictures that are each one face crop (LFW, DogFaceNet), aligned as the model asks
+        (the 'none' detector), -> float32 N x D unit vectors."""
+        from .detection import get_detector
+        face_of = get_detector("none", self.preprocess)
+        return self.embed_images([face_of(image)[0].image for image in images], batch_size)
 
 
 def save_checkpoint(path: str | os.PathLike, net: EmbeddingNet, preprocess: Preprocess,
