@@ -33,13 +33,14 @@ from tqdm import tqdm
 from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
 from trainer.data import resolve_data_root
 from faces.detection import default_detector, get_detector
+from faces.imaging import not_regular_reason, os_error_reason
 
 from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database, utc_now
 from .embedding import ImageResult, WorkItem, embed_files
 from .errors import IndexCorruptError, IndexMissingError, ModelMismatchError
 from .lock import IndexLock
-from .scan import GalleryFile, identity_of, os_error_reason, walk_gallery
+from .scan import GalleryFile, identity_of, walk_gallery
 from .store import INDEX_TYPES, FaissStore, auto_index_type
 
 log = logging.getLogger(__name__)
@@ -274,8 +275,7 @@ class IndexWriter:
                 root = next((r for r in roots if path.startswith(r + os.sep)), None)
                 name = identity_of(path, root) if root else None
             try:
-                os.stat(path)
-                gallery_files.append(GalleryFile(path, name))
+                gallery_files.append(GalleryFile(path, name, not_regular_reason(os.stat(path).st_mode)))
             except OSError as error:
                 gallery_files.append(GalleryFile(path, name, os_error_reason(error)))
         plan = Plan()
