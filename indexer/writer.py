@@ -33,10 +33,12 @@ from tqdm import tqdm
 from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
 from trainer.data import resolve_data_root
 from faces.detection import default_detector, get_detector
+from faces.errors import readable
 from faces.imaging import not_regular_reason, os_error_reason
 
 from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
-from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database, utc_now
+from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database,
+                 utc_now)
 from .embedding import ImageResult, WorkItem, embed_files
 from .errors import IndexCorruptError, IndexMissingError, ModelMismatchError
 from .lock import IndexLock
@@ -89,12 +91,13 @@ class ChangeReport:
     def note_skip(self, path: str, reason: str) -> None:
         self.skip_reasons[reason] += 1
         if len(self.skipped_examples) < EXAMPLES_KEPT:
-            self.skipped_examples.append(f"{path}: {reason}")
+            self.skipped_examples.append(f"{readable(path)}: {reason}")
 
     def to_dict(self) -> dict:
         data = {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
         data["started_at"] = self.started_at.isoformat()
         data["skip_reasons"] = dict(self.skip_reasons)
+        data["gallery_root"] = readable(self.gallery_root) if self.gallery_root else None
         data["skipped"] = self.skipped
         data["images_per_second"] = round(self.images_added / self.seconds, 1) if self.seconds else None
         return data
@@ -293,13 +296,13 @@ class IndexWriter:
             if identity is not None:
                 ids = list(session.scalars(select(ImageRecord.id).where(ImageRecord.identity == identity)))
                 if not ids:
-                    report.not_found.append(f"identity {identity}")
+                    report.not_found.append(f"identity {readable(identity)}")
             for file in files:
                 path = os.path.abspath(file)
                 found = list(session.scalars(select(ImageRecord.id).where(ImageRecord.path == path)))
                 ids.extend(found)
                 if not found:
-                    report.not_found.append(path)
+                    report.not_found.append(readable(path))
         ids = sorted(set(ids))
         report.removed = len(ids)
         self.delete_rows(ids)
@@ -344,8 +347,11 @@ class IndexWriter:
     def _rows_gone_from_disk(self, root: str) -> list[tuple[int, str]]:
         """(id, path) of rows under `root` whose file no longer exists."""
         with Session(self.engine) as session:
+            # Paths are bytes, compared byte-wise: those under root/ sort from "root/" up to
+            # "root0" ("0" follows "/"), a range the path index serves.
             rows = session.execute(select(ImageRecord.id, ImageRecord.path)
-                                   .where(ImageRecord.path.startswith(root + os.sep, autoescape=True))
+                                   .where(ImageRecord.path >= root + os.sep,
+                                          ImageRecord.path < root + chr(ord(os.sep) + 1))
                                    .execution_options(yield_per=5000))
             return [(row.id, row.path) for row in rows if not os.path.lexists(row.path)]
 
@@ -444,6 +450,4 @@ class IndexWriter:
 
     def _gallery_roots(self) -> list[str]:
         with Session(self.engine) as session:
-            roots = session.scalars(select(BuildRecord.gallery_root).distinct()
-                                    .where(BuildRecord.gallery_root.is_not(None)))
-            return sorted(roots, key=len, reverse=True)    # the deepest root wins
+            return gallery_roots(session)

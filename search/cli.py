@@ -11,6 +11,7 @@ import click
 
 from faces.clitools import FriendlyGroup, print_json, setup_logging
 from faces.detection import DETECTOR_HELP, DETECTORS
+from faces.errors import readable
 
 INDEX_HELP = "Index folder (default: $FACESEARCH_INDEX, else ./facesearch-index)."
 MODEL_HELP = ("Model name (human, dog) or checkpoint path. Default: the model the index was "
@@ -22,6 +23,9 @@ detector_option = click.option("--detector", type=click.Choice(list(DETECTORS)),
 k_option = click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1),
                         help="Gallery neighbours per face.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+absolute_paths_option = click.option("--absolute-paths", is_flag=True,
+                                     help="Show gallery files by their full path (default: relative to "
+                                          "the gallery folder they were indexed from).")
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -46,12 +50,13 @@ def main(verbose: bool) -> None:
 @index_option
 @model_option
 @detector_option
+@absolute_paths_option
 @json_option
-def query(photo, k, index, model, detector, as_json) -> None:
+def query(photo, k, index, model, detector, absolute_paths, as_json) -> None:
     """The K nearest gallery faces of every face in PHOTO, and whether each is within the
     model's verification threshold (a match)."""
     engine, image = _open(photo, index, model, detector)
-    result = engine.query(image, k=k, name=photo)
+    result = engine.query(image, k=k, name=photo, absolute_paths=absolute_paths)
     if as_json:
         print_json(result)
         return
@@ -71,12 +76,13 @@ def query(photo, k, index, model, detector, as_json) -> None:
 @index_option
 @model_option
 @detector_option
+@absolute_paths_option
 @json_option
-def identify(photo, k, index, model, detector, as_json) -> None:
+def identify(photo, k, index, model, detector, absolute_paths, as_json) -> None:
     """Who is in PHOTO: for each face, the identity most of its K nearest gallery faces
     within the threshold vote for, or "unknown" when none is within it."""
     engine, image = _open(photo, index, model, detector)
-    result = engine.identify(image, k=k, name=photo)
+    result = engine.identify(image, k=k, name=photo, absolute_paths=absolute_paths)
     if as_json:
         print_json(result)
         return
@@ -153,7 +159,7 @@ def _echo_header(photo, result) -> None:
     if not faces:
         click.echo(result["message"])
         return
-    click.echo(f"{photo}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
+    click.echo(f"{readable(photo)}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
                f"{result['detector']}; a match is distance <= {result['threshold']:.3f})")
 
 

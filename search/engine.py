@@ -14,6 +14,9 @@ A query answers one JSON-ready dict (the `search query --json` output):
      "message": "no face found ..." (only when there is no face),
      "timings_ms": {"detect", "embed", "search"}}
 
+A match's `path` is relative to the gallery folder it was indexed from (the file name alone
+for a file added from elsewhere); `absolute_paths=True` gives the full path instead. Names
+that are not UTF-8 are shown with \\xNN escapes (faces.errors.readable), as identities are.
 `match` is distance <= the model's verification threshold; distances are Euclidean
 between unit embeddings (0 to 2), similarity is their cosine. `identify` answers the same
 dict with, in each face, "identity" (or "unknown"), "votes", "voters" and "distance" (of
@@ -33,6 +36,7 @@ from PIL import Image
 from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
 from faces.clitools import register_user_error
 from faces.detection import Face, default_detector, get_detector
+from faces.errors import readable
 from faces.imaging import load_image
 
 Source = str | os.PathLike | bytes | Image.Image
@@ -131,7 +135,7 @@ class QueryEngine:
         self.gallery.check_model(loaded)     # another model's embeddings do not compare
         return loaded
 
-    def query(self, source: Source, k: int = 10, name: str | None = None) -> dict:
+    def query(self, source: Source, k: int = 10, name: str | None = None, absolute_paths: bool = False) -> dict:
         """The k nearest gallery faces of every face in the photo."""
         if k < 1:
             raise SearchError(f"k must be at least 1 (got {k})")
@@ -145,7 +149,7 @@ class QueryEngine:
             "model": self.model.name, "species": self.model.species, "threshold": threshold,
             "detector": self.pipeline.detector_name,
             "faces": [{"box": list(face.box) if face.box else None, "score": face.score,
-                       "matches": [_match(hit, threshold) for hit in face_hits]}
+                       "matches": [self._match(hit, threshold, absolute_paths) for hit in face_hits]}
                       for face, face_hits in zip(photo.faces, hits)],
             "timings_ms": photo.timings_ms,
         }
@@ -155,10 +159,19 @@ class QueryEngine:
                                  f"face crop use the 'none' detector)")
         return result
 
-    def identify(self, source: Source, k: int = 10, name: str | None = None) -> dict:
+    def _match(self, hit: dict, threshold: float, absolute_path: bool) -> dict:
+        distance = float(hit["distance"])
+        path = hit["path"] if absolute_path else self.gallery.relative_path(hit["path"])
+        return {"id": int(hit["id"]), "path": readable(path),
+                "identity": readable(hit["identity"]) if hit["identity"] is not None else None,
+                "distance": distance, "similarity": float(hit["similarity"]),
+                "match": distance <= threshold,
+                "box": list(hit["box"]) if hit.get("box") is not None else None}
+
+    def identify(self, source: Source, k: int = 10, name: str | None = None, absolute_paths: bool = False) -> dict:
         """A query where each face also gets the identity its neighbours vote for (FaceNet's
         k-NN recognition): only neighbours within the threshold vote, none means "unknown"."""
-        result = self.query(source, k, name)
+        result = self.query(source, k, name, absolute_paths)
         for face in result["faces"]:
             face.update(vote(face["matches"]))
         return result
@@ -181,18 +194,10 @@ def vote(matches: list[dict]) -> dict:
             "distance": nearest[winner]}
 
 
-def _match(hit: dict, threshold: float) -> dict:
-    distance = float(hit["distance"])
-    return {"id": int(hit["id"]), "path": str(hit["path"]), "identity": hit["identity"],
-            "distance": distance, "similarity": float(hit["similarity"]),
-            "match": distance <= threshold,
-            "box": list(hit["box"]) if hit.get("box") is not None else None}
-
-
 def _label(source: Source, name: str | None) -> str:
     if name:
-        return name
-    return str(source) if isinstance(source, (str, os.PathLike)) else "the photo"
+        return readable(name)
+    return readable(source) if isinstance(source, (str, os.PathLike)) else "the photo"
 
 
 def _area(box, photo: Photo) -> int:

@@ -5,17 +5,30 @@ The broad, generated suite is tests/test_fuzz_input.py; these are the named case
 from __future__ import annotations
 
 import io
+import json
 import os
+import sqlite3
 import struct
 import threading
-import time
 import warnings
+from pathlib import Path
 
+import click.testing
 import pytest
+import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from faces.checkpoint import save_checkpoint
 from faces.detection import get_detector
-from faces.imaging import ImageError, image_format, load_image
+from faces.errors import readable
+from faces.imaging import ImageError, Preprocess, image_format, load_image
+from faces.models import EmbeddingNet
+from indexer.cli import main as indexer_cli
+from indexer.config import DATABASE_FILE
+from search.cli import main as search_cli
+
+from conftest import identity_image, write_identity_folders
 
 THIN_SIZES = [(4000, 1), (1, 2561), (65535, 1)]
 
@@ -104,3 +117,59 @@ def _error_of(function, *args) -> str | None:
     except ImageError as error:
         return str(error)
     return None
+
+
+# --- file names that are not UTF-8 ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_checkpoint(path, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.02)
+    return path
+
+
+def cli(main, *args) -> "click.testing.Result":
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def test_file_names_that_are_not_utf8_are_indexed_kept_and_shown_readably(tmp_path, small_model):
+    gallery = write_identity_folders(tmp_path / "gallery", identities=2, per_identity=2)
+    rex = gallery / os.fsdecode(b"r\xe9x")                 # an identity folder named in Latin-1
+    rex.mkdir()
+    cafe = rex / os.fsdecode(b"caf\xe9.jpg")
+    identity_image(7, 0).save(cafe, "JPEG")
+    later = gallery / os.fsdecode(b"person_00/na\xefve.jpg")
+    index = tmp_path / "index"
+    common = ["--index", index, "--workers", 0, "--no-progress", "--json"]
+
+    built = json.loads(cli(indexer_cli, "build", gallery, "--model", small_model, "--detector", "none",
+                           *common).output.splitlines()[-1])
+    assert (built["images_added"], built["skipped"]) == (5, 0)
+    identity_image(8, 0).save(later, "JPEG")
+    added = json.loads(cli(indexer_cli, "add", later, *common).output.splitlines()[-1])
+    assert (added["images_added"], added["skipped"]) == (1, 0)
+
+    with sqlite3.connect(index / DATABASE_FILE) as db:     # the exact bytes, not a lossy stand-in
+        stored = {row[0] for row in db.execute("SELECT path FROM images")}
+    assert os.fsencode(cafe) in stored and os.fsencode(later) in stored
+
+    found = json.loads(cli(search_cli, "query", cafe, "--index", index, "--detector", "none", "-k", 1,
+                           "--json").output)
+    [match] = found["faces"][0]["matches"]
+    assert (match["path"], match["identity"]) == ("r\\xe9x/caf\\xe9.jpg", "r\\xe9x")
+    table = cli(search_cli, "query", later, "--index", index, "--detector", "none", "-k", 1).output
+    assert table.splitlines()[-1].split()[-2:] == ["person_00", "person_00/na\\xefve.jpg"]
+    absolute = json.loads(cli(search_cli, "query", cafe, "--index", index, "--detector", "none", "-k", 1,
+                              "--absolute-paths", "--json").output)
+    assert absolute["faces"][0]["matches"][0]["path"] == readable(cafe)
+
+    again = json.loads(cli(indexer_cli, "build", gallery, *common).output.splitlines()[-1])
+    assert (again["unchanged"], again["images_added"]) == (6, 0)
+    cafe.unlink()
+    pruned = json.loads(cli(indexer_cli, "build", gallery, "--prune", *common).output.splitlines()[-1])
+    assert pruned["removed"] == 1
+    removed = json.loads(cli(indexer_cli, "remove", later, *common[:2], "--json").output.splitlines()[-1])
+    assert removed["removed"] == 1 and removed["not_found"] == []
