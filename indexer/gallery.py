@@ -181,7 +181,10 @@ class Gallery:
         return records
 
     def image(self, image_id: int) -> ImageRecord | None:
-        """The database row of one face (or skipped file), or None."""
+        """The database row of one face (or skipped file), or None (also for an id outside
+        SQLite's 64-bit INTEGER, which no row can have)."""
+        if not 0 < image_id < 2 ** 63:
+            return None
         with Session(self.engine) as session:
             return session.get(ImageRecord, int(image_id))
 

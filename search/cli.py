@@ -128,13 +128,23 @@ def verify(photo_a, photo_b, model, detector, as_json) -> None:
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1),
               help="Request threads; they share one loaded engine.")
 def serve(index, model, host, port, threads) -> None:
-    """Start the web page and JSON API under waitress (a production WSGI server)."""
+    """Start the web page and JSON API under waitress (a production WSGI server).
+
+    It answers only requests for the host names in $FACESEARCH_ALLOWED_HOSTS (default: HOST
+    and localhost) and, when $FACESEARCH_API_KEY is set, only those that send that key."""
     import waitress
     from web import create_app
+    from web.security import is_loopback
     _one_torch_thread()    # the request threads are the parallelism
     overrides = {key: value for key, value in (("INDEX", index), ("MODEL", model)) if value}
-    click.echo(f"facesearch on http://{host}:{port}/ (Ctrl-C stops it)", err=True)
-    waitress.serve(create_app(overrides), host=host, port=port, threads=threads)
+    app = create_app({**overrides, "BIND_HOST": host})
+    if not is_loopback(host) and not app.config["API_KEY"]:
+        click.echo(f"warning: listening on {host}, beyond this machine, without an API key: anyone who "
+                   "can reach it can search the gallery; set FACESEARCH_API_KEY", err=True)
+    click.echo(f"facesearch on http://{host}:{port}/ for host names {', '.join(app.config['ALLOWED_HOSTS'])} "
+               "(Ctrl-C stops it)", err=True)
+    # ident="": no Server header announcing waitress.
+    waitress.serve(app, host=host, port=port, threads=threads, ident="")
 
 
 def _open(photo, index, model, detector):

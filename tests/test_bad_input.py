@@ -27,6 +27,7 @@ from faces.models import EmbeddingNet
 from indexer.cli import main as indexer_cli
 from indexer.config import DATABASE_FILE
 from search.cli import main as search_cli
+from web import create_app
 
 from conftest import identity_image, write_identity_folders
 
@@ -173,3 +174,116 @@ def test_file_names_that_are_not_utf8_are_indexed_kept_and_shown_readably(tmp_pa
     assert pruned["removed"] == 1
     removed = json.loads(cli(indexer_cli, "remove", later, *common[:2], "--json").output.splitlines()[-1])
     assert removed["removed"] == 1 and removed["not_found"] == []
+
+
+# --- the web app ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def web_index(tmp_path_factory, small_model) -> dict:
+    root = tmp_path_factory.mktemp("web")
+    gallery = write_identity_folders(root / "gallery", identities=3, per_identity=2)
+    index = root / "index"
+    cli(indexer_cli, "build", gallery, "--index", index, "--model", small_model, "--detector", "none",
+        "--workers", 0, "--no-progress")
+    return {"INDEX": str(index), "MODEL": str(small_model), "DETECTOR": "none", "gallery": gallery}
+
+
+def make_client(web_index, **config):
+    settings = {key: web_index[key] for key in ("INDEX", "MODEL", "DETECTOR")}
+    return create_app({**settings, "TESTING": True, "MAX_UPLOAD_MB": 1, **config}).test_client()
+
+
+@pytest.fixture(scope="module")
+def client(web_index):
+    return make_client(web_index)
+
+
+def post_photo(client, data: bytes, headers=None, **form):
+    form["image"] = (io.BytesIO(data), "photo.jpg", "image/jpeg")
+    return client.post("/api/search", data=form, content_type="multipart/form-data", headers=headers or {})
+
+
+def gallery_jpeg(web_index) -> bytes:
+    return (web_index["gallery"] / "person_01" / "person_01_0002.jpg").read_bytes()
+
+
+def test_api_paths_are_relative_to_the_gallery(client, web_index):
+    body = post_photo(client, gallery_jpeg(web_index), k="3").get_json()
+    paths = [match["path"] for match in body["faces"][0]["matches"]]
+    assert paths[0] == "person_01/person_01_0002.jpg"
+    assert not any(str(web_index["gallery"]) in path or path.startswith("/") for path in paths)
+
+
+@pytest.mark.parametrize("image_id", ["9223372036854775808", "9223372036854775807", "99999999999999999999999", "0"])
+def test_thumbnail_ids_beyond_sqlite_integers_are_404(client, image_id):
+    response = client.get(f"/thumb/{image_id}")
+    assert response.status_code == 404 and "no gallery image" in response.get_data(as_text=True)
+
+
+def test_options_is_a_json_405(client):
+    response = client.options("/api/search")
+    assert response.status_code == 405 and "error" in response.get_json()
+    assert response.headers["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("k", ["+3", "1_0", "\uff13", " 3", "3 ", "03a", "0x3", "1e1", "٣"])
+def test_k_is_plain_ascii_digits(client, web_index, k):
+    response = post_photo(client, gallery_jpeg(web_index), k=k)
+    assert response.status_code == 400 and "k must be" in response.get_json()["error"]
+
+
+def test_a_form_of_too_many_parts_is_told_so(client, web_index):
+    fields = {f"field{i}": "x" for i in range(1200)}
+    response = post_photo(client, gallery_jpeg(web_index), **fields)
+    assert response.status_code == 400
+    assert "form too large: at most 20 fields" in response.get_json()["error"]
+
+
+def test_503_names_no_server_path(tmp_path):
+    client = create_app({"INDEX": str(tmp_path / "no-index"), "TESTING": True}).test_client()
+    for response in (client.get("/api/health"), client.get("/status")):
+        assert response.status_code == 503 and str(tmp_path) not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("host, status", [
+    ("localhost", 200), ("127.0.0.1:8000", 200), ("[::1]:8000", 200), ("LOCALHOST", 200),
+    ("evil.example", 400), ("evil.example:8000", 400), ("127.0.0.1.evil.example", 400), ("", 400),
+])
+def test_only_trusted_hosts_are_answered(client, host, status):
+    response = client.get("/api/health", headers={"Host": host})
+    assert response.status_code == status
+    if status == 400:
+        assert "not trusted" in response.get_json()["error"]
+
+
+def test_allowed_hosts_come_from_the_environment(web_index, monkeypatch):
+    monkeypatch.setenv("FACESEARCH_ALLOWED_HOSTS", "faces.example.org, .lan")
+    client = make_client(web_index, BIND_HOST="0.0.0.0")
+    assert client.get("/api/health", headers={"Host": "faces.example.org"}).status_code == 200
+    assert client.get("/api/health", headers={"Host": "box.lan:8000"}).status_code == 200
+    assert client.get("/api/health", headers={"Host": "localhost"}).status_code == 400
+    monkeypatch.setenv("FACESEARCH_ALLOWED_HOSTS", "*")
+    assert make_client(web_index).get("/api/health", headers={"Host": "any.where"}).status_code == 200
+
+
+def test_the_api_key_is_required_when_set(web_index, monkeypatch):
+    monkeypatch.setenv("FACESEARCH_API_KEY", "s3cret-key")
+    client = make_client(web_index)
+    photo = gallery_jpeg(web_index)
+    for response in (client.get("/api/health"), client.get("/status"), client.get("/thumb/1"),
+                     post_photo(client, photo), post_photo(client, photo, {"Authorization": "Bearer wrong"}),
+                     post_photo(client, photo, {"Authorization": "Basic s3cret-key"})):
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].lower().startswith("bearer")
+    assert client.get("/").status_code == 200                      # the page shell asks for the key
+    good = {"Authorization": "Bearer s3cret-key"}
+    assert client.get("/api/health", headers=good).status_code == 200
+    assert post_photo(client, photo, good).status_code == 200
+    assert client.get("/thumb/1", headers=good).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/", "/api/health", "/api/nothing", "/thumb/1", "/status", "/static/search.js"])
+def test_every_answer_has_the_security_headers(client, path):
+    headers = client.get(path).headers
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'self'" in headers["Content-Security-Policy"]

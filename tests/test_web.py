@@ -28,7 +28,7 @@ from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 from web import create_app
 
-from conftest import GROUP_PHOTO, LFW
+from conftest import GROUP_PHOTO, LFW, REPO
 
 # People whose LFW photos dlib's detector finds a face in; two photos of each are indexed.
 GALLERY_PEOPLE = ("Aaron_Peirsol", "Abel_Pacheco", "Adam_Sandler", "Ahmed_Chalabi", "Ai_Sugiyama", "Al_Gore")
@@ -260,7 +260,9 @@ def server_url(web_index, tmp_path_factory):
     """`search serve` on a free loopback port, its engine warmed by a first health check."""
     port = free_port()
     search_command = Path(sys.executable).with_name("search")
-    env = {**os.environ, "FACESEARCH_DETECTOR": web_index["DETECTOR"]}
+    # The code under test, whichever facesearch the `search` script was installed from.
+    env = {**os.environ, "FACESEARCH_DETECTOR": web_index["DETECTOR"],
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen([str(search_command), "serve", "--index", web_index["INDEX"],

@@ -10,7 +10,7 @@ from werkzeug.exceptions import BadRequest
 from faces import clitools
 from faces.imaging import ImageError
 
-from .engine import EngineUnavailable, gallery_summary, get_engine
+from .engine import EngineUnavailable, gallery_summary, get_engine, unavailable
 from .uploads import read_image_upload
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
@@ -29,7 +29,7 @@ def search():
     except ImageError as error:
         raise BadRequest(f"bad image: {error.reason}") from None
     except clitools.USER_ERRORS as error:   # e.g. the index damaged or replaced under a running server
-        raise EngineUnavailable(f"search index not available: {error}") from None
+        raise unavailable(error) from None
     return jsonify(result)
 
 
@@ -43,13 +43,10 @@ def health():
 
 
 def matches_per_face(text: str | None) -> int:
+    """k as plain ASCII digits (int() would also take "+3", "1_0" and full-width digits)."""
     limit = current_app.config["MAX_K"]
     if text is None or text == "":
         return current_app.config["DEFAULT_K"]
-    try:
-        k = int(text)
-    except ValueError:
-        raise BadRequest(f"k must be a whole number from 1 to {limit}") from None
-    if not 1 <= k <= limit:
+    if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= limit):
         raise BadRequest(f"k must be a whole number from 1 to {limit}")
-    return k
+    return int(text)

@@ -13,13 +13,17 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMe
 from faces.imaging import ACCEPTED_FORMATS, image_format
 
 
+class UploadTooLarge(RequestEntityTooLarge):
+    """The photo itself is over MAX_UPLOAD_BYTES (not the form around it)."""
+
+
 def read_image_upload(upload: FileStorage | None, max_bytes: int) -> bytes:
     """The uploaded file's bytes; raises 400 (missing, empty), 413 (too big), 415 (not a photo)."""
     if upload is None:
         raise BadRequest("no file: send the photo as multipart/form-data in the field 'image'")
     data = upload.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise RequestEntityTooLarge()
+        raise UploadTooLarge()
     if not data:
         raise BadRequest("empty file (0 bytes)")
     if image_format(data) is None:
