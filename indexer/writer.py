@@ -41,7 +41,7 @@ from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecor
                  utc_now)
 from .embedding import ImageResult, WorkItem, embed_files
 from .errors import IndexCorruptError, IndexMissingError, ModelMismatchError
-from .lock import IndexLock
+from .lock import IndexLock, lock_for_writing
 from .scan import GalleryFile, identity_of, walk_gallery
 from .store import INDEX_TYPES, FaissStore, auto_index_type
 
@@ -124,15 +124,13 @@ class IndexWriter:
     def __init__(self, index_dir: str | os.PathLike, *, create: bool = False, model: str | None = None,
                  detector: str | None = None, index_type: str = "auto", batch_size: int = 64,
                  workers: int | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                 progress: bool = True):
+                 progress: bool = True, lock: IndexLock | None = None):
+        """`lock`: this index's lock_for_writing, when the caller took it already."""
         if index_type not in INDEX_TYPES + ("auto",):
             raise ValueError(f"unknown index type {index_type!r}")
         self.index_dir = Path(index_dir)
         self.database_path = self.index_dir / DATABASE_FILE
         self.vectors_path = self.index_dir / VECTORS_FILE
-        if not create and not self.database_path.is_file():
-            raise IndexMissingError(f"no index at {self.index_dir}: run `indexer build GALLERY` first")
-        self.index_dir.mkdir(parents=True, exist_ok=True)
         self.requested_model, self.requested_detector = model, detector
         self.index_type = index_type
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
@@ -141,7 +139,7 @@ class IndexWriter:
         self._store: FaissStore | None = None
         self._unsaved = False         # the in-memory index differs from the saved one
         self._since_checkpoint = 0
-        self.lock = IndexLock(self.index_dir).acquire()
+        self.lock = lock or lock_for_writing(self.index_dir, create)
         try:
             self.engine = open_database(self.database_path)
             with Session(self.engine) as session:

@@ -9,6 +9,8 @@ import json
 import os
 import sqlite3
 import struct
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -26,10 +28,11 @@ from faces.imaging import ImageError, Preprocess, image_format, load_image
 from faces.models import EmbeddingNet
 from indexer.cli import main as indexer_cli
 from indexer.config import DATABASE_FILE
+from indexer.lock import lock_for_writing
 from search.cli import main as search_cli
 from web import create_app
 
-from conftest import identity_image, write_identity_folders
+from conftest import REPO, identity_image, write_identity_folders
 
 THIN_SIZES = [(4000, 1), (1, 2561), (65535, 1)]
 
@@ -287,3 +290,24 @@ def test_every_answer_has_the_security_headers(client, path):
     headers = client.get(path).headers
     assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
     assert "default-src 'self'" in headers["Content-Security-Policy"]
+
+
+# --- the indexer's lock -----------------------------------------------------------------
+
+def test_a_busy_index_is_refused_before_torch_loads(tmp_path):
+    index = tmp_path / "index"
+    code = ("import sys\nfrom indexer.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n"
+            "    print('exit', exit.code, 'torch loaded:', 'torch' in sys.modules)")
+    lock = lock_for_writing(index, create=True)
+    try:
+        result = subprocess.run([sys.executable, "-c", code, "build", str(tmp_path), "--index", str(index)],
+                                capture_output=True, text=True, timeout=120, env=repo_env())
+    finally:
+        lock.release()
+    assert "another indexer process" in result.stderr
+    assert result.stdout.strip() == "exit 1 torch loaded: False"
+
+
+def repo_env() -> dict:
+    """The environment for a subprocess that must run this checkout's code."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
