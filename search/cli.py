@@ -9,7 +9,7 @@ import logging
 
 import click
 
-from faces.clitools import FriendlyGroup, print_json, setup_logging
+from faces.clitools import Count, FriendlyGroup, print_json, setup_logging
 from faces.detection import DETECTOR_HELP, DETECTORS
 from faces.errors import readable
 
@@ -20,7 +20,7 @@ MODEL_HELP = ("Model name (human, dog) or checkpoint path. Default: the model th
 index_option = click.option("--index", type=click.Path(file_okay=False), help=INDEX_HELP)
 model_option = click.option("--model", help=MODEL_HELP)
 detector_option = click.option("--detector", type=click.Choice(list(DETECTORS)), help=DETECTOR_HELP)
-k_option = click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1),
+k_option = click.option("-k", "--k", "k", default=10, show_default=True, type=Count(1),
                         help="Gallery neighbours per face.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 absolute_paths_option = click.option("--absolute-paths", is_flag=True,

@@ -43,10 +43,10 @@ def health():
 
 
 def matches_per_face(text: str | None) -> int:
-    """k as plain ASCII digits (int() would also take "+3", "1_0" and full-width digits)."""
     limit = current_app.config["MAX_K"]
     if text is None or text == "":
         return current_app.config["DEFAULT_K"]
-    if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= limit):
+    k = clitools.whole_number(text)
+    if k is None or not 1 <= k <= limit:
         raise BadRequest(f"k must be a whole number from 1 to {limit}")
-    return int(text)
+    return k
