@@ -28,6 +28,7 @@ from faces.imaging import ImageError, Preprocess, image_format, load_image
 from faces.models import EmbeddingNet
 from indexer.cli import main as indexer_cli
 from indexer.config import DATABASE_FILE
+from indexer.db import create_sqlite_engine, downgrade
 from indexer.lock import lock_for_writing
 from search.cli import main as search_cli
 from web import create_app
@@ -311,3 +312,20 @@ def test_a_busy_index_is_refused_before_torch_loads(tmp_path):
 def repo_env() -> dict:
     """The environment for a subprocess that must run this checkout's code."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def test_downgrading_below_0003_drops_only_names_text_cannot_hold_and_a_build_restores_them(tmp_path, small_model):
+    gallery = write_identity_folders(tmp_path / "gallery", identities=1, per_identity=2)
+    cafe = gallery / "person_00" / os.fsdecode(b"caf\xe9.jpg")
+    identity_image(7, 0).save(cafe, "JPEG")
+    index = tmp_path / "index"
+    common = ["--index", index, "--workers", 0, "--no-progress", "--json"]
+    cli(indexer_cli, "build", gallery, "--model", small_model, "--detector", "none", *common)
+    engine = create_sqlite_engine(index / DATABASE_FILE)
+    downgrade(engine, "0002")
+    engine.dispose()
+    with sqlite3.connect(index / DATABASE_FILE) as db:
+        assert sorted(row[0] for row in db.execute("SELECT path FROM images")) == sorted(
+            str(p) for p in (gallery / "person_00").iterdir() if p != cafe)
+    rebuilt = json.loads(cli(indexer_cli, "build", gallery, *common).output.splitlines()[-1])
+    assert (rebuilt["images_added"], rebuilt["unchanged"]) == (1, 2)
