@@ -22,7 +22,6 @@ import os
 import random
 import socket
 import sqlite3
-import stat
 import struct
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from indexer.config import DATABASE_FILE
 from search.cli import main as search_cli
 from web import create_app
 
-from conftest import GROUP_PHOTO, LFW, REPO, identity_image
+from conftest import LFW, REPO, identity_image
 
 SEED = 13
 GOOD_PHOTO = LFW / "Al_Gore" / "Al_Gore_0001.jpg"     # a real face, indexed in every gallery here
