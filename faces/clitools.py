@@ -28,6 +28,30 @@ class FriendlyGroup(click.Group):
             raise click.ClickException(str(error)) from None
 
 
+def whole_number(text: str) -> int | None:
+    """The number written in plain ASCII digits (at most 9), else None. int() would also
+    take "+3", "1_0", " 3" and other scripts' digits; a count typed or sent by a client
+    should be only what it looks like."""
+    if text.isascii() and text.isdigit() and len(text) <= 9:
+        return int(text)
+    return None
+
+
+class Count(click.ParamType):
+    """A click option of at least `minimum`, in plain ASCII digits (see whole_number)."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        number = value if isinstance(value, int) else whole_number(str(value))
+        if number is None or number < self.minimum:
+            self.fail(f"{value!r} is not a whole number of at least {self.minimum} (digits 0-9)", param, ctx)
+        return number
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(message)s")

@@ -108,8 +108,9 @@ class DlibDetector:
     def _boxes(self, image: Image.Image) -> list[tuple[Box, float]]:
         """Face boxes in the image's own coordinates, with the detector's scores."""
         scale = min(1.0, DETECT_MAX_SIDE / max(image.size))
+        # At least one pixel a side: a 4000x1 strip must not shrink to nothing.
         small = image if scale == 1.0 else image.resize(
-            (round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
         upsample = 1 if max(small.size) < UPSAMPLE_BELOW_SIDE else 0
         with self._lock:
             rects, scores, _ = self._detect.run(np.asarray(small), upsample, 0.0)

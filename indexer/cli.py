@@ -12,6 +12,7 @@ from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
 
 from .config import DEFAULT_CHECKPOINT_EVERY, DEFAULT_INDEX_DIR, INDEX_ENV_VAR, default_workers, resolve_index_dir
 from .gallery import Gallery
+from .lock import lock_for_writing
 from .store import INDEX_TYPES
 
 if TYPE_CHECKING:
@@ -71,10 +72,16 @@ def known_detector(name: str | None) -> str | None:
 
 
 def open_writer(index_dir, create=False, **options) -> IndexWriter:
-    from .writer import IndexWriter   # torch and the model code: only for commands that change
-    options.pop("as_json", None)
-    progress = not options.pop("no_progress", False)
-    return IndexWriter(resolve_index_dir(index_dir), create=create, progress=progress, **options)
+    index_dir = resolve_index_dir(index_dir)
+    lock = lock_for_writing(index_dir, create)   # a busy index is refused before torch loads
+    try:
+        from .writer import IndexWriter   # torch and the model code: only for commands that change
+        options.pop("as_json", None)
+        progress = not options.pop("no_progress", False)
+        return IndexWriter(index_dir, create=create, progress=progress, lock=lock, **options)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def show_change(report: ChangeReport, as_json: bool) -> None:

@@ -12,6 +12,7 @@ could not be used, and why; they have no vector.
 from __future__ import annotations
 
 import fcntl
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Float, String, create_engine, event
+from sqlalchemy import Engine, Float, LargeBinary, String, TypeDecorator, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -34,6 +35,22 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+class FileName(TypeDecorator):
+    """A file system name (path, folder name), stored as the exact bytes of the file system.
+
+    Python gives names that are not UTF-8 as text with surrogate escapes (os.fsdecode);
+    they go in and come out unchanged. Show them with faces.errors.readable."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else os.fsencode(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else os.fsdecode(value)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -46,9 +63,9 @@ class ImageRecord(Base):
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(index=True)
+    path: Mapped[str] = mapped_column(FileName, index=True)
     sha256: Mapped[str | None] = mapped_column(String(64))
-    identity: Mapped[str | None] = mapped_column(index=True)
+    identity: Mapped[str | None] = mapped_column(FileName, index=True)
     file_size: Mapped[int | None]
     species: Mapped[str] = mapped_column(String(16))
     added_at: Mapped[datetime] = mapped_column(default=utc_now)
@@ -91,7 +108,7 @@ class BuildRecord(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
-    gallery_root: Mapped[str | None]
+    gallery_root: Mapped[str | None] = mapped_column(FileName)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime]
     added: Mapped[int] = mapped_column(default=0)       # faces added
@@ -100,6 +117,12 @@ class BuildRecord(Base):
     unchanged: Mapped[int] = mapped_column(default=0)   # files already indexed as they are
     index_type: Mapped[str] = mapped_column(String(16))
     vectors: Mapped[int] = mapped_column(default=0)     # vectors in the index afterwards
+
+
+def gallery_roots(session) -> list[str]:
+    """Every gallery folder a build has walked, the deepest first (so it wins as a prefix)."""
+    roots = session.scalars(select(BuildRecord.gallery_root).distinct().where(BuildRecord.gallery_root.is_not(None)))
+    return sorted(roots, key=len, reverse=True)
 
 
 def alembic_config(database: Path | None = None) -> Config:

@@ -8,7 +8,6 @@ overlaps the model, and only a few batches are ever in memory.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -18,13 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from faces.checkpoint import FaceModel
 from faces.detection import finds_faces, get_detector
-from faces.imaging import ImageError, Preprocess, load_image
+from faces.imaging import ImageError, Preprocess, load_image, read_image_file
 
 from .config import available_cores, default_workers
-from .scan import os_error_reason
-
-# Files this large are not photos of faces; refusing them keeps a worker's memory bounded.
-MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,15 +46,6 @@ class Batch:
     crops: torch.Tensor          # uint8 F x 3 x S x S, the faces of all results in order
 
 
-def read_file(path: str) -> tuple[bytes, int]:
-    """The file's bytes and size; OSError for unreadable files, ImageError for huge ones."""
-    with open(path, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(path, f"file too large ({size:,} bytes, limit {MAX_FILE_BYTES:,})")
-        return handle.read(), size
-
-
 class FaceCrops(Dataset):
     """items[i] -> (ImageResult, uint8 crops of its faces)."""
 
@@ -76,13 +62,11 @@ class FaceCrops(Dataset):
         item = self.items[i]
         result = ImageResult(item.path, item.identity)
         try:
-            data, result.file_size = read_file(item.path)
-        except OSError as error:
-            result.skip_reason = os_error_reason(error)
-            return result, None
+            data = read_image_file(item.path)
         except ImageError as error:
             result.skip_reason = error.reason
             return result, None
+        result.file_size = len(data)
         result.sha256 = hashlib.sha256(data).hexdigest()
         try:
             image = load_image(data, name=item.path)

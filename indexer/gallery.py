@@ -20,7 +20,7 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from .config import DATABASE_FILE, VECTORS_FILE, resolve_index_dir
-from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database
+from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database
 from .errors import IndexMissingError, ModelMismatchError
 from .store import FaissStore
 
@@ -43,6 +43,7 @@ class Gallery:
         self.vectors_path = index_dir / VECTORS_FILE
         self._store: FaissStore | None = None
         self._store_version = None
+        self._roots: list[str] | None = None
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None) -> "Gallery":
@@ -132,7 +133,17 @@ class Gallery:
             self._store = (FaissStore.load(self.vectors_path) if version is not None
                            else FaissStore.create(self.model.embedding_dim))
             self._store_version = version
+            self._roots = None        # a writer has run: it may have walked a new gallery folder
         return self._store
+
+    def relative_path(self, path: str) -> str:
+        """`path` relative to the gallery folder it was indexed from; the file name alone
+        for a file added from outside every gallery folder."""
+        if self._roots is None:
+            with Session(self.engine) as session:
+                self._roots = gallery_roots(session)
+        root = next((r for r in self._roots if path.startswith(r.rstrip(os.sep) + os.sep)), None)
+        return os.path.relpath(path, root) if root else os.path.basename(path)
 
     def search(self, embeddings: np.ndarray, k: int = 10) -> list[list[dict]]:
         """For each embedding (float32 N x D, unit length), its k nearest gallery faces, best
@@ -170,7 +181,10 @@ class Gallery:
         return records
 
     def image(self, image_id: int) -> ImageRecord | None:
-        """The database row of one face (or skipped file), or None."""
+        """The database row of one face (or skipped file), or None (also for an id outside
+        SQLite's 64-bit INTEGER, which no row can have)."""
+        if not 0 < image_id < 2 ** 63:
+            return None
         with Session(self.engine) as session:
             return session.get(ImageRecord, int(image_id))
 

@@ -1,7 +1,8 @@
 """One writer per index: an exclusive flock on DIR/indexer.lock.
 
 The kernel drops the lock when its holder dies, kill -9 included, so a crashed build never
-leaves a stale lock behind. A second writer is refused at once, naming the holder's pid.
+leaves a stale lock behind. A second writer is refused at once, naming the holder's pid:
+`lock_for_writing` takes it before torch and the model load, so the refusal is immediate.
 """
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from .config import LOCK_FILE
-from .errors import IndexBusyError
+from .config import DATABASE_FILE, LOCK_FILE
+from .errors import IndexBusyError, IndexMissingError
 
 
 class IndexLock:
@@ -45,3 +46,12 @@ class IndexLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_for_writing(index_dir: str | os.PathLike, create: bool) -> IndexLock:
+    """The writer's lock on `index_dir` (created when `create`), or IndexMissingError."""
+    index_dir = Path(index_dir)
+    if not create and not (index_dir / DATABASE_FILE).is_file():
+        raise IndexMissingError(f"no index at {index_dir}: run `indexer build GALLERY` first")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    return IndexLock(index_dir).acquire()

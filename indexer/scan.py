@@ -3,18 +3,18 @@
 The identity of an image is the folder directly under the gallery root that holds it
 (root/<identity>/.../<image>); images directly in the root have none. Folder symlinks are
 followed once: a link back to a folder already walked (a loop) is reported, not followed.
-Hidden files and files without an image suffix are not images and are passed over.
+Hidden files and files without an image suffix are not images and are passed over; a FIFO,
+socket or device named like an image is reported (and never opened).
 """
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from faces.imaging import is_image_name
+from faces.imaging import is_image_name, not_regular_reason, os_error_reason
 
 
 @dataclass(frozen=True)
@@ -22,17 +22,6 @@ class GalleryFile:
     path: str                  # absolute, through the gallery root as given (links not resolved)
     identity: str | None
     problem: str | None = None  # set when the entry cannot even be opened (loop, broken link...)
-
-
-def os_error_reason(error: OSError) -> str:
-    """A short, stable reason for a file that cannot be read (stored as the skip reason)."""
-    if error.errno == errno.ELOOP:
-        return "symlink loop"
-    if error.errno == errno.ENOENT:
-        return "file not found (deleted, or a broken symlink)"
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return f"cannot read ({error.strerror or error})"
 
 
 def identity_of(path: str, root: str) -> str | None:
@@ -72,6 +61,7 @@ def walk_gallery(root: str | os.PathLike) -> Iterator[GalleryFile]:
                 else:
                     visited.add(key)
                     subfolders.append(entry.path)
-            elif stat.S_ISREG(info.st_mode) and is_image_name(entry.name):
-                yield GalleryFile(entry.path, identity_of(entry.path, root))
+            elif is_image_name(entry.name):
+                # A FIFO or device named like a photo is recorded as skipped, never opened.
+                yield GalleryFile(entry.path, identity_of(entry.path, root), not_regular_reason(info.st_mode))
         stack.extend(reversed(subfolders))

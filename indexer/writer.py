@@ -33,13 +33,16 @@ from tqdm import tqdm
 from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
 from trainer.data import resolve_data_root
 from faces.detection import default_detector, get_detector
+from faces.errors import readable
+from faces.imaging import not_regular_reason, os_error_reason
 
 from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
-from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, open_database, utc_now
+from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database,
+                 utc_now)
 from .embedding import ImageResult, WorkItem, embed_files
 from .errors import IndexCorruptError, IndexMissingError, ModelMismatchError
-from .lock import IndexLock
-from .scan import GalleryFile, identity_of, os_error_reason, walk_gallery
+from .lock import IndexLock, lock_for_writing
+from .scan import GalleryFile, identity_of, walk_gallery
 from .store import INDEX_TYPES, FaissStore, auto_index_type
 
 log = logging.getLogger(__name__)
@@ -88,12 +91,13 @@ class ChangeReport:
     def note_skip(self, path: str, reason: str) -> None:
         self.skip_reasons[reason] += 1
         if len(self.skipped_examples) < EXAMPLES_KEPT:
-            self.skipped_examples.append(f"{path}: {reason}")
+            self.skipped_examples.append(f"{readable(path)}: {reason}")
 
     def to_dict(self) -> dict:
         data = {key: value for key, value in self.__dict__.items() if not key.startswith("_")}
         data["started_at"] = self.started_at.isoformat()
         data["skip_reasons"] = dict(self.skip_reasons)
+        data["gallery_root"] = readable(self.gallery_root) if self.gallery_root else None
         data["skipped"] = self.skipped
         data["images_per_second"] = round(self.images_added / self.seconds, 1) if self.seconds else None
         return data
@@ -120,15 +124,13 @@ class IndexWriter:
     def __init__(self, index_dir: str | os.PathLike, *, create: bool = False, model: str | None = None,
                  detector: str | None = None, index_type: str = "auto", batch_size: int = 64,
                  workers: int | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                 progress: bool = True):
+                 progress: bool = True, lock: IndexLock | None = None):
+        """`lock`: this index's lock_for_writing, when the caller took it already."""
         if index_type not in INDEX_TYPES + ("auto",):
             raise ValueError(f"unknown index type {index_type!r}")
         self.index_dir = Path(index_dir)
         self.database_path = self.index_dir / DATABASE_FILE
         self.vectors_path = self.index_dir / VECTORS_FILE
-        if not create and not self.database_path.is_file():
-            raise IndexMissingError(f"no index at {self.index_dir}: run `indexer build GALLERY` first")
-        self.index_dir.mkdir(parents=True, exist_ok=True)
         self.requested_model, self.requested_detector = model, detector
         self.index_type = index_type
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
@@ -137,7 +139,7 @@ class IndexWriter:
         self._store: FaissStore | None = None
         self._unsaved = False         # the in-memory index differs from the saved one
         self._since_checkpoint = 0
-        self.lock = IndexLock(self.index_dir).acquire()
+        self.lock = lock or lock_for_writing(self.index_dir, create)
         try:
             self.engine = open_database(self.database_path)
             with Session(self.engine) as session:
@@ -274,8 +276,7 @@ class IndexWriter:
                 root = next((r for r in roots if path.startswith(r + os.sep)), None)
                 name = identity_of(path, root) if root else None
             try:
-                os.stat(path)
-                gallery_files.append(GalleryFile(path, name))
+                gallery_files.append(GalleryFile(path, name, not_regular_reason(os.stat(path).st_mode)))
             except OSError as error:
                 gallery_files.append(GalleryFile(path, name, os_error_reason(error)))
         plan = Plan()
@@ -293,13 +294,13 @@ class IndexWriter:
             if identity is not None:
                 ids = list(session.scalars(select(ImageRecord.id).where(ImageRecord.identity == identity)))
                 if not ids:
-                    report.not_found.append(f"identity {identity}")
+                    report.not_found.append(f"identity {readable(identity)}")
             for file in files:
                 path = os.path.abspath(file)
                 found = list(session.scalars(select(ImageRecord.id).where(ImageRecord.path == path)))
                 ids.extend(found)
                 if not found:
-                    report.not_found.append(path)
+                    report.not_found.append(readable(path))
         ids = sorted(set(ids))
         report.removed = len(ids)
         self.delete_rows(ids)
@@ -344,8 +345,11 @@ class IndexWriter:
     def _rows_gone_from_disk(self, root: str) -> list[tuple[int, str]]:
         """(id, path) of rows under `root` whose file no longer exists."""
         with Session(self.engine) as session:
+            # Paths are bytes, compared byte-wise: those under root/ sort from "root/" up to
+            # "root0" ("0" follows "/"), a range the path index serves.
             rows = session.execute(select(ImageRecord.id, ImageRecord.path)
-                                   .where(ImageRecord.path.startswith(root + os.sep, autoescape=True))
+                                   .where(ImageRecord.path >= root + os.sep,
+                                          ImageRecord.path < root + chr(ord(os.sep) + 1))
                                    .execution_options(yield_per=5000))
             return [(row.id, row.path) for row in rows if not os.path.lexists(row.path)]
 
@@ -444,6 +448,4 @@ class IndexWriter:
 
     def _gallery_roots(self) -> list[str]:
         with Session(self.engine) as session:
-            roots = session.scalars(select(BuildRecord.gallery_root).distinct()
-                                    .where(BuildRecord.gallery_root.is_not(None)))
-            return sorted(roots, key=len, reverse=True)    # the deepest root wins
+            return gallery_roots(session)

@@ -10,8 +10,9 @@ import logging
 import click
 
 from faces import clitools
-from faces.clitools import FriendlyGroup, print_json, setup_logging
+from faces.clitools import Count, FriendlyGroup, print_json, setup_logging
 from faces.detection import DETECTOR_HELP, DETECTORS
+from faces.errors import readable
 from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
 
 INDEX_HELP = "Index folder (default: $FACESEARCH_INDEX, else ./facesearch-index)."
@@ -21,7 +22,7 @@ MODEL_HELP = ("Model name (human, dog) or checkpoint path. Default: the model th
 index_option = click.option("--index", type=click.Path(file_okay=False), help=INDEX_HELP)
 model_option = click.option("--model", help=MODEL_HELP)
 detector_option = click.option("--detector", type=click.Choice(list(DETECTORS)), help=DETECTOR_HELP)
-k_option = click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(min=1),
+k_option = click.option("-k", "--k", "k", default=10, show_default=True, type=Count(1),
                         help="Gallery neighbours per face.")
 threshold_option = click.option("--threshold", default=DEFAULT_OPERATING_POINT, show_default=True,
                                 help=THRESHOLD_HELP)
@@ -37,6 +38,11 @@ class Trouble(click.ClickException):
     """An error in a command whose exit status 1 has another meaning (verify: different)."""
 
     exit_code = 2
+
+
+absolute_paths_option = click.option("--absolute-paths", is_flag=True,
+                                     help="Show gallery files by their full path (default: relative to "
+                                          "the gallery folder they were indexed from).")
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -62,8 +68,9 @@ def main(verbose: bool) -> None:
 @index_option
 @model_option
 @detector_option
+@absolute_paths_option
 @lines_option
-def query(photos, k, threshold, index, model, detector, as_json) -> None:
+def query(photos, k, threshold, index, model, detector, absolute_paths, as_json) -> None:
     """The K nearest gallery faces of every face in each of PHOTOS (files, or folders of
     images), and whether each is a match: within the operating point's distance.
     Exit status 0 when every photo was searched, 1 when any could not be."""
@@ -77,7 +84,8 @@ def query(photos, k, threshold, index, model, detector, as_json) -> None:
                 click.echo(f"  {rank:>4}  {m['distance']:>8.3f}  {m['similarity']:>10.3f}  "
                            f"{'yes' if m['match'] else 'no':<5}  {str(m['identity']):<24}  {m['path']}")
 
-    _run_photos("query", photos, dict(k=k, threshold=threshold), index, model, detector, as_json, show)
+    _run_photos("query", photos, dict(k=k, threshold=threshold, absolute_paths=absolute_paths), index, model,
+                detector, as_json, show)
 
 
 @main.command()
@@ -87,8 +95,9 @@ def query(photos, k, threshold, index, model, detector, as_json) -> None:
 @index_option
 @model_option
 @detector_option
+@absolute_paths_option
 @lines_option
-def identify(photos, k, threshold, index, model, detector, as_json) -> None:
+def identify(photos, k, threshold, index, model, detector, absolute_paths, as_json) -> None:
     """Who is in each of PHOTOS (files, or folders of images): for each face, the identity
     its K nearest gallery faces within the threshold point to, the nearest counting most
     (weight 1/distance²; an exact match wins), or "unknown" when none is within the
@@ -105,7 +114,8 @@ def identify(photos, k, threshold, index, model, detector, as_json) -> None:
                 verdict = f"unknown  ({face['reason']})"
             click.echo(f"face {number}  box {_box(face['box'])}: {verdict}")
 
-    _run_photos("identify", photos, dict(k=k, threshold=threshold), index, model, detector, as_json, show)
+    _run_photos("identify", photos, dict(k=k, threshold=threshold, absolute_paths=absolute_paths), index, model,
+                detector, as_json, show)
 
 
 @main.command()
@@ -154,13 +164,23 @@ def verify(photo_a, photo_b, model, threshold, detector, as_json) -> None:
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1),
               help="Request threads; they share one loaded engine.")
 def serve(index, model, host, port, threads) -> None:
-    """Start the web page and JSON API under waitress (a production WSGI server)."""
+    """Start the web page and JSON API under waitress (a production WSGI server).
+
+    It answers only requests for the host names in $FACESEARCH_ALLOWED_HOSTS (default: HOST
+    and localhost) and, when $FACESEARCH_API_KEY is set, only those that send that key."""
     import waitress
     from web import create_app
+    from web.security import is_loopback
     _one_torch_thread()    # the request threads are the parallelism
     overrides = {key: value for key, value in (("INDEX", index), ("MODEL", model)) if value}
-    click.echo(f"facesearch on http://{host}:{port}/ (Ctrl-C stops it)", err=True)
-    waitress.serve(create_app(overrides), host=host, port=port, threads=threads)
+    app = create_app({**overrides, "BIND_HOST": host})
+    if not is_loopback(host) and not app.config["API_KEY"]:
+        click.echo(f"warning: listening on {host}, beyond this machine, without an API key: anyone who "
+                   "can reach it can search the gallery; set FACESEARCH_API_KEY", err=True)
+    click.echo(f"facesearch on http://{host}:{port}/ for host names {', '.join(app.config['ALLOWED_HOSTS'])} "
+               "(Ctrl-C stops it)", err=True)
+    # ident="": no Server header announcing waitress.
+    waitress.serve(app, host=host, port=port, threads=threads, ident="")
 
 
 def _run_photos(command, photos, options, index, model, detector, as_json, show) -> None:
@@ -180,12 +200,12 @@ def _run_photos(command, photos, options, index, model, detector, as_json, show)
         except (ImageError, SearchError) as error:
             failed += 1
             if as_json:
-                print_json({"photo": photo, "error": str(error)})
+                print_json({"photo": readable(photo), "error": str(error)})
             else:
                 click.echo(f"error: {error}", err=True)
             continue
         if as_json:
-            print_json({"photo": photo, **result})
+            print_json({"photo": readable(photo), **result})
         else:
             show(photo, result)
     if failed:
@@ -222,7 +242,7 @@ def _echo_header(photo, result) -> None:
     if not faces:
         click.echo(result["message"])
         return
-    click.echo(f"{photo}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
+    click.echo(f"{readable(photo)}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
                f"{result['detector']}; a match is distance <= {result['threshold']:.3f}, {_point(result)})")
 
 

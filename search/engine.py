@@ -15,6 +15,9 @@ A query answers one JSON-ready dict (the `search query --json` output):
      "message": "no face found ..." (only when there is no face),
      "timings_ms": {"detect", "embed", "search"}}
 
+A match's `path` is relative to the gallery folder it was indexed from (the file name alone
+for a file added from elsewhere); `absolute_paths=True` gives the full path instead. Names
+that are not UTF-8 are shown with \\xNN escapes (faces.errors.readable), as identities are.
 `match` is distance <= the threshold of the operating point asked for (default strict:
 the model's checkpoint says what true and false accept rates it gave on held-out
 identities; "custom" for a number); distances are Euclidean between unit embeddings (0 to
@@ -37,6 +40,7 @@ from PIL import Image
 from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
 from faces.clitools import register_user_error
 from faces.detection import Face, default_detector, get_detector
+from faces.errors import readable
 from faces.imaging import load_image
 
 Source = str | os.PathLike | bytes | Image.Image
@@ -144,7 +148,7 @@ class QueryEngine:
         return loaded
 
     def query(self, source: Source, k: int = 10, name: str | None = None,
-              threshold: str | float | None = None) -> dict:
+              threshold: str | float | None = None, absolute_paths: bool = False) -> dict:
         """The k nearest gallery faces of every face in the photo; `threshold` is the
         operating point that decides `match` (strict, balanced or a distance; default strict)."""
         if k < 1:
@@ -159,7 +163,7 @@ class QueryEngine:
             "model": self.model.name, "species": self.model.species, "threshold": limit,
             "operating_point": point, "detector": self.pipeline.detector_name,
             "faces": [{"box": list(face.box) if face.box else None, "score": face.score,
-                       "matches": [_match(hit, limit) for hit in face_hits]}
+                       "matches": [self._match(hit, limit, absolute_paths) for hit in face_hits]}
                       for face, face_hits in zip(photo.faces, hits)],
             "timings_ms": photo.timings_ms,
         }
@@ -169,11 +173,20 @@ class QueryEngine:
                                  f"face crop use the 'none' detector)")
         return result
 
+    def _match(self, hit: dict, threshold: float, absolute_path: bool) -> dict:
+        distance = float(hit["distance"])
+        path = hit["path"] if absolute_path else self.gallery.relative_path(hit["path"])
+        return {"id": int(hit["id"]), "path": readable(path),
+                "identity": readable(hit["identity"]) if hit["identity"] is not None else None,
+                "distance": distance, "similarity": float(hit["similarity"]),
+                "match": distance <= threshold,
+                "box": list(hit["box"]) if hit.get("box") is not None else None}
+
     def identify(self, source: Source, k: int = 10, name: str | None = None,
-                 threshold: str | float | None = None) -> dict:
+                 threshold: str | float | None = None, absolute_paths: bool = False) -> dict:
         """A query where each face also gets an open-set answer (`decide`): the identity its
         nearest gallery faces within the threshold point to, or "unknown"."""
-        result = self.query(source, k, name, threshold)
+        result = self.query(source, k, name, threshold, absolute_paths)
         for face in result["faces"]:
             face.update(decide(face["matches"]))
         return result
@@ -222,18 +235,10 @@ def decide(matches: list[dict]) -> dict:
     return answer
 
 
-def _match(hit: dict, threshold: float) -> dict:
-    distance = float(hit["distance"])
-    return {"id": int(hit["id"]), "path": str(hit["path"]), "identity": hit["identity"],
-            "distance": distance, "similarity": float(hit["similarity"]),
-            "match": distance <= threshold,
-            "box": list(hit["box"]) if hit.get("box") is not None else None}
-
-
 def _label(source: Source, name: str | None) -> str:
     if name:
-        return name
-    return str(source) if isinstance(source, (str, os.PathLike)) else "the photo"
+        return readable(name)
+    return readable(source) if isinstance(source, (str, os.PathLike)) else "the photo"
 
 
 def _area(box, photo: Photo) -> int:

@@ -6,6 +6,7 @@ with Debian's headless Chromium through Playwright.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -28,7 +29,7 @@ from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 from web import create_app
 
-from conftest import GROUP_PHOTO, LFW
+from conftest import GROUP_PHOTO, LFW, REPO
 
 # People whose LFW photos dlib's detector finds a face in; two photos of each are indexed.
 GALLERY_PEOPLE = ("Aaron_Peirsol", "Abel_Pacheco", "Adam_Sandler", "Ahmed_Chalabi", "Ai_Sugiyama", "Al_Gore")
@@ -37,6 +38,7 @@ STRANGER_PHOTO = LFW / "Al_Sharpton" / "Al_Sharpton_0001.jpg"   # not in the gal
 # The model is untrained, so only a photo's own gallery copy is near enough (distance ~0);
 # other faces, even the same person's, are at 0.08 or more with this seed.
 THRESHOLD = 0.03
+API_KEY = "browser-test-key"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -265,13 +267,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url(web_index, tmp_path_factory):
+@contextlib.contextmanager
+def running_server(web_index, log_dir: Path, env: dict | None = None, headers: dict | None = None):
     """`search serve` on a free loopback port, its engine warmed by a first health check."""
     port = free_port()
     search_command = Path(sys.executable).with_name("search")
-    env = {**os.environ, "FACESEARCH_DETECTOR": web_index["DETECTOR"]}
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    # The code under test, whichever facesearch the `search` script was installed from.
+    env = {**os.environ, "FACESEARCH_DETECTOR": web_index["DETECTOR"],
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **(env or {})}
+    log_path = log_dir / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen([str(search_command), "serve", "--index", web_index["INDEX"],
                                    "--model", web_index["MODEL"], "--host", "127.0.0.1", "--port", str(port)],
@@ -283,7 +287,8 @@ def server_url(web_index, tmp_path_factory):
             if server.poll() is not None:
                 pytest.fail(f"search serve exited with {server.returncode}:\n{log_path.read_text()}")
             try:
-                with urllib.request.urlopen(f"{url}/api/health", timeout=30) as response:
+                health = urllib.request.Request(f"{url}/api/health", headers=headers or {})
+                with urllib.request.urlopen(health, timeout=30) as response:
                     if response.status == 200:
                         break
             except OSError:
@@ -294,6 +299,20 @@ def server_url(web_index, tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url(web_index, tmp_path_factory):
+    with running_server(web_index, tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def keyed_server_url(web_index, tmp_path_factory):
+    """The same, started with FACESEARCH_API_KEY."""
+    with running_server(web_index, tmp_path_factory.mktemp("keyed-server"), {"FACESEARCH_API_KEY": API_KEY},
+                        {"Authorization": f"Bearer {API_KEY}"}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +331,15 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     yield context.new_page()
     context.close()
+
+
+def wait_until(page, expression: str, timeout: float = 30) -> None:
+    """Poll a JavaScript expression from here: page.wait_for_function polls with eval(),
+    which the app's Content-Security-Policy rightly forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
+        time.sleep(0.1)
 
 
 def wait_for_results(page):
@@ -333,7 +361,7 @@ def test_browser_upload_shows_the_identity_first(page, server_url, tmp_path):
     assert first.locator(".distance").inner_text().startswith("distance 0.0")
     assert page.inner_text("#operating-point") == (f"A match is a gallery face within distance {THRESHOLD:.3f} "
                                                    "(strict operating point).")
-    page.wait_for_function("document.querySelector('#faces .match .thumb').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#faces .match .thumb').naturalWidth > 0")
 
     screenshot = tmp_path / "search.png"
     page.screenshot(path=str(screenshot))
@@ -403,3 +431,19 @@ def test_browser_drop_on_a_phone_screen(browser, server_url):
         assert page.evaluate("document.documentElement.scrollWidth") <= 390   # nothing wider than the phone
     finally:
         context.close()
+
+
+def test_browser_asks_for_the_api_key_once_and_sends_it(page, keyed_server_url):
+    prompts = []
+    page.on("dialog", lambda dialog: (prompts.append(dialog.message), dialog.accept(API_KEY)))
+    page.goto(keyed_server_url)
+    page.set_input_files("#image-input", str(GALLERY_PHOTO))
+    wait_for_results(page)
+    assert page.locator("#faces .match").first.locator(".identity").inner_text() == "Al Gore"
+    # The thumbnails need the key too: fetched with it and shown from a blob.
+    wait_until(page, "document.querySelector('#faces .match .thumb').naturalWidth > 0")
+    assert page.locator("#faces .match .thumb").first.get_attribute("src").startswith("blob:")
+    page.set_input_files("#image-input", str(STRANGER_PHOTO))
+    wait_until(page, "!document.querySelector('#faces .match.is-match')")
+    wait_for_results(page)
+    assert prompts == ["This server needs its API key:"]

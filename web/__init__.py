@@ -9,6 +9,10 @@ and can be overridden by the `config` mapping (Flask's upper-case keys):
                    choice for the model's species)
     MAX_UPLOAD_MB  largest accepted upload in megabytes (FACESEARCH_MAX_UPLOAD_MB; default 10)
     SECRET_KEY     Flask's secret key (FACESEARCH_SECRET_KEY; default: random per process)
+    ALLOWED_HOSTS  host names the server answers to, others get 400 (FACESEARCH_ALLOWED_HOSTS,
+                   comma-separated, '*' for any; default: BIND_HOST and localhost)
+    API_KEY        when set, requests need `Authorization: Bearer KEY` (FACESEARCH_API_KEY)
+    BIND_HOST      the address `search serve` listens on (set by serve)
     DEFAULT_K      matches per face when the request does not say (default 10)
     MAX_K          largest k a request may ask for (default 50)
 
@@ -22,8 +26,12 @@ import secrets
 
 from flask import Flask
 
+from .security import allowed_hosts, parse_hosts
+
 # Multipart framing (boundaries, part headers, the k field) on top of the file itself.
 MULTIPART_ALLOWANCE = 64 * 1024
+# A search form has two fields (image, k); werkzeug's default allows 1,000 parts.
+MAX_FORM_PARTS = 20
 
 
 def settings_from_env() -> dict:
@@ -33,6 +41,9 @@ def settings_from_env() -> dict:
         "DETECTOR": os.environ.get("FACESEARCH_DETECTOR") or None,
         "MAX_UPLOAD_MB": megabytes(os.environ.get("FACESEARCH_MAX_UPLOAD_MB", "10")),
         "SECRET_KEY": os.environ.get("FACESEARCH_SECRET_KEY") or secrets.token_hex(32),
+        "ALLOWED_HOSTS": parse_hosts(os.environ.get("FACESEARCH_ALLOWED_HOSTS")),
+        "API_KEY": os.environ.get("FACESEARCH_API_KEY") or None,
+        "BIND_HOST": None,
         "DEFAULT_K": 10,
         "MAX_K": 50,
     }
@@ -56,9 +67,15 @@ def create_app(config: dict | None = None) -> Flask:
     max_upload_bytes = int(float(app.config["MAX_UPLOAD_MB"]) * 1024 * 1024)
     app.config["MAX_UPLOAD_BYTES"] = max_upload_bytes
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes + MULTIPART_ALLOWANCE
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
+    app.config["ALLOWED_HOSTS"] = allowed_hosts(app.config["ALLOWED_HOSTS"], app.config["BIND_HOST"])
+    # No automatic OPTIONS answers (200, empty): the API serves no cross-origin callers, so
+    # OPTIONS gets the JSON 405 of any other method a route does not take.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
-    from . import api, errors, pages
+    from . import api, errors, pages, security
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     errors.register(app)
+    security.register(app)
     return app

@@ -11,7 +11,7 @@ from faces import clitools
 from faces.errors import ModelError
 from faces.imaging import ImageError
 
-from .engine import EngineUnavailable, gallery_summary, get_engine
+from .engine import EngineUnavailable, gallery_summary, get_engine, unavailable
 from .uploads import read_image_upload
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
@@ -33,7 +33,7 @@ def search():
     except ModelError as error:    # an unknown operating point or a distance out of range
         raise BadRequest(str(error)) from None
     except clitools.USER_ERRORS as error:   # e.g. the index damaged or replaced under a running server
-        raise EngineUnavailable(f"search index not available: {error}") from None
+        raise unavailable(error) from None
     return jsonify(result)
 
 
@@ -50,10 +50,7 @@ def matches_per_face(text: str | None) -> int:
     limit = current_app.config["MAX_K"]
     if text is None or text == "":
         return current_app.config["DEFAULT_K"]
-    try:
-        k = int(text)
-    except ValueError:
-        raise BadRequest(f"k must be a whole number from 1 to {limit}") from None
-    if not 1 <= k <= limit:
+    k = clitools.whole_number(text)
+    if k is None or not 1 <= k <= limit:
         raise BadRequest(f"k must be a whole number from 1 to {limit}")
     return k

@@ -21,6 +21,17 @@ class EngineUnavailable(Exception):
     """No usable index (missing, unreadable, built with another model): answered with 503."""
 
 
+def unavailable(error: Exception) -> EngineUnavailable:
+    """The 503 for an index that cannot be used: its message names no server path (the
+    user errors' own messages do, for the operator; they go to the server log)."""
+    from indexer.errors import IndexMissingError
+    log.warning("search index not available: %s", error)
+    if isinstance(error, IndexMissingError):
+        return EngineUnavailable("search index not available: no index has been built yet "
+                                 "(the operator runs `indexer build GALLERY`)")
+    return EngineUnavailable("search index not available; the server log says why")
+
+
 def get_engine():
     """The application's QueryEngine, created by the first request that needs it."""
     app = current_app._get_current_object()
@@ -43,9 +54,8 @@ def _open_engine(config):
     try:
         return QueryEngine(config["INDEX"], model=config["MODEL"], detector=config["DETECTOR"])
     except clitools.USER_ERRORS as error:
-        # The index, model and image errors every facesearch package registers: their
-        # messages are written for users and name what to do.
-        raise EngineUnavailable(f"search index not available: {error}") from None
+        # The index, model and image errors every facesearch package registers.
+        raise unavailable(error) from None
     except Exception:
         log.exception("the search engine failed to start")
         raise EngineUnavailable("the search engine failed to start; see the server log") from None

@@ -8,6 +8,7 @@ from flask import current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .engine import EngineUnavailable
+from .uploads import UploadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -19,19 +20,30 @@ def register(app) -> None:
     app.register_error_handler(Exception, unexpected_error)
 
 
-def error_response(status: int, message: str):
+# Headers an HTTP error carries that the client needs (which methods; which credentials).
+KEPT_HEADERS = ("Allow", "WWW-Authenticate")
+
+
+def error_response(status: int, message: str, headers=()):
     if request.path.startswith("/api/"):
-        return jsonify(error=message), status
-    return render_template("error.html", status=status, message=message), status
+        return jsonify(error=message), status, list(headers)
+    return render_template("error.html", status=status, message=message), status, list(headers)
 
 
 def upload_too_large(error: RequestEntityTooLarge):
-    limit_mb = current_app.config["MAX_UPLOAD_MB"]
-    return error_response(413, f"upload too large: the limit is {limit_mb:g} MB")
+    config = current_app.config
+    within_size = request.content_length is not None and request.content_length <= config["MAX_CONTENT_LENGTH"]
+    if within_size and not isinstance(error, UploadTooLarge):
+        # The request is small enough: werkzeug's form limits (parts, field bytes) were hit.
+        return error_response(400, f"form too large: at most {config['MAX_FORM_PARTS']} fields, each but "
+                                   f"the photo at most {config['MAX_FORM_MEMORY_SIZE'] // 1000} KB; send "
+                                   "the photo in 'image' and optionally 'k'")
+    return error_response(413, f"upload too large: the limit is {config['MAX_UPLOAD_MB']:g} MB")
 
 
 def http_error(error: HTTPException):
-    return error_response(error.code, error.description)
+    headers = [(name, value) for name, value in error.get_headers() if name in KEPT_HEADERS]
+    return error_response(error.code, error.description, headers)
 
 
 def engine_unavailable(error: EngineUnavailable):

@@ -22,6 +22,36 @@ const maxUploadBytes = Number(form.dataset.maxUploadBytes);
 const thumbUrl = (id) => form.dataset.thumbUrl.replace(/0$/, String(id));
 
 let photoUrl = null;
+// A server started with FACESEARCH_API_KEY wants the key as a bearer token on every search
+// and thumbnail: it is asked for once and kept for this tab only.
+let apiKey = sessionStorage.getItem("facesearch-api-key");
+const authHeaders = () => (apiKey ? { Authorization: `Bearer ${apiKey}` } : {});
+
+async function postSearch(body) {
+  let response = await fetch(form.action, { method: "POST", body, headers: authHeaders() });
+  if (response.status === 401) {
+    const given = window.prompt("This server needs its API key:");
+    if (given && given.trim()) {
+      apiKey = given.trim();
+      sessionStorage.setItem("facesearch-api-key", apiKey);
+      response = await fetch(form.action, { method: "POST", body, headers: authHeaders() });
+    }
+  }
+  return response;
+}
+
+// An <img> cannot send the key, so with one the thumbnail is fetched and shown from a blob.
+async function showThumb(img, id) {
+  if (!apiKey) {
+    img.src = thumbUrl(id);
+    return;
+  }
+  const response = await fetch(thumbUrl(id), { headers: authHeaders() }).catch(() => null);
+  if (!response || !response.ok) return;
+  const url = URL.createObjectURL(await response.blob());
+  img.onload = () => URL.revokeObjectURL(url);
+  img.src = url;
+}
 
 function showMessage(text, isError) {
   message.textContent = text;
@@ -64,7 +94,7 @@ async function search(file) {
   let response;
   let payload = null;
   try {
-    response = await fetch(form.action, { method: "POST", body });
+    response = await postSearch(body);
     payload = await response.json().catch(() => null);
   } catch (error) {
     showMessage("The server could not be reached. Try again in a moment.", true);
@@ -148,7 +178,7 @@ function matchItem(match) {
   const item = matchTemplate.content.firstElementChild.cloneNode(true);
   const identity = identityOf(match);
   item.classList.toggle("is-match", match.match);
-  item.querySelector(".thumb").src = thumbUrl(match.id);
+  showThumb(item.querySelector(".thumb"), match.id);
   item.querySelector(".thumb").alt = identity;
   item.querySelector(".identity").textContent = identity;
   item.querySelector(".similarity").textContent = `similarity ${match.similarity.toFixed(2)}`;
