@@ -202,7 +202,7 @@ def _run_photos(command, photos, options, index, model, detector, as_json, show)
             if as_json:
                 print_json({"photo": readable(photo), "error": str(error)})
             else:
-                click.echo(f"error: {error}", err=True)
+                click.echo(f"Error: {error}", err=True)
             continue
         if as_json:
             print_json({"photo": readable(photo), **result})

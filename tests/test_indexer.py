@@ -210,6 +210,9 @@ class TwoHalves:
 
     name = "halves"
 
+    def __init__(self, alignment: str = "lfw", size: int = 64):
+        self.alignment, self.size = alignment, size   # detectors align as the model asks
+
     def __call__(self, image):
         w, h = image.size
         return [Face(image.crop(box), box, 0.9) for box in ((0, 0, w // 2, h), (w // 2, 0, w, h))]
