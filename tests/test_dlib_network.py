@@ -105,3 +105,25 @@ def test_a_cut_network_file_is_refused(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError):
         to_embedding_net(read_dlib_network(path))
+
+
+def test_import_dlib_writes_a_calibrated_float32_checkpoint(tmp_path, identity_folders):
+    from click.testing import CliRunner
+    from faces.checkpoint import load_model, read_checkpoint
+    from trainer.cli import main
+    from trainer.data import make_pairs, scan_identities, write_pairs
+    write_pairs(make_pairs(scan_identities(identity_folders), 20, seed=1), tmp_path / "pairs.txt")
+    out = tmp_path / "human.pt"
+    result = CliRunner().invoke(main, ["import-dlib", "--out", str(out), "--data", str(identity_folders),
+                                       "--pairs", str(tmp_path / "pairs.txt"), "--flip-average"])
+    assert result.exit_code == 0, result.output
+    payload = read_checkpoint(out)
+    assert payload["arch"] == "dlib_resnet" and payload["preprocess"]["alignment"] == "dlib_chip"
+    assert payload["flip_average"] and payload["training"]["command"].startswith("trainer import-dlib")
+    assert all(v.dtype == torch.float32 for v in payload["state_dict"].values())
+    points = payload["operating_points"]
+    assert payload["threshold"] == points["strict"]["threshold"] <= points["balanced"]["threshold"]
+    model = load_model(out, device="cpu")
+    network = load_bundled_dlib_network()
+    assert torch.equal(model.net.head.weight, to_embedding_net(network).head.weight)
+    assert model.flip_average and "strict" in result.output

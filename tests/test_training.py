@@ -7,7 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from faces.checkpoint import load_model, read_checkpoint
+from faces.checkpoint import load_model, read_checkpoint, save_checkpoint
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
 from trainer.cli import main
 from trainer.data import PKSampler, scan_identities, split_identities
 
@@ -99,6 +101,28 @@ def test_checkpoint_carries_everything_and_resume_continues(tmp_path):
     train = {p.name for p in (out / "split" / "train").iterdir()}
     val = {p.name for p in (out / "split" / "val").iterdir()}
     assert len(val) == 2 and not train & val
+
+
+def test_training_from_a_checkpoint_keeps_its_preprocessing_and_frozen_layers(tmp_path):
+    data = write_identity_folders(tmp_path / "faces", identities=8, per_identity=5, size=40)
+    start = tmp_path / "start.pt"
+    torch.manual_seed(0)
+    save_checkpoint(start, EmbeddingNet("small", 128), Preprocess(32, 1.0, mean=(0.4, 0.45, 0.5)), "human", 0.5)
+    out = tmp_path / "run"
+    result = run("train", "--data", data, "--out", out, "--epochs", 2, "--val-fraction", 0, "--species", "dog",
+                 "--init", start, "--freeze", 3, "-P", 6, "-K", 4, "--no-progress", "--workers", 0, "--lr", 3e-3)
+    assert result.exit_code == 0, result.output
+    checkpoint = read_checkpoint(out / "model.pt")
+    assert checkpoint["arch"] == "small" and checkpoint["species"] == "dog"
+    assert checkpoint["preprocess"]["input_size"] == 32 and checkpoint["preprocess"]["mean"] == (0.4, 0.45, 0.5)
+    before, after = load_model(start, device="cpu").net, load_model(out / "model.pt", device="cpu").net
+    layers = [name for name, module in before.backbone.named_modules()
+              if next(module.parameters(recurse=False), None) is not None]
+    for name, value in before.backbone.state_dict().items():
+        frozen = any(name.startswith(layer + ".") for layer in layers[:3])
+        changed = not torch.equal(value, after.backbone.state_dict()[name])
+        if value.is_floating_point() and not name.endswith("num_batches_tracked"):
+            assert changed != frozen or "running" in name, name
 
 
 def test_bad_training_data_gives_a_clear_error(tmp_path):

