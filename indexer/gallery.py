@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from .config import DATABASE_FILE, VECTORS_FILE, resolve_index_dir
+from .config import DATABASE_FILE, VECTORS_FILE, existing_index
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database
 from .errors import IndexMissingError, ModelMismatchError
 from .store import FaissStore
@@ -48,11 +48,8 @@ class Gallery:
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None) -> "Gallery":
         """The index at `index_dir` (default: $FACESEARCH_INDEX, else ./facesearch-index)."""
-        index_dir = resolve_index_dir(index_dir)
-        database = index_dir / DATABASE_FILE
-        if not database.is_file():
-            raise IndexMissingError(f"no index at {index_dir}: run `indexer build GALLERY` first")
-        engine = open_database(database)
+        index_dir = existing_index(index_dir)
+        engine = open_database(index_dir / DATABASE_FILE)
         with Session(engine, expire_on_commit=False) as session:
             model = session.scalar(select(ModelRecord))
         if model is None:
