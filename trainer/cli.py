@@ -215,10 +215,23 @@ def info(model: str, as_json: bool) -> None:
     else:
         click.echo("operating points: none measured (an old checkpoint: its one threshold serves "
                    "strict and balanced; `trainer calibrate` measures them)")
-    click.echo(f"preprocess: {payload['preprocess']}")
+    click.echo(f"preprocess: {readable_fields(payload['preprocess'])}")
     if training:
         click.echo(f"trained with: {training.get('command')}")
-        click.echo(f"last epoch metrics: {training.get('metrics')}")
+        if training.get("metrics"):
+            click.echo(f"last epoch metrics: {readable_fields(training['metrics'])}")
+
+
+def readable_fields(fields: dict) -> str:
+    """`name value, ...` with numbers to 4 significant digits: a checkpoint's dicts as a person
+    reads them (`--json` gives the exact values)."""
+    def value(item):
+        if isinstance(item, float):
+            return f"{item:.4g}"
+        if isinstance(item, (list, tuple)):
+            return "(" + ", ".join(value(part) for part in item) + ")"
+        return str(item)
+    return ", ".join(f"{name} {value(item)}" for name, item in fields.items())
 
 
 if __name__ == "__main__":
