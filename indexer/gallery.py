@@ -60,6 +60,23 @@ class Gallery:
         gallery.store      # fail now, not at the first search, if the vector file is unreadable
         return gallery
 
+    @staticmethod
+    def indexed_model(index_dir: str | os.PathLike | None = None) -> dict | None:
+        """{"name", "species", "detector"} of the model an index was built with, read from its
+        database alone (no vectors, no model loaded); None when there is no index yet."""
+        try:
+            index_dir = existing_index(index_dir)
+        except IndexMissingError:
+            return None
+        engine = open_database(index_dir / DATABASE_FILE)
+        try:
+            with Session(engine) as session:
+                model = session.scalar(select(ModelRecord))
+        finally:
+            engine.dispose()
+        return None if model is None else {"name": model.name, "species": model.species,
+                                           "detector": model.detector}
+
     def close(self) -> None:
         self.engine.dispose()
 
