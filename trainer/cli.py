@@ -227,7 +227,7 @@ def readable_fields(fields: dict) -> str:
     reads them (`--json` gives the exact values)."""
     def value(item):
         if isinstance(item, float):
-            return f"{item:.4g}"
+            return f"{item:,.0f}" if abs(item) >= 1000 else f"{item:.4g}"
         if isinstance(item, (list, tuple)):
             return "(" + ", ".join(value(part) for part in item) + ")"
         return str(item)
