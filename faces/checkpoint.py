@@ -3,13 +3,15 @@
 A checkpoint holds the architecture, embedding size, preprocessing (input size, crop,
 normalisation), species, its operating points (verification thresholds chosen on held-out
 identities, with the true and false accept rates they gave there), and how it was trained. `load_model` needs only this module and `models`: no training code,
-no network. Bundled models are found by name (`human`, `dog`) in the repository's
-`models/` folder, or in $FACESEARCH_MODELS.
+no network. Bundled models are found by name (`human`, `human-fast`, `dog`) in
+$FACESEARCH_MODELS when set, else in the package data folder faces/bundled/ (installed with
+the package, read through importlib.resources).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,10 @@ FORMAT = "facesearch-embedding/1"
 BUNDLED_MODELS = ("human", "human-fast", "dog")
 DEFAULT_MODEL = "human"
 def models_dir() -> Path:
-    return Path(os.environ.get("FACESEARCH_MODELS", Path(__file__).resolve().parent.parent / "models"))
+    """Where bundled models are looked up: $FACESEARCH_MODELS, else faces/bundled/."""
+    if os.environ.get("FACESEARCH_MODELS"):
+        return Path(os.environ["FACESEARCH_MODELS"])
+    return Path(resources.files(__package__) / "bundled")   # a plain folder: installs are not zipped
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:

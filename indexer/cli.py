@@ -1,4 +1,9 @@
-"""`indexer`: build and maintain the gallery index that `search` and the web page query."""
+"""`indexer`: build and maintain the gallery index that `search` and the web page query.
+
+Only click and light modules are imported here: the database (SQLAlchemy, Alembic), FAISS
+and torch are imported by the commands that use them, so `--help`, usage errors and a
+refused lock answer at once (tests/test_cli_startup.py holds the budget).
+"""
 from __future__ import annotations
 
 import logging
@@ -7,13 +12,11 @@ from typing import TYPE_CHECKING
 import click
 
 from faces.clitools import FriendlyGroup, print_json, setup_logging
-from faces.detection import DETECTORS
 from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
 
-from .config import DEFAULT_CHECKPOINT_EVERY, DEFAULT_INDEX_DIR, INDEX_ENV_VAR, default_workers, resolve_index_dir
-from .gallery import Gallery
+from .config import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_INDEX_DIR, INDEX_ENV_VAR, INDEX_TYPES, default_workers,
+                     existing_index, resolve_index_dir)
 from .lock import lock_for_writing
-from .store import INDEX_TYPES
 
 if TYPE_CHECKING:
     from .writer import ChangeReport, IndexWriter
@@ -65,6 +68,7 @@ def embedding_options(command):
 
 def known_detector(name: str | None) -> str | None:
     # Checked when the command runs, so detectors added to faces.detection later are accepted.
+    from faces.detection import DETECTORS    # numpy and Pillow: not for --help
     if name is not None and name not in DETECTORS:
         raise click.BadParameter(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}",
                                  param_hint="--detector")
@@ -162,6 +166,8 @@ def remove(files: tuple[str, ...], identity: str | None, index_dir: str | None, 
 @json_option
 def stats(index_dir: str | None, as_json: bool) -> None:
     """Counts (images, identities, skipped files and why), model, index type, size on disk."""
+    index_dir = existing_index(index_dir)    # said before FAISS and the database load
+    from .gallery import Gallery
     with Gallery.open(index_dir) as gallery:
         data = gallery.stats()
     if as_json:
@@ -221,6 +227,8 @@ def check(repair: bool, sample: int, index_dir: str | None, as_json: bool, no_pr
 @index_option
 def export(out: str, index_dir: str | None) -> None:
     """Write ids, paths, identities, boxes, clusters and embeddings to an .npz file."""
+    index_dir = existing_index(index_dir)    # said before FAISS and the database load
+    from .gallery import Gallery
     with Gallery.open(index_dir) as gallery:
         count = gallery.export(out)
     click.echo(f"exported {count} faces to {out}")

@@ -15,6 +15,9 @@ DATABASE_FILE = "gallery.db"      # SQLite: images, model, builds
 VECTORS_FILE = "vectors.faiss"    # FAISS index; its ids are the database's image ids
 LOCK_FILE = "indexer.lock"        # held (flock) by the one process changing the index
 
+# The FAISS index types (indexer.store describes each); `auto` picks one by size.
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+
 # A killed build redoes at most this many faces (or a quarter of the index, if larger).
 DEFAULT_CHECKPOINT_EVERY = 2048
 
@@ -44,3 +47,13 @@ def resolve_index_dir(option: str | os.PathLike | None = None) -> Path:
     if option:
         return Path(option)
     return Path(os.environ.get(INDEX_ENV_VAR) or DEFAULT_INDEX_DIR)
+
+
+def existing_index(option: str | os.PathLike | None = None) -> Path:
+    """The index folder (resolve_index_dir) when it holds a database, else IndexMissingError:
+    checked before anything heavy loads, so a missing index is said at once."""
+    from .errors import IndexMissingError
+    index_dir = resolve_index_dir(option)
+    if not (index_dir / DATABASE_FILE).is_file():
+        raise IndexMissingError(f"no index at {index_dir}: run `indexer build GALLERY` first")
+    return index_dir

@@ -1,7 +1,8 @@
 """The gallery database: SQLAlchemy 2.0 models and opening (with migration) of gallery.db.
 
-The schema is created and changed only by the Alembic migrations in the repository's
-`migrations/` folder; opening a database upgrades it to the newest revision.
+The schema is created and changed only by the Alembic migrations in indexer/migrations/
+(package data, found by Alembic through importlib.resources as `indexer:migrations`);
+opening a database upgrades it to the newest revision.
 
 Image rows move through three states. A row is written `pending` before its vector goes into
 the FAISS index, and becomes `indexed` only once an index snapshot holding that vector is
@@ -23,7 +24,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, Float, LargeBinary, String, TypeDecorator, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Alembic resolves "package:folder" with importlib.resources, so installed copies find it too.
+MIGRATIONS = "indexer:migrations"
 
 PENDING = "pending"
 INDEXED = "indexed"
@@ -128,7 +130,7 @@ def gallery_roots(session) -> list[str]:
 def alembic_config(database: Path | None = None) -> Config:
     """Alembic configuration built in code, so migrations run wherever the package is used."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", MIGRATIONS)
     if database is not None:
         config.set_main_option("sqlalchemy.url", f"sqlite:///{database}")
     return config

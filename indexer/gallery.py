@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from .config import DATABASE_FILE, VECTORS_FILE, resolve_index_dir
+from .config import DATABASE_FILE, VECTORS_FILE, existing_index
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database
 from .errors import IndexMissingError, ModelMismatchError
 from .store import FaissStore
@@ -48,11 +48,8 @@ class Gallery:
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None) -> "Gallery":
         """The index at `index_dir` (default: $FACESEARCH_INDEX, else ./facesearch-index)."""
-        index_dir = resolve_index_dir(index_dir)
-        database = index_dir / DATABASE_FILE
-        if not database.is_file():
-            raise IndexMissingError(f"no index at {index_dir}: run `indexer build GALLERY` first")
-        engine = open_database(database)
+        index_dir = existing_index(index_dir)
+        engine = open_database(index_dir / DATABASE_FILE)
         with Session(engine, expire_on_commit=False) as session:
             model = session.scalar(select(ModelRecord))
         if model is None:
@@ -62,6 +59,23 @@ class Gallery:
         gallery = cls(index_dir, engine, model)
         gallery.store      # fail now, not at the first search, if the vector file is unreadable
         return gallery
+
+    @staticmethod
+    def indexed_model(index_dir: str | os.PathLike | None = None) -> dict | None:
+        """{"name", "species", "detector"} of the model an index was built with, read from its
+        database alone (no vectors, no model loaded); None when there is no index yet."""
+        try:
+            index_dir = existing_index(index_dir)
+        except IndexMissingError:
+            return None
+        engine = open_database(index_dir / DATABASE_FILE)
+        try:
+            with Session(engine) as session:
+                model = session.scalar(select(ModelRecord))
+        finally:
+            engine.dispose()
+        return None if model is None else {"name": model.name, "species": model.species,
+                                           "detector": model.detector}
 
     def close(self) -> None:
         self.engine.dispose()

@@ -10,8 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from .config import DATABASE_FILE, LOCK_FILE
-from .errors import IndexBusyError, IndexMissingError
+from .config import LOCK_FILE, existing_index
+from .errors import IndexBusyError
 
 
 class IndexLock:
@@ -50,8 +50,6 @@ class IndexLock:
 
 def lock_for_writing(index_dir: str | os.PathLike, create: bool) -> IndexLock:
     """The writer's lock on `index_dir` (created when `create`), or IndexMissingError."""
-    index_dir = Path(index_dir)
-    if not create and not (index_dir / DATABASE_FILE).is_file():
-        raise IndexMissingError(f"no index at {index_dir}: run `indexer build GALLERY` first")
+    index_dir = Path(index_dir) if create else existing_index(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     return IndexLock(index_dir).acquire()

@@ -27,11 +27,11 @@ from typing import Protocol
 import faiss
 import numpy as np
 
+from .config import INDEX_TYPES
 from .errors import IndexCorruptError
 
 log = logging.getLogger(__name__)
 
-INDEX_TYPES = ("flat", "ivf", "hnsw")
 # Exact search over this many 128-D vectors takes about 3 ms a query on one CPU core;
 # beyond it a trained index answers far faster at a small cost in recall.
 TRAINED_INDEX_MIN_SIZE = 200_000

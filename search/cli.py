@@ -13,6 +13,7 @@ from faces import clitools
 from faces.clitools import Count, FriendlyGroup, print_json, setup_logging
 from faces.detection import DETECTOR_HELP, DETECTORS
 from faces.errors import readable
+from faces.imaging import ImageError
 from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
 
 INDEX_HELP = "Index folder (default: $FACESEARCH_INDEX, else ./facesearch-index)."
@@ -31,6 +32,9 @@ lines_option = click.option("--json", "as_json", is_flag=True,
                             help='Print one JSON object per line, one per photo, each with a "photo" '
                                  'field (the path as given); a photo that fails gives '
                                  '{"photo", "error"}.')
+# A browser opens up to 6 connections to a server and fetches a page's thumbnails over all
+# of them: 6 threads for those, and 2 more so a search or a second tab does not queue behind.
+SERVE_THREADS = 8
 photos_argument = click.argument("photos", nargs=-1, required=True, type=click.Path())
 
 
@@ -69,8 +73,12 @@ def main(verbose: bool) -> None:
 @model_option
 @detector_option
 @absolute_paths_option
+@click.option("--server", metavar="URL",
+              help="Ask a running `search serve` at URL (e.g. http://127.0.0.1:8000) instead of "
+                   "loading the model and index here: no start-up cost per call. Sends "
+                   "$FACESEARCH_API_KEY when set; the server's index, model and detector answer.")
 @lines_option
-def query(photos, k, threshold, index, model, detector, absolute_paths, as_json) -> None:
+def query(photos, k, threshold, index, model, detector, absolute_paths, server, as_json) -> None:
     """The K nearest gallery faces of every face in each of PHOTOS (files, or folders of
     images), and whether each is a match: within the operating point's distance.
     Exit status 0 when every photo was searched, 1 when any could not be."""
@@ -84,8 +92,16 @@ def query(photos, k, threshold, index, model, detector, absolute_paths, as_json)
                 click.echo(f"  {rank:>4}  {m['distance']:>8.3f}  {m['similarity']:>10.3f}  "
                            f"{'yes' if m['match'] else 'no':<5}  {str(m['identity']):<24}  {m['path']}")
 
-    _run_photos("query", photos, dict(k=k, threshold=threshold, absolute_paths=absolute_paths), index, model,
-                detector, as_json, show)
+    if server:
+        for name, value in (("--index", index), ("--model", model), ("--detector", detector),
+                            ("--absolute-paths", absolute_paths)):
+            if value:
+                raise click.UsageError(f"{name} is the server's to choose; leave it out with --server")
+        answer = _server_answer(server, k, threshold)
+    else:
+        answer = _engine_answer("query", dict(k=k, threshold=threshold, absolute_paths=absolute_paths),
+                                index, model, detector)
+    _run_photos(photos, answer, as_json, show)
 
 
 @main.command()
@@ -114,8 +130,8 @@ def identify(photos, k, threshold, index, model, detector, absolute_paths, as_js
                 verdict = f"unknown  ({face['reason']})"
             click.echo(f"face {number}  box {_box(face['box'])}: {verdict}")
 
-    _run_photos("identify", photos, dict(k=k, threshold=threshold, absolute_paths=absolute_paths), index, model,
-                detector, as_json, show)
+    _run_photos(photos, _engine_answer("identify", dict(k=k, threshold=threshold, absolute_paths=absolute_paths),
+                                       index, model, detector), as_json, show)
 
 
 @main.command()
@@ -161,8 +177,9 @@ def verify(photo_a, photo_b, model, threshold, detector, as_json) -> None:
 @model_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Request threads; they share one loaded engine.")
+@click.option("--threads", default=SERVE_THREADS, show_default=True, type=click.IntRange(min=1),
+              help="Request threads; they share one loaded engine. A browser fetches up to 6 "
+                   "thumbnails at once, so fewer than 8 makes a page load queue.")
 def serve(index, model, host, port, threads) -> None:
     """Start the web page and JSON API under waitress (a production WSGI server).
 
@@ -183,21 +200,42 @@ def serve(index, model, host, port, threads) -> None:
     waitress.serve(app, host=host, port=port, threads=threads, ident="")
 
 
-def _run_photos(command, photos, options, index, model, detector, as_json, show) -> None:
-    """Answer every photo with one engine; a photo that fails is reported and the rest go on."""
-    from faces.imaging import ImageError
-    from .engine import QueryEngine, SearchError
-    paths = expand_photos(photos)
+def _engine_answer(command, options, index, model, detector):
+    """A function answering one photo with this process's own engine (loaded once here)."""
+    from indexer.config import existing_index
+    existing_index(index)     # a missing index is said before torch loads
+    from .engine import QueryEngine
     _one_torch_thread()
     engine = QueryEngine(index, model=model, detector=detector)
     engine.pipeline.operating_point(options["threshold"])   # a bad --threshold fails once, here
+    method = getattr(engine, command)
+    return lambda photo: method(photo, name=photo, **options)
+
+
+def _server_answer(url, k, threshold):
+    """A function answering one photo by asking `search serve` at `url`."""
+    from .client import SearchClient, ServerError
+    try:
+        client = SearchClient(url)
+    except ServerError as error:
+        raise click.UsageError(str(error)) from None
+    return lambda photo: client.query(photo, k, threshold)
+
+
+def _run_photos(photos, answer, as_json, show) -> None:
+    """Answer every photo; a photo that fails is reported and the rest go on."""
+    from .client import PhotoRefused, ServerError
+    from .errors import SearchError
+    paths = expand_photos(photos)
     failed = 0
     for photo, problem in paths:
         try:
             if problem:
                 raise SearchError(f"{photo}: {problem}")
-            result = getattr(engine, command)(photo, name=photo, **options)
-        except (ImageError, SearchError) as error:
+            result = answer(photo)
+        except ServerError as error:     # every other photo would fail alike
+            raise click.ClickException(str(error)) from None
+        except (ImageError, SearchError, PhotoRefused) as error:
             failed += 1
             if as_json:
                 print_json({"photo": readable(photo), "error": str(error)})

@@ -38,19 +38,13 @@ import numpy as np
 from PIL import Image
 
 from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
-from faces.clitools import register_user_error
 from faces.detection import Face, default_detector, get_detector
 from faces.errors import readable
 from faces.imaging import load_image
 
+from .errors import SearchError
+
 Source = str | os.PathLike | bytes | Image.Image
-
-
-class SearchError(Exception):
-    """A search that cannot be answered as asked; the message says why and what to do."""
-
-
-register_user_error(SearchError)
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""The models shipped in models/: they load by name with no network, carry what they need,
+"""The models shipped in faces/bundled/: they load by name with no network, carry what they need,
 and verify faces of identities they never trained on. A trained model's held-out split is
 recomputed from the seed and fraction its checkpoint records; the imported dlib network
 never saw any LFW person, and is checked on the same held-out people."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from trainer.data import (group_by_identity, make_pairs, read_pairs, scan_identi
 
 # Held-out identities of a model without a training split (imported): LFW, seed 0, 20%.
 IMPORTED_HOLD_OUT = {"val_fraction": 0.2, "seed": 0}
-# Least held-out verification accuracy on 200 pairs (models/*.md give the full numbers):
+# Least held-out verification accuracy on 200 pairs (faces/bundled/*.md give the full numbers):
 # room for 200-pair noise below each model's validation accuracy.
 MIN_ACCURACY = {"human": 0.95, "human-fast": 0.75, "dog": 0.75}
 
@@ -95,3 +97,14 @@ def test_default_human_index_finds_held_out_people_in_lfw_crops(tmp_path):
     engine = QueryEngine(tmp_path / "index", detector="none")
     firsts = [engine.query(groups[name][0].path, k=1)["faces"][0]["matches"][0]["identity"] for name in people]
     assert np.mean([found == name for found, name in zip(firsts, people)]) >= 11 / 12, list(zip(people, firsts))
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_trainer_info_reads_as_text(name):
+    from click.testing import CliRunner
+    from trainer.cli import main
+    result = CliRunner().invoke(main, ["info", name])
+    assert result.exit_code == 0, result.output
+    assert "{" not in result.output and "}" not in result.output          # no raw Python dicts
+    assert not re.search(r"\d\.\d{6,}", result.output), result.output      # no 16-digit floats
+    assert re.search(r"^preprocess: input_size \d+, crop [\d.]+, mean \(", result.output, re.M)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +32,7 @@ from faces.models import EmbeddingNet
 from web import create_app
 
 from conftest import GROUP_PHOTO, LFW, REPO
+from test_cli_startup import probe
 
 # People whose LFW photos dlib's detector finds a face in; two photos of each are indexed.
 GALLERY_PEOPLE = ("Aaron_Peirsol", "Abel_Pacheco", "Adam_Sandler", "Ahmed_Chalabi", "Ai_Sugiyama", "Al_Gore")
@@ -222,6 +225,42 @@ def test_search_page_has_the_upload_form(client):
     assert 'data-max-upload-bytes="1048576"' in page
 
 
+def lead(client) -> str:
+    page = client.get("/").get_data(as_text=True)
+    return " ".join(page.split('<p class="lead">')[1].split("</p>")[0].split())
+
+
+def test_search_page_wording_follows_the_index(client, tmp_path, identity_folders):
+    assert lead(client) == ("Upload a photo of one or more people. Each face found in it is compared "
+                            "with the gallery of people.")
+    # A dog index: no detector, so the page asks for a crop.
+    model = tmp_path / "dog.pt"
+    save_checkpoint(model, EmbeddingNet("small", 128), Preprocess(64, 1.0), "dog", THRESHOLD)
+    index = tmp_path / "dog-index"
+    built = CliRunner().invoke(indexer_cli, ["build", str(identity_folders), "--index", str(index), "--model",
+                                             str(model), "--workers", "0", "--no-progress"])
+    assert built.exit_code == 0, built.output
+    dogs = create_app({"INDEX": str(index), "TESTING": True}).test_client()
+    assert lead(dogs) == ("Upload a photo of a dog, cropped to the face: the whole photo is compared with "
+                          "the gallery of dogs.")
+    nothing = create_app({"INDEX": str(tmp_path / "no-index"), "TESTING": True}).test_client()
+    assert lead(nothing) == "Upload a photo. Each face in it is compared with the gallery."
+
+
+def test_every_request_gets_an_access_log_line(client, caplog):
+    with caplog.at_level("INFO", logger="facesearch.access"):
+        client.get("/api/health")
+        client.get("/thumb/999999")
+        client.get("/thumb/1", headers={"Host": "evil.example"})
+        upload(client, GALLERY_PHOTO.read_bytes())
+    lines = [record.getMessage() for record in caplog.records if record.name == "facesearch.access"]
+    assert len(lines) == 4
+    assert re.fullmatch(r'127\.0\.0\.1 GET "/api/health" 200 \d+ B [\d.]+ ms', lines[0])
+    assert re.fullmatch(r'127\.0\.0\.1 GET "/thumb/999999" 404 \d+ B [\d.]+ ms', lines[1])
+    assert re.fullmatch(r'127\.0\.0\.1 GET "/thumb/1" 400 \d+ B [\d.]+ ms', lines[2])   # refused, still logged
+    assert re.fullmatch(r'127\.0\.0\.1 POST "/api/search" 200 \d+ B [\d.]+ ms', lines[3])
+
+
 def test_status_page_shows_gallery_model_and_index(client):
     response = client.get("/status")
     assert response.status_code == 200
@@ -302,8 +341,13 @@ def running_server(web_index, log_dir: Path, env: dict | None = None, headers: d
 
 
 @pytest.fixture(scope="module")
-def server_url(web_index, tmp_path_factory):
-    with running_server(web_index, tmp_path_factory.mktemp("server")) as url:
+def server_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("server") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server_url(web_index, server_log):
+    with running_server(web_index, server_log.parent) as url:
         yield url
 
 
@@ -447,3 +491,73 @@ def test_browser_asks_for_the_api_key_once_and_sends_it(page, keyed_server_url):
     wait_until(page, "!document.querySelector('#faces .match.is-match')")
     wait_for_results(page)
     assert prompts == ["This server needs its API key:"]
+
+
+def test_browser_phone_shows_the_results_without_scrolling(browser, server_url, server_log):
+    """On a 390-px phone, after a search the first face (its crop, verdict and first matches)
+    is on screen without scrolling, the photo stays in view while the faces scroll, and the
+    page's burst of thumbnails fits waitress's threads (no queue warning in the log)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(server_url)
+        page.set_input_files("#image-input", str(GROUP_PHOTO))
+        wait_for_results(page)
+        assert page.inner_text("#summary") == "6 faces found."
+        first = page.locator("#faces .face").first
+        crop = first.locator(".face-crop").bounding_box()
+        verdict = first.locator(".verdict").bounding_box()
+        match = first.locator(".match").first.bounding_box()
+        for box in (crop, verdict, match):
+            assert 0 <= box["y"] and box["y"] + box["height"] <= 844, box
+        # The section starts with the face itself, drawn from the photo (not a blank canvas).
+        pixels = page.evaluate("""() => {
+            const canvas = document.querySelector("#faces .face .face-crop");
+            const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            return [canvas.width, canvas.height, new Set(data).size];
+        }""")
+        assert pixels[0] > 40 and pixels[1] > 40 and pixels[2] > 100
+        assert first.locator(".face-crop").get_attribute("aria-label") == "Face 1 as found in your photo"
+        # Scrolled to the last face (as its box on the photo links to it), the photo is still
+        # on screen, and the face's section starts below it.
+        page.evaluate("document.querySelector('#faces .face:last-child').scrollIntoView()")
+        photo = page.locator("#photo").bounding_box()
+        last = page.locator("#faces .face").last.bounding_box()
+        assert photo["y"] >= 0 and photo["y"] + photo["height"] <= 844 / 2
+        assert last["y"] >= photo["y"] + photo["height"]
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        # The thumbnails near each screenful have loaded (the others wait, lazily, until seen).
+        wait_until(page, "[...document.querySelectorAll('#faces .face:last-child .thumb')].every(i => i.complete)")
+        page.evaluate("window.scrollTo(0, 0)")
+        wait_until(page, "[...document.querySelectorAll('#faces .face:first-child .thumb')].every(i => i.complete)")
+    finally:
+        context.close()
+    log = server_log.read_text()
+    assert "Task queue depth" not in log
+    assert re.search(r'GET "/thumb/\d+" 200 \d+ B', log) and re.search(r'POST "/api/search" 200', log)
+
+
+def test_search_query_server_answers_as_a_local_query_without_torch(server_url, web_index, client):
+    code, heavy, output = probe("search", "query", str(GALLERY_PHOTO), str(STRANGER_PHOTO), "-k", "3",
+                                "--server", server_url, "--json")
+    assert code == 0 and heavy == []     # no torch, FAISS or database in the client
+    answers = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [answer["photo"] for answer in answers] == [str(GALLERY_PHOTO), str(STRANGER_PHOTO)]
+    local = upload(client, GALLERY_PHOTO.read_bytes(), k="3").get_json()
+    assert [m["id"] for m in answers[0]["faces"][0]["matches"]] == [m["id"] for m in local["faces"][0]["matches"]]
+    assert answers[0]["faces"][0]["matches"][0]["match"] and answers[0]["faces"][0]["matches"][0]["identity"] == "Al_Gore"
+    code, _, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url, "--index", "x")
+    assert code == 2 and "--index is the server's to choose" in output
+
+
+def test_search_query_server_sends_the_api_key(keyed_server_url, tmp_path, monkeypatch):
+    not_a_photo = tmp_path / "notes.jpg"
+    not_a_photo.write_text("not a photo")
+    monkeypatch.delenv("FACESEARCH_API_KEY", raising=False)
+    code, _, output = probe("search", "query", str(GALLERY_PHOTO), "--server", keyed_server_url)
+    assert code == 1 and "HTTP 401" in output and "set $FACESEARCH_API_KEY" in output
+    monkeypatch.setenv("FACESEARCH_API_KEY", API_KEY)
+    code, _, output = probe("search", "query", str(GALLERY_PHOTO), str(not_a_photo), "--server", keyed_server_url)
+    assert code == 1     # one photo failed, the other was answered
+    assert "1 face" in output and "Al_Gore" in output
+    assert f"Error: {not_a_photo}: " in output and "not an image" in output

@@ -178,7 +178,7 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
 
 @main.command("import-dlib")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Checkpoint to write, e.g. models/human.pt.")
+              help="Checkpoint to write, e.g. faces/bundled/human.pt.")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
               help="Held-out identity folders to choose the verification threshold on.")
 @click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False),
@@ -225,12 +225,25 @@ def info(model: str, as_json: bool) -> None:
     else:
         click.echo("operating points: none measured (an old checkpoint: its one threshold serves "
                    "strict and balanced; `trainer calibrate` measures them)")
-    click.echo(f"preprocess: {payload['preprocess']}")
+    click.echo(f"preprocess: {readable_fields(payload['preprocess'])}")
     if payload.get("flip_average"):
         click.echo("flip averaging: each face is embedded with its mirror image and the two averaged")
     if training:
         click.echo(f"trained with: {training.get('command')}")
-        click.echo(f"last epoch metrics: {training.get('metrics')}")
+        if training.get("metrics"):
+            click.echo(f"last epoch metrics: {readable_fields(training['metrics'])}")
+
+
+def readable_fields(fields: dict) -> str:
+    """`name value, ...` with numbers to 4 significant digits: a checkpoint's dicts as a person
+    reads them (`--json` gives the exact values)."""
+    def value(item):
+        if isinstance(item, float):
+            return f"{item:,.0f}" if abs(item) >= 1000 else f"{item:.4g}"
+        if isinstance(item, (list, tuple)):
+            return "(" + ", ".join(value(part) for part in item) + ")"
+        return str(item)
+    return ", ".join(f"{name} {value(item)}" for name, item in fields.items())
 
 
 if __name__ == "__main__":

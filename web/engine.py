@@ -61,6 +61,27 @@ def _open_engine(config):
         raise EngineUnavailable("the search engine failed to start; see the server log") from None
 
 
+def indexed_model() -> dict | None:
+    """{"species", "detector"} of the index for the page's wording: the loaded engine's, else
+    read from the database without loading the model (the page must come up at once);
+    None when there is no usable index yet."""
+    app = current_app._get_current_object()
+    engine = app.extensions.get(_EXTENSION_KEY)
+    if engine is not None:
+        return {"species": engine.model.species, "detector": engine.pipeline.detector_name}
+    from faces.detection import default_detector
+    from indexer.gallery import Gallery
+    try:
+        model = Gallery.indexed_model(app.config["INDEX"])
+    except Exception as error:    # the search itself will say what is wrong
+        log.warning("cannot read the index's model: %s", error)
+        return None
+    if model is None:
+        return None
+    return {"species": model["species"],
+            "detector": app.config["DETECTOR"] or default_detector(model["species"])}
+
+
 def gallery_image(engine, image_id: int):
     """The database row of indexed gallery face `image_id` (path, identity, box), or None.
 

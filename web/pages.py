@@ -7,10 +7,13 @@ from flask import Blueprint, abort, current_app, render_template, request
 
 from faces.imaging import ImageError
 
-from .engine import EngineUnavailable, gallery_image, gallery_stats, get_engine
+from .engine import EngineUnavailable, gallery_image, gallery_stats, get_engine, indexed_model
 from .thumbnails import thumbnail_jpeg
 
 blueprint = Blueprint("pages", __name__)
+
+# How the page names one and many of what an index holds (search.js reads it from the page).
+SPECIES_WORDS = {"human": ["person", "people"], "dog": ["dog", "dogs"], "other": ["individual", "individuals"]}
 
 
 @blueprint.get("/")
@@ -18,7 +21,7 @@ def index():
     config = current_app.config
     return render_template("search.html", max_upload_bytes=config["MAX_UPLOAD_BYTES"],
                            max_upload_mb=config["MAX_UPLOAD_MB"], default_k=config["DEFAULT_K"],
-                           max_k=config["MAX_K"])
+                           max_k=config["MAX_K"], model=indexed_model(), species_words=SPECIES_WORDS)
 
 
 @blueprint.get("/status")

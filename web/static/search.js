@@ -130,8 +130,19 @@ function showResults(payload) {
     const number = index + 1;
     const matched = face.matches.some((match) => match.match);
     if (face.box) drawBox(face.box, number, matched);
-    facesList.append(faceItem(face, number, matched));
+    facesList.append(faceItem(face, number, matched, payload.species));
   });
+  bringIntoView();
+}
+
+// On a phone the form fills the first screen: when the first face's section starts low in
+// the window, bring the results up to its top (the photo then stays there, sticky, above
+// the faces; see style.css).
+function bringIntoView() {
+  const first = facesList.firstElementChild || results;
+  if (first.getBoundingClientRect().top > window.innerHeight * 0.6) {
+    results.scrollIntoView({ block: "start" });
+  }
 }
 
 // Boxes are in the photo's pixels; percentages keep them in place at any displayed size.
@@ -153,10 +164,12 @@ function drawBox([x0, y0, x1, y1], number, matched) {
   faceBoxes.append(box);
 }
 
-function faceItem(face, number, matched) {
+function faceItem(face, number, matched, speciesName) {
   const item = faceTemplate.content.firstElementChild.cloneNode(true);
   item.id = `face-${number}`;
   item.querySelector(".face-number").textContent = String(number);
+  item.classList.toggle("is-match", matched);
+  drawCrop(item.querySelector(".face-crop"), face.box, number);
   const verdict = item.querySelector(".verdict");
   // Only a face within the threshold is named; the nearest others are shown for reference.
   const best = face.matches.find((match) => match.match);
@@ -165,13 +178,27 @@ function faceItem(face, number, matched) {
     verdict.classList.add("is-match");
   } else if (face.matches.length > 0) {
     verdict.textContent = "No confident match: no one in the gallery is within the threshold. " +
-      "The closest faces are shown below; they are probably other people.";
+      `The closest faces are shown below; they are probably other ${speciesWords(speciesName)[1]}.`;
   } else {
     verdict.textContent = "No confident match: the gallery is empty.";
   }
   const grid = item.querySelector(".matches");
   for (const match of face.matches) grid.append(matchItem(match));
   return item;
+}
+
+// The face as the search saw it: its box cut from the photo (the whole photo when box is null).
+function drawCrop(canvas, box, number) {
+  const [x0, y0, x1, y1] = box || [0, 0, photo.naturalWidth, photo.naturalHeight];
+  if (!photo.naturalWidth || x1 <= x0 || y1 <= y0) {
+    canvas.hidden = true;    // a format this browser cannot show
+    return;
+  }
+  const scale = canvas.width / Math.max(x1 - x0, y1 - y0);
+  canvas.width = Math.round((x1 - x0) * scale);
+  canvas.height = Math.round((y1 - y0) * scale);
+  canvas.getContext("2d").drawImage(photo, x0, y0, x1 - x0, y1 - y0, 0, 0, canvas.width, canvas.height);
+  canvas.setAttribute("aria-label", `Face ${number} as found in your photo`);
 }
 
 function matchItem(match) {
@@ -194,8 +221,15 @@ function describeOperatingPoint(payload) {
     `(${point.name} operating point`;
   if (point.far === null) return `${rule}).`;
   const percent = (rate, digits) => `${(100 * rate).toFixed(digits)}%`;
-  return `${rule}: on people the model never saw, it accepted ${percent(point.tar, 0)} of ` +
-    `same-person pairs and ${percent(point.far, 2)} of stranger pairs).`;
+  const [one, many] = speciesWords(payload.species);
+  return `${rule}: on ${many} the model never saw, it accepted ${percent(point.tar, 0)} of ` +
+    `same-${one} pairs and ${percent(point.far, 2)} of stranger pairs).`;
+}
+
+// What the index holds, in words: [one, many] (the server's list, carried by the page).
+function speciesWords(name) {
+  const words = JSON.parse(form.dataset.speciesWords);
+  return words[name] || words.other;
 }
 
 function identityOf(match) {

@@ -2,7 +2,7 @@
 # How the bundled models were trained (CPU, 2 cores). Each run holds out 20% of the
 # identities (seed 0) in RUN/split/val and evaluates on them. Re-running resumes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."   # the repository root
 train() {
   local out=$1; shift
   local resume=()
