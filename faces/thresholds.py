@@ -4,10 +4,10 @@ checkpoint stores them (faces.checkpoint)."""
 from __future__ import annotations
 
 # Named verification thresholds (trainer.evaluate.operating_points chooses them): strict keeps
-# the false accept rate on held-out stranger pairs at most 1e-3, balanced has the best
+# the false accept rate on held-out stranger pairs at most 3e-4, balanced has the best
 # accuracy. Strict is the default everywhere `match`, "same" or a cluster is decided.
 OPERATING_POINTS = ("strict", "balanced")
 DEFAULT_OPERATING_POINT = "strict"
-THRESHOLD_HELP = ("Operating point: strict (the default: at most 0.1% of held-out stranger pairs "
+THRESHOLD_HELP = ("Operating point: strict (the default: at most 0.03% of held-out stranger pairs "
                   "pass), balanced (best accuracy on held-out pairs), or a distance between 0 and 2 "
                   "(`trainer info MODEL` shows each one's true and false accept rates).")

@@ -71,7 +71,7 @@ def test_bundled_model_verifies_held_out_identities(name, tmp_path):
     same = np.array([pair.same for pair in pairs])
     accuracy = np.mean((distances <= model.threshold_for("balanced")) == same)
     assert accuracy >= MIN_ACCURACY[name], accuracy
-    # The default (strict) operating point lets through 0.1% of strangers on the calibration
+    # The default (strict) operating point lets through 0.03% of strangers on the calibration
     # pairs; of these 100 stranger pairs one at most may pass.
     points = model.operating_points
     assert model.threshold == points["strict"]["threshold"] and points["different_pairs"] > 400_000

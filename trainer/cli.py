@@ -137,7 +137,7 @@ def evaluate(model: str, data: str, pairs: str, out: str, flip: bool | None, as_
 @click.option("--json", "as_json", is_flag=True, help="Print the operating points as one JSON object.")
 def calibrate(model: str, data: str, pairs: str, out: str | None, as_json: bool) -> None:
     """Choose the model's operating points on held-out identities and store them in the
-    checkpoint: strict (false accept rate <= 1e-3, the default for `match`) and balanced
+    checkpoint: strict (false accept rate <= 3e-4, the default for `match`) and balanced
     (best accuracy). Stranger pairs are every pair of images of different identities in DATA
     (up to 2,000 images, about 2 million pairs), so the FAR is measured, not extrapolated."""
     from faces.checkpoint import load_model, resolve_model_path, write_operating_points

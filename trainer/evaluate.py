@@ -10,9 +10,15 @@ import numpy as np
 from faces.checkpoint import FaceModel
 from .data import DataError, load_faces, read_pairs, scan_identities
 
-FAR_TARGET = 1e-3
+# The strict operating point's false accept rate. A search compares a stranger with every
+# gallery face, so per-pair errors add up: on the 808 held-out LFW people (a gallery of 1,129
+# faces) `human` at FAR 1e-3 let 17% of strangers be identified as someone, at 3e-4 6%
+# (bench/open_set.py).
+STRICT_FAR = 3e-4
+# The rate at which evaluations report the true accept rate (the literature's TAR@FAR=1e-3).
+REPORT_FAR = 1e-3
 # Stranger pairs for calibration: every pair of images of different identities among at most
-# this many images (2,000 images give about 2 million pairs, so FAR 1e-3 rests on ~2,000 errors).
+# this many images (2,000 images give about 2 million pairs, so FAR 3e-4 rests on ~600 errors).
 CALIBRATION_MAX_IMAGES = 2000
 
 
@@ -42,7 +48,7 @@ def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, floa
     return float(edges[i]), float(accuracy[i])
 
 
-def operating_points(distances: np.ndarray, same: np.ndarray, far_target: float = FAR_TARGET) -> dict:
+def operating_points(distances: np.ndarray, same: np.ndarray, far_target: float = STRICT_FAR) -> dict:
     """The thresholds a model ships with, chosen on pairs of held-out identities (same if d <= t).
 
     strict: the largest threshold whose false accept rate (different pairs accepted) is at
@@ -112,7 +118,7 @@ def verification_metrics(distances: np.ndarray, same: np.ndarray, folds: int = 1
         accuracies.append(float(((distances[test] <= threshold) == same[test]).mean()))
     threshold, _ = best_threshold(distances, same)
     far, tar, _ = roc_curve(same, -distances)
-    within = far <= FAR_TARGET
+    within = far <= REPORT_FAR
     return {"accuracy": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies)),
             "folds": folds, "auc": float(roc_auc_score(same, -distances)),
             "tar_at_far_1e-3": float(tar[within].max()) if within.any() else 0.0,
@@ -193,7 +199,7 @@ def plot_roc(far: np.ndarray, tar: np.ndarray, auc: float, title: str, path: Pat
     import matplotlib.pyplot as plt
     figure, axis = plt.subplots(figsize=(5, 4.5))
     axis.plot(np.clip(far, 1e-5, 1), tar, lw=2, label=f"AUC = {auc:.4f}")
-    axis.axvline(FAR_TARGET, color="grey", ls=":", label="FAR = 1e-3")
+    axis.axvline(REPORT_FAR, color="grey", ls=":", label="FAR = 1e-3")
     axis.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false accept rate",
              ylabel="true accept rate", title=title)
     axis.grid(alpha=0.3)
