@@ -6,6 +6,9 @@
 2. Inference: the bundled models embed real face crops in batches; face_recognition (dlib's
    ResNet, what users would pick instead) encodes the same crops one by one in the same
    process, and the ratio ours / dlib is printed.
+3. The inference copy (faces.models.inference_copy: scale-and-shift layers folded into the
+   convolutions, channels-last) against the network as trained, on the same batch in the
+   same process, in CPU seconds of one thread (so a busy machine skews it least).
 
     python bench/bench_embedding.py [--images 200] [--steps 3] [--json]
 """
@@ -56,6 +59,29 @@ def inference_throughput(model_name: str, images, batch: int = 64) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
+def inference_copy_gain(model_name: str, repeats: int = 6, batch: int = 32) -> float:
+    """CPU seconds of the trained network / of its inference copy, on one thread."""
+    model = load_model(model_name, device="cpu")
+    size = model.preprocess.input_size
+    plain = torch.randn(batch, 3, size, size)
+    channels_last = plain.contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seconds = {"trained": [], "inference": []}
+    try:
+        with torch.inference_mode():
+            for _ in range(repeats):   # interleaved, so drifting load hits both alike
+                for key, net, inputs in (("trained", model.net, plain),
+                                         ("inference", model.inference_net, channels_last)):
+                    started = time.process_time()
+                    net(inputs)
+                    seconds[key].append(time.process_time() - started)
+    finally:
+        torch.set_num_threads(threads)
+    # the first round warms up allocators and kernel choices
+    return min(seconds["trained"][1:]) / min(seconds["inference"][1:])
+
+
 def dlib_throughput(images) -> float | None:
     try:
         import face_recognition
@@ -90,6 +116,7 @@ def main() -> None:
     images = [load_image(s.path) for s in samples]
     for name in BUNDLED_MODELS:
         report["inference_images_per_s"][name] = round(inference_throughput(name, images), 1)
+    report["inference_copy_speedup"] = {name: round(inference_copy_gain(name), 2) for name in BUNDLED_MODELS}
     dlib = dlib_throughput(images)
     if dlib:
         report["inference_images_per_s"]["face_recognition (dlib)"] = round(dlib, 1)

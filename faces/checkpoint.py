@@ -20,7 +20,7 @@ import torch
 
 from .errors import ModelError
 from .imaging import Preprocess
-from .models import EmbeddingNet
+from .models import EmbeddingNet, inference_copy
 from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
 
 FORMAT = "facesearch-embedding/1"
@@ -67,6 +67,15 @@ class FaceModel:
     info: dict = field(default_factory=dict)
     flip_average: bool = False   # embed each face and its mirror image, and average the two
     operating_points: dict = field(default_factory=dict)   # {"strict": {"threshold", "tar", "far"}, ...}
+    _inference_net: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def inference_net(self) -> torch.nn.Module:
+        """What embedding runs: `net` with its scale-and-shift layers folded into the
+        convolutions, channels-last (models.inference_copy, made once); `net` stays as trained."""
+        if self._inference_net is None:
+            self._inference_net = inference_copy(self.net)
+        return self._inference_net
 
     def operating_point(self, choice: str | float | None = None) -> dict:
         """{"name", "threshold", "tar", "far"} of an operating point name (strict, balanced),
@@ -104,10 +113,11 @@ class FaceModel:
     @torch.inference_mode()
     def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 N x 3 x S x S crops -> float32 N x D unit vectors."""
-        inputs = self.preprocess.normalise(batch.to(self.device))
+        inputs = self.preprocess.normalise(batch.to(self.device)).contiguous(memory_format=torch.channels_last)
+        net = self.inference_net
         if not self.flip_average:
-            return self.net(inputs).float().cpu().numpy()
-        both = self.net(inputs) + self.net(inputs.flip(3))
+            return net(inputs).float().cpu().numpy()
+        both = net(inputs) + net(inputs.flip(3))
         return torch.nn.functional.normalize(both, dim=1).float().cpu().numpy()
 
     def embed_images(self, images, batch_size: int = 64) -> np.ndarray:

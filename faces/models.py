@@ -11,6 +11,8 @@ Backbones:
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,6 +181,8 @@ class DlibResidual(nn.Module):
     """conv-affine-relu-conv-affine plus the input; a down block halves the size with an
     unpadded stride-2 convolution and a 2x2 average-pooled shortcut."""
 
+    CONV_THEN_AFFINE = (("conv1", "affine1"), ("conv2", "affine2"))
+
     def __init__(self, in_ch: int, out_ch: int, down: bool):
         super().__init__()
         self.down = down
@@ -198,6 +202,7 @@ class DlibResNet(nn.Module):
     256 down block, global average pool. About 5.6 M parameters."""
 
     feature_dim = 256
+    CONV_THEN_AFFINE = (("stem_conv", "stem_affine"),)
     STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 
     def __init__(self):
@@ -214,6 +219,30 @@ class DlibResNet(nn.Module):
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.stem_affine(self.stem_conv(x))), 3, 2)
         return self.blocks(x).mean((2, 3))
+
+
+def inference_copy(net: nn.Module) -> nn.Module:
+    """A copy of `net` for embedding only: each per-channel scale and shift that follows a
+    convolution (dlib's `affine` layers; batch norm in eval mode) is folded into that
+    convolution's weights, and the weights are stored channels-last, the layout oneDNN's
+    CPU convolutions run fastest on. The same outputs to float rounding (2e-7), at 1.6x the
+    speed for dlib_resnet on one CPU core (bench/bench_embedding.py); feed it channels-last
+    inputs. The original stays trainable and unchanged."""
+    net = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        for module in list(net.modules()):
+            for conv_name, affine_name in getattr(module, "CONV_THEN_AFFINE", ()):
+                conv, affine = getattr(module, conv_name), getattr(module, affine_name)
+                conv.weight.mul_(affine.weight.view(-1, 1, 1, 1))
+                conv.bias.mul_(affine.weight).add_(affine.bias)
+                setattr(module, affine_name, nn.Identity())
+            if isinstance(module, nn.Sequential):
+                layers = list(module)
+                for i in range(len(layers) - 1):
+                    if isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.BatchNorm2d):
+                        module[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(layers[i], layers[i + 1])
+                        module[i + 1] = nn.Identity()
+    return net.to(memory_format=torch.channels_last)
 
 
 # --- the embedding network -------------------------------------------------------------

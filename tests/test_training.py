@@ -148,3 +148,33 @@ def test_corrupt_and_fake_images_are_skipped_by_name(tmp_path, caplog):
     assert result.exit_code == 0, result.output
     skipped = " ".join(r.getMessage() for r in caplog.records)
     assert "broken.jpg" in skipped and "notes.jpg: not an image" in skipped
+
+
+@pytest.mark.parametrize("arch", ["dlib_resnet", "small"])
+def test_inference_copy_folds_scale_and_shift_without_changing_outputs(arch):
+    """Embedding runs models.inference_copy: the same vectors as the trained network, with no
+    scale-and-shift layer left, while the trained network keeps its layers and weights."""
+    from faces.models import ChannelAffine, inference_copy
+    torch.manual_seed(0)
+    net = EmbeddingNet(arch)
+    with torch.no_grad():   # layers that are not the identity, as after training
+        for module in net.modules():
+            if isinstance(module, (ChannelAffine, torch.nn.BatchNorm2d)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.uniform_(-0.3, 0.3)
+                    module.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    size = 150 if arch == "dlib_resnet" else 64
+    inputs = torch.randn(3, 3, size, size)
+    copy = inference_copy(net)
+    with torch.no_grad():
+        expected = net(inputs)
+        got = copy(inputs.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(expected, got, atol=1e-5), (expected - got).abs().max()
+    scale_and_shift = (ChannelAffine, torch.nn.BatchNorm2d)
+    assert not any(isinstance(m, scale_and_shift) for m in copy.modules())
+    assert any(isinstance(m, scale_and_shift) for m in net.modules())
+    assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())
