@@ -154,11 +154,15 @@ def save_checkpoint(path: str | os.PathLike, net: EmbeddingNet, preprocess: Prep
 
 
 def write_operating_points(path: str | os.PathLike, operating_points: dict,
-                           out: str | os.PathLike | None = None) -> Path:
-    """Store operating points in an existing checkpoint (in place, or as a copy at `out`);
-    the weights are untouched. Returns the file written."""
+                           out: str | os.PathLike | None = None,
+                           flip_average: bool | None = None) -> Path:
+    """Store operating points in an existing checkpoint (in place, or as a copy at `out`),
+    with the flip averaging they were measured with when given; the weights are untouched.
+    Returns the file written."""
     payload = read_checkpoint(path)
     _set_operating_points(payload, operating_points)
+    if flip_average is not None:
+        payload["flip_average"] = flip_average
     target = Path(out) if out is not None else Path(path)
     _write_payload(payload, target)
     return target

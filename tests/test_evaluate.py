@@ -191,3 +191,22 @@ def test_calibrate_cli_writes_operating_points_that_info_shows(tmp_path, identit
     assert "on 6 same and 375 stranger pairs" in info.output
     old = CliRunner().invoke(main, ["info", str(untrained_model)])
     assert "none measured" in old.output
+
+
+def test_calibrate_with_flip_stores_flip_averaging_and_its_own_points(tmp_path, identity_folders, untrained_model):
+    """`calibrate --flip` switches flip averaging on in the written checkpoint, and the
+    operating points are those of the flip-averaged embeddings, not of the plain ones."""
+    names = sorted(p.name for p in identity_folders.iterdir())
+    lines = [f"{n}\t1\t2" for n in names] + [f"{a}\t1\t{b}\t2" for a, b in zip(names, names[1:] + names[:1])]
+    (tmp_path / "pairs.txt").write_text(f"{len(names)}\n" + "\n".join(lines) + "\n")
+    common = ["calibrate", "--model", str(untrained_model), "--data", str(identity_folders),
+              "--pairs", str(tmp_path / "pairs.txt"), "--json"]
+    plain = CliRunner().invoke(main, common + ["--out", str(tmp_path / "plain.pt")])
+    flipped = CliRunner().invoke(main, common + ["--out", str(tmp_path / "flip.pt"), "--flip"])
+    assert plain.exit_code == 0 and flipped.exit_code == 0, flipped.output
+    assert load_model(tmp_path / "plain.pt", device="cpu").flip_average is False
+    flip_model = load_model(tmp_path / "flip.pt", device="cpu")
+    assert flip_model.flip_average is True
+    plain_points = json.loads(plain.output.strip().splitlines()[-1])["operating_points"]
+    flip_points = json.loads(flipped.output.strip().splitlines()[-1])["operating_points"]
+    assert flip_model.threshold == flip_points["strict"]["threshold"] != plain_points["strict"]["threshold"]

@@ -134,8 +134,11 @@ def evaluate(model: str, data: str, pairs: str, out: str, flip: bool | None, as_
                    "true accept rates.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Write the calibrated checkpoint here (default: update MODEL's file in place).")
+@click.option("--flip/--no-flip", default=None,
+              help="From now on average each face's embedding with its mirror image's (or stop); "
+                   "stored in the checkpoint and calibrated so (default: as the model says).")
 @click.option("--json", "as_json", is_flag=True, help="Print the operating points as one JSON object.")
-def calibrate(model: str, data: str, pairs: str, out: str | None, as_json: bool) -> None:
+def calibrate(model: str, data: str, pairs: str, out: str | None, flip: bool | None, as_json: bool) -> None:
     """Choose the model's operating points on held-out identities and store them in the
     checkpoint: strict (false accept rate <= 3e-4, the default for `match`) and balanced
     (best accuracy). Stranger pairs are every pair of images of different identities in DATA
@@ -143,8 +146,10 @@ def calibrate(model: str, data: str, pairs: str, out: str | None, as_json: bool)
     from faces.checkpoint import load_model, resolve_model_path, write_operating_points
     from .evaluate import calibrate as measure
     face_model = load_model(model)
+    if flip is not None:
+        face_model.flip_average = flip
     points = measure(face_model, data, pairs, progress=not as_json)
-    written = write_operating_points(resolve_model_path(model), points, out)
+    written = write_operating_points(resolve_model_path(model), points, out, flip_average=flip)
     if as_json:
         print_json({"model": str(written), "operating_points": points})
         return
