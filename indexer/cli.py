@@ -17,6 +17,7 @@ from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
 from .config import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_INDEX_DIR, INDEX_ENV_VAR, INDEX_TYPES, default_workers,
                      existing_index, resolve_index_dir)
 from .lock import lock_for_writing
+from .settings import DB_HELP, STORE_HELP
 
 if TYPE_CHECKING:
     from .writer import ChangeReport, IndexWriter
@@ -125,12 +126,26 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
                    "index auto with a human model, none with a dog model.")
 @index_option
 @click.option("--index-type", type=click.Choice(("auto",) + INDEX_TYPES), default="auto", show_default=True,
-              help="auto: exact (flat) search, switching to a trained IVF index for large galleries.")
+              help="auto: exact (flat) search, switching to a trained IVF index for large galleries. "
+                   "With Milvus: FLAT, IVF_FLAT, HNSW.")
+@click.option("--store", help=STORE_HELP)
+@click.option("--db", "database", help=DB_HELP)
+@click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
+              help="local: decode, detect and embed in this process (with --workers). ray: over Ray Data, "
+                   "one model per actor, on the Ray cluster $RAY_ADDRESS names, else a local one on this "
+                   "machine's cores (pip install 'facesearch[cluster]'); the vectors go into the same store.")
 @click.option("--prune", is_flag=True, help="Forget indexed files that are gone from disk.")
 @embedding_options
 @json_option
 def build(gallery: str, prune: bool, as_json: bool, **options) -> None:
-    """Embed and index every new or changed image under GALLERY (unchanged ones are skipped)."""
+    """Embed and index every new or changed image under GALLERY (unchanged ones are skipped).
+
+    \b
+    A new index keeps its vectors in FAISS and its metadata in SQLite inside --index DIR
+    unless --store and --db say otherwise, e.g. for a Milvus cluster and PostgreSQL:
+      indexer build GALLERY --store milvus:http://milvus:19530 --db postgresql://me@db/faces
+    The index folder remembers both: later commands need neither flag.
+    """
     with open_writer(create=True, **options) as writer:
         show_change(writer.build(gallery, prune=prune), as_json)
 
@@ -184,8 +199,8 @@ def stats(index_dir: str | None, as_json: bool) -> None:
         click.echo(f"clusters: {data['clusters']}")
     click.echo(f"model: {model['name']} ({model['species']}, {model['embedding_dim']}-D, threshold "
                f"{model['threshold']:.4f}, detector {model['detector']}, sha256 {model['sha256'][:12]})")
-    click.echo(f"index: {index['type']}, {index['vectors']} vectors; size on disk "
-               f"{data['size_bytes']['total'] / 1e6:.1f} MB")
+    click.echo(f"index: {index['type']}, {index['vectors']} vectors in {data['store']}; metadata in "
+               f"{data['database']}; size on this disk {data['size_bytes']['total'] / 1e6:.1f} MB")
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""The vector store: one small interface, and FAISS behind it.
+"""The vector store: one small interface, FAISS behind it here and Milvus in
+indexer.milvus_store (chosen per index by indexer.settings; `open_store` opens either).
 
 Vectors are unit-length embeddings, so the inner product is the cosine similarity and the
 L2 distance is sqrt(2 - 2 * similarity). A vector's id is its database image id.
@@ -59,6 +60,21 @@ class VectorStore(Protocol):
     def vectors(self, ids: np.ndarray) -> np.ndarray: ...
 
     def save(self, path: str | os.PathLike) -> None: ...
+
+    def converted(self, index_type: str) -> "VectorStore": ...
+
+    def close(self) -> None: ...
+
+
+def open_store(settings, vectors_path: Path, dim: int) -> VectorStore:
+    """The index's vector store as its settings (indexer.settings) name it: the FAISS file at
+    `vectors_path` (empty if there is none yet), or the Milvus collection (made if missing)."""
+    location = settings.milvus
+    if location is not None:
+        from .milvus_store import MilvusStore     # pymilvus: only for indexes that use it
+        return MilvusStore.open(location, dim)
+    return FaissStore.load(vectors_path) if vectors_path.is_file() else FaissStore.create(dim)
+
 
 
 def auto_index_type(current: str, ntotal: int) -> str:
@@ -215,6 +231,9 @@ class FaissStore:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+    def close(self) -> None:
+        """Nothing to let go: the index is memory (MilvusStore closes its connection)."""
 
     def _searcher(self) -> faiss.Index:
         if self.index_type == "hnsw" or faiss.get_num_gpus() == 0:

@@ -43,7 +43,8 @@ from .embedding import ImageResult, WorkItem, embed_files
 from .errors import IndexCorruptError, IndexMissingError, ModelMismatchError
 from .lock import IndexLock, lock_for_writing
 from .scan import GalleryFile, identity_of, walk_gallery
-from .store import INDEX_TYPES, FaissStore, auto_index_type
+from .settings import IndexSettings, save_settings, settings_for_writer
+from .store import INDEX_TYPES, FaissStore, VectorStore, auto_index_type, open_store
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,11 @@ class IndexWriter:
     def __init__(self, index_dir: str | os.PathLike, *, create: bool = False, model: str | None = None,
                  detector: str | None = None, index_type: str = "auto", batch_size: int = 64,
                  workers: int | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                 progress: bool = True, lock: IndexLock | None = None):
-        """`lock`: this index's lock_for_writing, when the caller took it already."""
+                 progress: bool = True, lock: IndexLock | None = None, store: str | None = None,
+                 database: str | None = None, engine: str = "local"):
+        """`lock`: this index's lock_for_writing, when the caller took it already. `store`
+        and `database`: --store and --db (indexer.settings), for a new index. `engine`:
+        'local' embeds in this process, 'ray' over Ray Data (indexer.ray_build)."""
         if index_type not in INDEX_TYPES + ("auto",):
             raise ValueError(f"unknown index type {index_type!r}")
         self.index_dir = Path(index_dir)
@@ -136,12 +140,16 @@ class IndexWriter:
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.checkpoint_every = checkpoint_every
         self._face_model: FaceModel | None = None
-        self._store: FaissStore | None = None
+        self.engine_name = engine
+        self._store: VectorStore | None = None
         self._unsaved = False         # the in-memory index differs from the saved one
         self._since_checkpoint = 0
         self.lock = lock or lock_for_writing(self.index_dir, create)
         try:
-            self.engine = open_database(self.database_path)
+            self.settings, is_new = settings_for_writer(self.index_dir, store, database)
+            self.engine = open_database(self.settings.database or self.database_path, lock_dir=self.index_dir)
+            if is_new and self.settings != IndexSettings():
+                save_settings(self.index_dir, self.settings)    # only once the database has opened
             with Session(self.engine) as session:
                 self.model_record: ModelRecord | None = session.scalar(select(ModelRecord))
             if self.model_record is None and not create:
@@ -158,17 +166,27 @@ class IndexWriter:
     # --- opening ----------------------------------------------------------------------
 
     @property
-    def store(self) -> FaissStore:
-        """The vector index, read from disk on first use (IndexCorruptError if unreadable)."""
+    def store(self) -> VectorStore:
+        """The vector index, opened on first use (IndexCorruptError if unreadable)."""
         if self._store is None:
-            self._store = (FaissStore.load(self.vectors_path) if self.vectors_path.is_file()
-                           else FaissStore.create(self.model_record.embedding_dim))
+            self._store = open_store(self.settings, self.vectors_path, self.model_record.embedding_dim)
         return self._store
 
     @store.setter
-    def store(self, store: FaissStore) -> None:
+    def store(self, store: VectorStore) -> None:
+        if self._store is not None and self._store is not store:
+            self._store.close()
         self._store = store
         self._unsaved = True
+
+    def empty_store(self) -> None:
+        """Start the vectors afresh (repairing an unreadable FAISS file): an empty FAISS index,
+        or the Milvus collection emptied."""
+        if self.settings.milvus is None:
+            self.store = FaissStore.create(self.model_record.embedding_dim)
+        else:
+            self.store.remove(self.store.ids())
+            self._unsaved = True
 
     def face_model(self) -> FaceModel:
         """The index's model, loaded on first use; a different model is refused."""
@@ -232,6 +250,9 @@ class IndexWriter:
         return lost
 
     def close(self) -> None:
+        if getattr(self, "_store", None) is not None:
+            self._store.close()
+            self._store = None
         if getattr(self, "engine", None) is not None:
             self.engine.dispose()
         self.lock.release()
