@@ -25,13 +25,12 @@ import numpy as np
 from .config import INDEX_TYPES
 from .errors import IndexCorruptError, IndexerError
 from .settings import MilvusLocation
-from .store import HNSW_NEIGHBOURS, _as_ids, _as_vectors, ivf_lists, ivf_probes
+from .store import HNSW_NEIGHBOURS, HNSW_SEARCH_EF, _as_ids, _as_vectors, ivf_lists, ivf_probes
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV_VAR = "MILVUS_TOKEN"
 MILVUS_INDEX_TYPES = {"flat": "FLAT", "ivf": "IVF_FLAT", "hnsw": "HNSW"}
-HNSW_SEARCH_EF = 64
 INSERT_CHUNK = 5_000        # rows per insert call (a gRPC message stays far under its 64 MB cap)
 GET_CHUNK = 1_000           # ids per get / delete call (the filter expression stays short)
 QUERY_BATCH = 16_384        # Milvus' largest query page

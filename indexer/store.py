@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # beyond it a trained index answers far faster at a small cost in recall.
 TRAINED_INDEX_MIN_SIZE = 200_000
 HNSW_NEIGHBOURS = 32
+HNSW_SEARCH_EF = 64        # candidates an HNSW search visits (at least k)
 COPY_CHUNK = 65_536
 
 
@@ -121,7 +122,7 @@ class FaissStore:
         if index_type == "hnsw":
             hnsw = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = 80
-            hnsw.hnsw.efSearch = 64
+            hnsw.hnsw.efSearch = HNSW_SEARCH_EF
             return cls(faiss.IndexIDMap2(hnsw), "hnsw")
         if index_type == "ivf":
             if training_vectors is None or len(training_vectors) == 0:
@@ -200,6 +201,12 @@ class FaissStore:
         k = min(k, self.ntotal)
         if k <= 0 or not len(vectors):
             return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+        if self.index_type == "hnsw":
+            # HNSW looks at efSearch candidates per query, so a k beyond it came back padded
+            # with -1 though the index held enough vectors (k=390 of 390 gave 80 missing).
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(HNSW_SEARCH_EF, k)
+            return self.index.search(vectors, k, params=params)
         return self._searcher().search(vectors, k)
 
     def ids(self) -> np.ndarray:

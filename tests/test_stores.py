@@ -1,0 +1,171 @@
+"""Both vector stores behind one protocol: FAISS (the default) and Milvus Lite (a real
+milvus-lite file, as `indexer build --store milvus:FILE` makes). The same operations give the
+same answers; the same gallery built into each answers `search query` with the same top 5,
+and add, remove and check behave alike through the command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from faces.checkpoint import save_checkpoint
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
+from indexer.cli import main as indexer_main
+from indexer.settings import SETTINGS_FILE, IndexSettings, SettingsError, load_settings, parse_store
+from indexer.store import FaissStore
+from search.cli import main as search_main
+
+from conftest import identity_image, write_identity_folders
+
+pymilvus = pytest.importorskip("pymilvus", reason="Milvus tests need pip install 'facesearch[milvus]'")
+pytest.importorskip("milvus_lite", reason="Milvus Lite tests need pip install 'facesearch[milvus]'")
+
+from indexer.milvus_store import MilvusStore  # noqa: E402  (after the skip: it needs pymilvus)
+
+BACKENDS = ["faiss", "milvus"]
+
+
+def unit_vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+class Backend:
+    """Make, save and reopen one store of either kind, the way the indexer does."""
+
+    def __init__(self, kind: str, folder: Path):
+        self.kind, self.folder = kind, folder
+        self.settings = IndexSettings(store="faiss" if kind == "faiss" else parse_store(f"milvus:{folder / 'm.db'}"))
+
+    def create(self, dim: int, index_type: str, training: np.ndarray):
+        if self.kind == "faiss":
+            return FaissStore.create(dim, index_type, training if index_type == "ivf" else None)
+        store = MilvusStore.open(self.settings.milvus, dim)
+        return store.converted(index_type) if index_type != "flat" else store
+
+    def reopen(self, store, dim: int):
+        store.save(self.folder / "v.faiss")
+        store.close()
+        if self.kind == "faiss":
+            return FaissStore.load(self.folder / "v.faiss")
+        return MilvusStore.open(self.settings.milvus, dim)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_store_keeps_database_ids_through_remove_save_and_reopen(kind, index_type, tmp_path):
+    backend = Backend(kind, tmp_path)
+    vectors = unit_vectors(400)
+    ids = np.arange(400, dtype=np.int64) * 3 + 1000        # not 0..n-1: the store must keep ours
+    store = backend.create(16, index_type, vectors)
+    store.add(ids, vectors)
+    assert store.ntotal == 400
+    # Ids that are not there do not count: Milvus' delete answers every id it was given.
+    assert store.remove(np.concatenate([ids[:10], [7, 8, 9]])) == 10 and store.ntotal == 390
+    assert store.remove([7]) == 0
+    store = backend.reopen(store, 16)
+    try:
+        assert store.index_type == index_type and sorted(store.ids().tolist()) == sorted(ids[10:].tolist())
+        scores, found = store.search(vectors[10:20], k=3)
+        assert found.shape == (10, 3) and found[:, 0].tolist() == ids[10:20].tolist()
+        np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+        exact = vectors[10:] @ vectors[10:20].T          # the true top 3 by inner product
+        assert found[:, 1].tolist() == [ids[10:][np.argsort(-exact[:, j])[1]] for j in range(10)]
+        np.testing.assert_allclose(store.vectors(ids[[52, 50]]), vectors[[52, 50]], atol=1e-6)
+        converted = store.converted("flat" if index_type != "flat" else "hnsw")
+        assert sorted(converted.ids().tolist()) == sorted(ids[10:].tolist())
+        _, few = converted.search(vectors[:1], k=1000)       # k beyond the size: all, no padding
+        assert few.shape == (1, 390) and set(few[0].tolist()) == set(ids[10:].tolist())
+    finally:
+        store.close()
+
+
+def test_store_flag_is_checked_and_kept_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_store("milvus:faces.db") == f"milvus:{tmp_path / 'faces.db'}#facesearch"
+    assert parse_store("milvus:http://milvus:19530#lfw") == "milvus:http://milvus:19530#lfw"
+    assert parse_store(None) == parse_store("faiss") == "faiss"
+    for bad in ("milvus:", "redis://x", "milvus:x.db#9lives"):
+        with pytest.raises(SettingsError, match="--store"):
+            parse_store(bad)
+
+
+# --- the same gallery through the command line, in both stores ------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "fresh.pt"
+    save_checkpoint(path, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.5)
+    return path
+
+
+def run(main, *args) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def top5(index: Path, photos: list[Path]) -> list[list[tuple[str, float]]]:
+    code, output = run(search_main, "query", *photos, "--index", index, "-k", 5, "--detector", "none", "--json")
+    assert code == 0, output
+    answers = [json.loads(line) for line in output.strip().splitlines() if line.startswith("{")]
+    return [[(m["path"], round(m["distance"], 4)) for m in answer["faces"][0]["matches"]] for answer in answers]
+
+
+def test_faiss_and_milvus_lite_answer_alike_through_build_search_add_remove_check(tmp_path, checkpoint):
+    gallery = write_identity_folders(tmp_path / "gallery", identities=4, per_identity=4)
+    photos = [gallery / f"person_0{i}" / f"person_0{i}_0002.jpg" for i in range(4)]
+    extra = tmp_path / "extra.jpg"
+    identity_image(2, 9).save(extra)
+    indexes = {"faiss": tmp_path / "faiss-index", "milvus": tmp_path / "milvus-index"}
+    answers = {}
+    for kind, index in indexes.items():
+        store = [] if kind == "faiss" else ["--store", f"milvus:{tmp_path / 'lite.db'}"]
+        code, output = run(indexer_main, "build", gallery, "--model", checkpoint, "--index", index, "--detector",
+                           "none", "--workers", 0, "--no-progress", "--json", *store)
+        assert code == 0 and last_json(output)["faces_added"] == 16, output
+        found = [top5(index, photos)]
+        code, output = run(indexer_main, "add", extra, "--identity", "person_02", "--index", index, "--workers", 0,
+                           "--no-progress", "--json")                        # no --store: remembered
+        assert code == 0 and last_json(output)["faces_added"] == 1
+        code, output = run(indexer_main, "remove", "--identity", "person_00", "--index", index, "--json")
+        assert code == 0 and last_json(output)["removed"] == 4
+        found.append(top5(index, photos[1:] + [extra]))
+        code, output = run(indexer_main, "check", "--index", index, "--sample", 13, "--json", "--no-progress")
+        report = last_json(output)
+        assert code == 0 and report["ok"] and (report["check"]["indexed"], report["check"]["vectors"]) == (13, 13)
+        code, output = run(indexer_main, "stats", "--index", index, "--json")
+        assert code == 0 and last_json(output)["index"] == {"type": "flat", "vectors": 13}
+        code, output = run(indexer_main, "export", "--index", index, "--out", tmp_path / f"{kind}.npz")
+        assert code == 0 and "exported 13 faces" in output
+        answers[kind] = found
+    assert answers["milvus"] == answers["faiss"]
+    assert all(len(matches) == 5 for matches in answers["faiss"][0])
+    assert answers["faiss"][0][0][0] == ("person_00/person_00_0002.jpg", 0.0)
+    assert load_settings(indexes["milvus"]).milvus.uri == str(tmp_path / "lite.db")
+    assert not (indexes["faiss"] / SETTINGS_FILE).exists()      # a default index is as before
+    faiss_export, milvus_export = (np.load(tmp_path / f"{kind}.npz") for kind in indexes)
+    order = np.argsort(faiss_export["paths"]), np.argsort(milvus_export["paths"])
+    np.testing.assert_allclose(faiss_export["embeddings"][order[0]], milvus_export["embeddings"][order[1]], atol=1e-6)
+
+
+def test_an_index_cannot_move_to_another_store(tmp_path, checkpoint):
+    gallery = write_identity_folders(tmp_path / "gallery", identities=1, per_identity=2)
+    index = tmp_path / "index"
+    code, _ = run(indexer_main, "build", gallery, "--model", checkpoint, "--index", index, "--detector", "none",
+                  "--workers", 0, "--no-progress", "--store", f"milvus:{tmp_path / 'a.db'}")
+    assert code == 0
+    code, output = run(indexer_main, "build", gallery, "--index", index, "--no-progress",
+                       "--store", f"milvus:{tmp_path / 'b.db'}")
+    assert code == 1 and "an index cannot move" in output and "Traceback" not in output
