@@ -181,11 +181,18 @@ def is_url(database) -> bool:
     return isinstance(database, str) and "://" in database
 
 
+def shown_url(url: str) -> str:
+    """The URL as the user wrote it, unless it holds a password: then SQLAlchemy's rendering
+    with the password as ***."""
+    parsed = make_url(url)
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+
 def create_url_engine(url: str) -> Engine:
     """An engine on any SQLAlchemy database (PostgreSQL, MySQL, ...); errors name the URL
     (password hidden) and what to install or fix."""
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
+        shown = shown_url(url)
     except ArgumentError:
         raise DatabaseError(f"{url!r}: not a database URL (e.g. postgresql://user@host/dbname)") from None
     try:
@@ -234,7 +241,7 @@ def open_database(database: Path | str, lock_dir: Path | None = None) -> Engine:
         else:
             engine = create_url_engine(database)
             lock_file = Path(lock_dir or ".") / "database.upgrade-lock"
-            return _upgraded(engine, lock_file, f"{url.render_as_string(hide_password=True)}")
+            return _upgraded(engine, lock_file, shown_url(database))
     database = Path(database)
     return _upgraded(create_sqlite_engine(database), database.parent / f"{database.name}.upgrade-lock", str(database))
 

@@ -69,8 +69,8 @@ class IndexSettings:
         """For `indexer stats`: the store and database, with any password in the URL hidden."""
         database = self.database
         if database:
-            from sqlalchemy.engine import make_url
-            database = make_url(database).render_as_string(hide_password=True)
+            from .db import shown_url
+            database = shown_url(database)
         return {"store": self.store, "database": database or DATABASE_FILE}
 
 
