@@ -57,7 +57,8 @@ def embedding_options(command):
         click.option("--workers", type=int, default=None,
                      help=f"Decoding worker processes (default here: {default_workers(False)} with "
                           f"--detector none and a model that needs no landmarks, "
-                          f"{default_workers(True)} otherwise)."),
+                          f"{default_workers(True)} otherwise); with --engine ray, Ray actors "
+                          "(default: one per CPU of the Ray cluster)."),
         click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
                      help="Save the index at least every N new faces (a killed build redoes at most "
                           "that many, or a quarter of the index if larger)."),

@@ -132,6 +132,8 @@ class IndexWriter:
         'local' embeds in this process, 'ray' over Ray Data (indexer.ray_build)."""
         if index_type not in INDEX_TYPES + ("auto",):
             raise ValueError(f"unknown index type {index_type!r}")
+        if engine not in ("local", "ray"):
+            raise ValueError(f"unknown engine {engine!r}; choose local or ray")
         self.index_dir = Path(index_dir)
         self.database_path = self.index_dir / DATABASE_FILE
         self.vectors_path = self.index_dir / VECTORS_FILE
@@ -392,14 +394,22 @@ class IndexWriter:
         bar = tqdm(total=len(items), unit="img", desc="indexing", disable=not self.progress,
                    dynamic_ncols=True)
         with bar:
-            for results, vectors in embed_files(items, self.face_model(), self.model_record.detector,
-                                                self.batch_size, self.workers):
+            for results, vectors in self._embedded(items):
                 self._insert(results, vectors, report)
                 bar.update(len(results))
                 bar.set_postfix(skipped=report.skipped, refresh=False)
                 # The interval grows with the index, so snapshot writes stay O(N) in total.
                 if self._since_checkpoint >= max(self.checkpoint_every, self.store.ntotal // 4):
                     self.checkpoint()
+
+    def _embedded(self, items: list[WorkItem]):
+        """(results, vectors) batches of `items`: in this process, or over Ray (--engine ray)."""
+        model = self.face_model()
+        if self.engine_name == "ray":
+            from .ray_build import embed_files_on_ray     # Ray: only for builds that use it
+            return embed_files_on_ray(items, self.model_record.source, model.sha256, model.embedding_dim,
+                                      self.model_record.detector, self.batch_size, actors=self.workers)
+        return embed_files(items, model, self.model_record.detector, self.batch_size, self.workers)
 
     def _insert(self, results: list[ImageResult], vectors: np.ndarray, report: ChangeReport) -> None:
         common = {"species": self.model_record.species, "added_at": utc_now()}
