@@ -76,6 +76,7 @@ class MilvusStore:
         self.collection = location.collection
         self.dim = dim
         self.index_type = index_type
+        self._nlist: int | None = None      # an ivf index's lists, read once
 
     # --- making ----------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ class MilvusStore:
         self.client.drop_index(self.collection, "vector")
         self.client.create_index(self.collection, self._index_params(index_type, ntotal))
         self.client.load_collection(self.collection)
-        self.index_type = index_type
+        self.index_type, self._nlist = index_type, None
         return self
 
     def drop(self) -> None:
@@ -171,13 +172,16 @@ class MilvusStore:
     def search(self, vectors, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), both N x k, best first; id -1 where fewer than k exist."""
         vectors = _as_vectors(vectors).reshape(-1, self.dim)
-        k = min(k, self.ntotal, MAX_LIMIT)
-        similarities = np.full((len(vectors), max(k, 0)), -np.inf, np.float32)
-        found = np.full((len(vectors), max(k, 0)), -1, np.int64)
+        k = min(k, MAX_LIMIT)
         if k <= 0 or not len(vectors):
-            return similarities, found
+            return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+        # No count first (a second round trip per query): Milvus returns fewer hits when it
+        # holds fewer than k, and the answer is as wide as the longest row, as FAISS's is.
         answers = self.client.search(self.collection, data=[v for v in vectors], limit=k, output_fields=["id"],
                                      search_params={"metric_type": "IP", "params": self._search_params(k)})
+        width = max((len(hits) for hits in answers), default=0)
+        similarities = np.full((len(vectors), width), -np.inf, np.float32)
+        found = np.full((len(vectors), width), -1, np.int64)
         for row, hits in enumerate(answers):
             for column, hit in enumerate(hits):
                 found[row, column] = int(hit["id"])
@@ -232,6 +236,7 @@ class MilvusStore:
         if self.index_type == "hnsw":
             return {"ef": max(HNSW_SEARCH_EF, k)}     # Milvus refuses an ef below k
         if self.index_type == "ivf":
-            nlist = self.client.describe_index(self.collection, "vector").get("nlist")
-            return {"nprobe": ivf_probes(int(nlist)) if nlist else 16}
+            if self._nlist is None:
+                self._nlist = int(self.client.describe_index(self.collection, "vector").get("nlist", 16))
+            return {"nprobe": ivf_probes(self._nlist)}
         return {}
