@@ -47,8 +47,10 @@ def quiet_client_logs() -> None:
     (Lite lacks it; the client falls back and says so with a WARNING), and gRPC's C core logs
     forks: none of it is news to a facesearch user, so only -v (DEBUG) shows them."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        for name, level in (("milvus_lite", logging.WARNING), ("pymilvus", logging.ERROR),
-                            ("grpc._server", logging.CRITICAL)):
+        # milvus_lite.server_manager logs a traceback when the file is taken; connect() says
+        # it in one line instead.
+        for name, level in (("milvus_lite", logging.WARNING), ("milvus_lite.server_manager", logging.CRITICAL),
+                            ("pymilvus", logging.ERROR), ("grpc._server", logging.CRITICAL)):
             logging.getLogger(name).setLevel(level)
 
 
@@ -64,9 +66,10 @@ def connect(location: MilvusLocation):
     try:
         return MilvusClient(uri=location.uri, token=os.environ.get(TOKEN_ENV_VAR, ""))
     except Exception as error:      # pymilvus raises its own exception types, and OSError
-        hint = (" (Milvus Lite opens a file in one process at a time: is another indexer or "
+        hint = (" (Milvus Lite opens a file in one process at a time: is an indexer or "
                 "search serve using it?)" if location.is_local_file else "")
-        raise MilvusStoreError(f"milvus:{location.uri}: cannot connect ({error}){hint}") from None
+        reason = getattr(error, "message", None) or str(error)     # pymilvus errors carry a message
+        raise MilvusStoreError(f"milvus:{location.uri}: cannot connect ({reason}){hint}") from None
 
 
 class MilvusStore:

@@ -169,3 +169,25 @@ def test_an_index_cannot_move_to_another_store(tmp_path, checkpoint):
     code, output = run(indexer_main, "build", gallery, "--index", index, "--no-progress",
                        "--store", f"milvus:{tmp_path / 'b.db'}")
     assert code == 1 and "an index cannot move" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_check_finds_lost_vectors_and_repair_restores_them_in_either_store(kind, tmp_path, checkpoint):
+    gallery = write_identity_folders(tmp_path / "gallery", identities=2, per_identity=3)
+    index = tmp_path / "index"
+    store = [] if kind == "faiss" else ["--store", f"milvus:{tmp_path / 'lite.db'}"]
+    code, _ = run(indexer_main, "build", gallery, "--model", checkpoint, "--index", index, "--detector", "none",
+                  "--workers", 0, "--no-progress", *store)
+    assert code == 0
+    from indexer.writer import IndexWriter
+    with IndexWriter(index, progress=False) as writer:        # damage: two vectors go, rows stay
+        lost = np.sort(writer.store.ids())[:2]
+        assert writer.store.remove(lost) == 2
+        writer.store.save(writer.vectors_path)
+    code, output = run(indexer_main, "check", "--index", index, "--json", "--no-progress")
+    report = last_json(output)
+    assert code == 1 and report["check"]["problems"][0].startswith("2 indexed faces have no vector")
+    code, output = run(indexer_main, "check", "--index", index, "--repair", "--json", "--no-progress")
+    report = last_json(output)
+    assert code == 0 and report["ok"] and report["repair"]["faces_added"] == 2
+    assert report["after_repair"]["vectors"] == 6
