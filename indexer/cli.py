@@ -129,8 +129,8 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
 @click.option("--index-type", type=click.Choice(("auto",) + INDEX_TYPES), default="auto", show_default=True,
               help="auto: exact (flat) search, switching to a trained IVF index for large galleries. "
                    "With Milvus: FLAT, IVF_FLAT, HNSW.")
-@click.option("--store", help=STORE_HELP)
-@click.option("--db", "database", help=DB_HELP)
+@click.option("--store", metavar="faiss|milvus:URI", help=STORE_HELP)
+@click.option("--db", "database", metavar="URL", help=DB_HELP)
 @click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
               help="local: decode, detect and embed in this process (with --workers). ray: over Ray Data, "
                    "one model per actor, on the Ray cluster $RAY_ADDRESS names, else a local one on this "

@@ -36,6 +36,13 @@ def open_index_database(index_dir: Path, settings: IndexSettings):
     return open_database(settings.database or index_dir / DATABASE_FILE, lock_dir=index_dir)
 
 
+def disk_bytes(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (Milvus Lite keeps a folder); 0 if absent."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
 def similarity_to_distance(similarity: float) -> float:
     """L2 distance between unit vectors with this inner product: sqrt(2 - 2 sim)."""
     return math.sqrt(max(0.0, 2.0 - 2.0 * similarity))
@@ -293,7 +300,7 @@ class Gallery:
         milvus = self.settings.milvus
         vectors_file = (self.vectors_path if milvus is None
                         else Path(milvus.uri) if milvus.is_local_file else None)
-        vectors_bytes = vectors_file.stat().st_size if vectors_file is not None and vectors_file.exists() else 0
+        vectors_bytes = disk_bytes(vectors_file) if vectors_file is not None else 0
         stats["size_bytes"] = {"database": database_bytes, "vectors": vectors_bytes,
                                "total": database_bytes + vectors_bytes}
         return stats
