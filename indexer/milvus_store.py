@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -145,7 +146,20 @@ class MilvusStore:
         self.client.create_index(self.collection, self._index_params(index_type, ntotal))
         self.client.load_collection(self.collection)
         self.index_type, self._nlist = index_type, None
+        self._wait_for_index()
         return self
+
+    def _wait_for_index(self, timeout_s: float = 3600) -> None:
+        """Milvus builds an index in the background and meanwhile searches by brute force:
+        return once every row is indexed, so the next search is as fast as the type promises."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            described = self.client.describe_index(self.collection, "vector")
+            if not described.get("pending_index_rows") and described.get("indexed_rows", 0) >= described.get("total_rows", 0):
+                return
+            time.sleep(0.5)
+        log.warning("milvus:%s: the %s index of %r is still building after %.0f s", self.location.uri,
+                    self.index_type, self.collection, timeout_s)
 
     def drop(self) -> None:
         """Remove the collection and everything in it (`check --repair` of an unreadable one)."""
