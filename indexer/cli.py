@@ -131,7 +131,7 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
                    "With Milvus: FLAT, IVF_FLAT, HNSW.")
 @click.option("--store", metavar="faiss|milvus:URI", help=STORE_HELP)
 @click.option("--db", "database", metavar="URL", help=DB_HELP)
-@click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
+@click.option("--engine", "build_engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
               help="local: decode, detect and embed in this process (with --workers). ray: over Ray Data, "
                    "one model per actor, on the Ray cluster $RAY_ADDRESS names, else a local one on this "
                    "machine's cores (pip install 'facesearch[cluster]'); the vectors go into the same store.")

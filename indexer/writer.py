@@ -9,6 +9,9 @@ finishes the job without duplicates) comes from the order of every change:
 - removing: rows are deleted (committed) first, then their vectors; until the next
   snapshot the saved index holds vectors without rows, which readers ignore.
 
+With Milvus (indexer.milvus_store) an insert is kept at once and a snapshot is a flush; the
+same order still holds, since a pending row whose vector is stored is simply settled.
+
 So on opening, `reconcile` needs only the saved index and the database: pending rows whose
 vectors made it into the snapshot become indexed, the others are dropped (their files are
 new again to the next build), and vectors without a row are removed.
@@ -126,14 +129,14 @@ class IndexWriter:
                  detector: str | None = None, index_type: str = "auto", batch_size: int = 64,
                  workers: int | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                  progress: bool = True, lock: IndexLock | None = None, store: str | None = None,
-                 database: str | None = None, engine: str = "local"):
+                 database: str | None = None, build_engine: str = "local"):
         """`lock`: this index's lock_for_writing, when the caller took it already. `store`
-        and `database`: --store and --db (indexer.settings), for a new index. `engine`:
-        'local' embeds in this process, 'ray' over Ray Data (indexer.ray_build)."""
+        and `database`: --store and --db (indexer.settings), for a new index. `build_engine`
+        (--engine): 'local' embeds in this process, 'ray' over Ray Data (indexer.ray_build)."""
         if index_type not in INDEX_TYPES + ("auto",):
             raise ValueError(f"unknown index type {index_type!r}")
-        if engine not in ("local", "ray"):
-            raise ValueError(f"unknown engine {engine!r}; choose local or ray")
+        if build_engine not in ("local", "ray"):
+            raise ValueError(f"unknown build engine {build_engine!r}; choose local or ray")
         self.index_dir = Path(index_dir)
         self.database_path = self.index_dir / DATABASE_FILE
         self.vectors_path = self.index_dir / VECTORS_FILE
@@ -142,7 +145,7 @@ class IndexWriter:
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.checkpoint_every = checkpoint_every
         self._face_model: FaceModel | None = None
-        self.engine_name = engine
+        self.build_engine = build_engine
         self._store: VectorStore | None = None
         self._unsaved = False         # the in-memory index differs from the saved one
         self._since_checkpoint = 0
@@ -405,7 +408,7 @@ class IndexWriter:
     def _embedded(self, items: list[WorkItem]):
         """(results, vectors) batches of `items`: in this process, or over Ray (--engine ray)."""
         model = self.face_model()
-        if self.engine_name == "ray":
+        if self.build_engine == "ray":
             from .ray_build import embed_files_on_ray     # Ray: only for builds that use it
             return embed_files_on_ray(items, self.model_record.source, model.sha256, model.embedding_dim,
                                       self.model_record.detector, self.batch_size, actors=self.workers)
