@@ -1,5 +1,6 @@
 """Both vector stores behind one protocol: FAISS (the default) and Milvus Lite (a real
-milvus-lite file, as `indexer build --store milvus:FILE` makes). The same operations give the
+milvus-lite file, as `indexer build --store milvus:FILE` makes); the FAISS halves run
+without the [milvus] extra. The same operations give the
 same answers; the same gallery built into each answers `search query` with the same top 5,
 and add, remove and check behave alike through the command line."""
 from __future__ import annotations
@@ -22,10 +23,11 @@ from search.cli import main as search_main
 
 from conftest import identity_image, write_identity_folders
 
-pymilvus = pytest.importorskip("pymilvus", reason="Milvus tests need pip install 'facesearch[milvus]'")
-pytest.importorskip("milvus_lite", reason="Milvus Lite tests need pip install 'facesearch[milvus]'")
+def milvus_lite_or_skip() -> None:
+    """FAISS runs everywhere; the Milvus half of each test needs the [milvus] extra."""
+    pytest.importorskip("pymilvus", reason="Milvus tests need pip install 'facesearch[milvus]'")
+    pytest.importorskip("milvus_lite", reason="Milvus Lite tests need pip install 'facesearch[milvus]'")
 
-from indexer.milvus_store import MilvusStore  # noqa: E402  (after the skip: it needs pymilvus)
 
 BACKENDS = ["faiss", "milvus"]
 
@@ -39,12 +41,15 @@ class Backend:
     """Make, save and reopen one store of either kind, the way the indexer does."""
 
     def __init__(self, kind: str, folder: Path):
+        if kind == "milvus":
+            milvus_lite_or_skip()
         self.kind, self.folder = kind, folder
         self.settings = IndexSettings(store="faiss" if kind == "faiss" else parse_store(f"milvus:{folder / 'm.db'}"))
 
     def create(self, dim: int, index_type: str, training: np.ndarray):
         if self.kind == "faiss":
             return FaissStore.create(dim, index_type, training if index_type == "ivf" else None)
+        from indexer.milvus_store import MilvusStore
         store = MilvusStore.open(self.settings.milvus, dim)
         return store.converted(index_type) if index_type != "flat" else store
 
@@ -53,6 +58,7 @@ class Backend:
         store.close()
         if self.kind == "faiss":
             return FaissStore.load(self.folder / "v.faiss")
+        from indexer.milvus_store import MilvusStore
         return MilvusStore.open(self.settings.milvus, dim)
 
 
@@ -124,6 +130,7 @@ def top5(index: Path, photos: list[Path]) -> list[list[tuple[str, float]]]:
 
 
 def test_faiss_and_milvus_lite_answer_alike_through_build_search_add_remove_check(tmp_path, checkpoint):
+    milvus_lite_or_skip()
     gallery = write_identity_folders(tmp_path / "gallery", identities=4, per_identity=4)
     photos = [gallery / f"person_0{i}" / f"person_0{i}_0002.jpg" for i in range(4)]
     extra = tmp_path / "extra.jpg"
@@ -161,6 +168,7 @@ def test_faiss_and_milvus_lite_answer_alike_through_build_search_add_remove_chec
 
 
 def test_an_index_cannot_move_to_another_store(tmp_path, checkpoint):
+    milvus_lite_or_skip()
     gallery = write_identity_folders(tmp_path / "gallery", identities=1, per_identity=2)
     index = tmp_path / "index"
     code, _ = run(indexer_main, "build", gallery, "--model", checkpoint, "--index", index, "--detector", "none",
@@ -173,6 +181,8 @@ def test_an_index_cannot_move_to_another_store(tmp_path, checkpoint):
 
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_check_finds_lost_vectors_and_repair_restores_them_in_either_store(kind, tmp_path, checkpoint):
+    if kind == "milvus":
+        milvus_lite_or_skip()
     gallery = write_identity_folders(tmp_path / "gallery", identities=2, per_identity=3)
     index = tmp_path / "index"
     store = [] if kind == "faiss" else ["--store", f"milvus:{tmp_path / 'lite.db'}"]
