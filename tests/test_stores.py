@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from faces.checkpoint import save_checkpoint
-from faces.imaging import Preprocess
+from faces.imaging import Preprocess, load_image
 from faces.models import EmbeddingNet
 from indexer.cli import main as indexer_main
 from indexer.settings import SETTINGS_FILE, IndexSettings, SettingsError, load_settings, parse_store
@@ -201,3 +201,38 @@ def test_check_finds_lost_vectors_and_repair_restores_them_in_either_store(kind,
     report = last_json(output)
     assert code == 0 and report["ok"] and report["repair"]["faces_added"] == 2
     assert report["after_repair"]["vectors"] == 6
+
+
+def test_search_serve_answers_from_a_milvus_lite_index_with_no_flag(tmp_path, checkpoint):
+    milvus_lite_or_skip()
+    from web import create_app
+    gallery = write_identity_folders(tmp_path / "gallery", identities=2, per_identity=3)
+    index = tmp_path / "index"
+    code, _ = run(indexer_main, "build", gallery, "--model", checkpoint, "--index", index, "--detector", "none",
+                  "--workers", 0, "--no-progress", "--store", f"milvus:{tmp_path / 'lite.db'}")
+    assert code == 0
+    client = create_app({"INDEX": str(index), "DETECTOR": "none", "TESTING": True}).test_client()
+    photo = gallery / "person_01" / "person_01_0003.jpg"
+    response = client.post("/api/search", data={"image": (photo.open("rb"), "photo.jpg"), "k": "3"})
+    assert response.status_code == 200, response.get_json()
+    best = response.get_json()["faces"][0]["matches"][0]
+    assert best["path"] == "person_01/person_01_0003.jpg" and best["distance"] < 1e-3
+    assert client.get(f"/thumb/{best['id']}").status_code == 200
+    assert client.get("/api/health").get_json()["gallery"]["vectors"] == 6
+
+
+def test_auto_index_type_switches_milvus_to_ivf_above_the_size_limit(tmp_path, checkpoint, monkeypatch):
+    milvus_lite_or_skip()
+    from indexer import Gallery
+    from indexer import store as store_module
+    from indexer.writer import IndexWriter
+    monkeypatch.setattr(store_module, "TRAINED_INDEX_MIN_SIZE", 8)
+    gallery = write_identity_folders(tmp_path / "gallery", identities=3, per_identity=4)
+    with IndexWriter(tmp_path / "index", create=True, model=str(checkpoint), detector="none", workers=0,
+                     progress=False, store=f"milvus:{tmp_path / 'lite.db'}") as writer:
+        assert writer.build(gallery).index_type == "ivf"
+    with Gallery.open(tmp_path / "index") as view:
+        assert view.stats()["index"] == {"type": "ivf", "vectors": 12}
+        probe = gallery / "person_02" / "person_02_0004.jpg"
+        best = view.search(view.load_model().embed_images([load_image(probe)]), k=3)[0][0]
+        assert best["path"] == str(probe) and best["distance"] < 1e-3
