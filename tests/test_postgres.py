@@ -163,6 +163,10 @@ def test_an_index_with_its_metadata_on_postgresql(database, tmp_path, checkpoint
     assert (stats["faces"], stats["identities"], stats["database"]) == (7, 2, database)
     code, output = run(indexer_main, "build", gallery, "--index", index, "--no-progress", "--json")
     assert code == 0 and last_json(output)["faces_added"] == 3     # person_00 again, nothing else
+    code, output = run(indexer_main, "cluster", "--index", index, "--threshold", 0.5, "--json")
+    assert code == 0 and last_json(output)["faces"] == 10
+    code, output = run(indexer_main, "export", "--index", index, "--out", tmp_path / "out.npz")
+    assert code == 0 and "exported 10 faces" in output
 
 
 def test_an_unreachable_database_is_one_line_naming_it(tmp_path, checkpoint):
