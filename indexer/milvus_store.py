@@ -124,7 +124,10 @@ class MilvusStore:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
-        self.client.create_collection(self.collection, schema=schema,
+        # Strong consistency: a search, get or count sees every insert and delete before it;
+        # the writer's reconcile and `check` compare ids with the database right after changes
+        # (a server's default, Bounded, may lag a few seconds).
+        self.client.create_collection(self.collection, schema=schema, consistency_level="Strong",
                                       index_params=self._index_params(self.index_type, 0))
 
     def _index_params(self, index_type: str, ntotal: int):
