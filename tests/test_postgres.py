@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import multiprocessing
 import os
 import pwd
 import shutil
@@ -112,6 +113,32 @@ def test_migrations_run_on_postgresql_and_keep_rows_through_text_to_bytea(databa
     upgrade(engine, "head")
     assert current_revision(engine) == "0004"
     engine.dispose()
+
+
+def _open_and_report(url: str, lock_dir: str, barrier, results) -> None:
+    barrier.wait()                      # every process opens the new database at the same moment
+    try:
+        engine = open_database(url, lock_dir=Path(lock_dir))
+        results.put(current_revision(engine))
+        engine.dispose()
+    except Exception as error:          # the failure itself is what the test reports
+        results.put(repr(error))
+
+
+def test_processes_on_separate_machines_creating_the_schema_at_once_all_see_it(database, tmp_path):
+    # Each process has its own lock folder, as on separate machines: only PostgreSQL's
+    # advisory lock keeps them from running the migrations twice.
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(3), context.Queue()
+    processes = [context.Process(target=_open_and_report, args=(database, str(tmp_path / str(i)), barrier, results))
+                 for i in range(3)]
+    for i, process in enumerate(processes):
+        (tmp_path / str(i)).mkdir()
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join()
+    assert outcomes == ["0004"] * 3
 
 
 @pytest.fixture(scope="module")
