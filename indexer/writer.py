@@ -152,9 +152,12 @@ class IndexWriter:
         self.lock = lock or lock_for_writing(self.index_dir, create)
         try:
             self.settings, is_new = settings_for_writer(self.index_dir, store, database)
+            if is_new and self.settings.milvus is not None:
+                from .milvus_store import connect      # pymilvus: only for indexes that use it
+                connect(self.settings.milvus).close()  # a wrong URI fails before anything is made
             self.engine = open_database(self.settings.database or self.database_path, lock_dir=self.index_dir)
             if is_new and self.settings != IndexSettings():
-                save_settings(self.index_dir, self.settings)    # only once the database has opened
+                save_settings(self.index_dir, self.settings)    # only once database and store answer
             with Session(self.engine) as session:
                 self.model_record: ModelRecord | None = session.scalar(select(ModelRecord))
             if self.model_record is None and not create:

@@ -179,6 +179,19 @@ def test_an_index_cannot_move_to_another_store(tmp_path, checkpoint):
     assert code == 1 and "an index cannot move" in output and "Traceback" not in output
 
 
+def test_an_unreachable_milvus_is_one_line_naming_it_and_nothing_is_kept(tmp_path, checkpoint):
+    milvus_lite_or_skip()
+    gallery = write_identity_folders(tmp_path / "gallery", identities=1, per_identity=1)
+    index = tmp_path / "index"
+    code, output = run(indexer_main, "build", gallery, "--model", checkpoint, "--index", index, "--no-progress",
+                       "--store", "milvus:http://127.0.0.1:1")              # nothing listens on port 1
+    assert code == 1 and output.startswith("Error: milvus:http://127.0.0.1:1: cannot connect (")
+    assert "Traceback" not in output and not (index / SETTINGS_FILE).exists()
+    code, output = run(indexer_main, "build", gallery, "--model", checkpoint, "--index", index, "--no-progress",
+                       "--detector", "none", "--workers", 0, "--store", f"milvus:{tmp_path / 'lite.db'}")
+    assert code == 0, output                                    # the right URI then makes the index
+
+
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_check_finds_lost_vectors_and_repair_restores_them_in_either_store(kind, tmp_path, checkpoint):
     if kind == "milvus":
