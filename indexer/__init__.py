@@ -1,4 +1,5 @@
-"""facesearch's gallery index: image embeddings in FAISS, their metadata in SQLite.
+"""facesearch's gallery index: image embeddings in FAISS, their metadata in SQLite (or, per
+index, in Milvus and any SQLAlchemy database: indexer.settings).
 
 `Gallery` is the read-only view that search and web use; `IndexWriter` (indexer.writer) is
 the one process at a time that changes an index; `indexer` (indexer.cli) is the command line.

@@ -17,6 +17,7 @@ from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
 from .config import (DEFAULT_CHECKPOINT_EVERY, DEFAULT_INDEX_DIR, INDEX_ENV_VAR, INDEX_TYPES, default_workers,
                      existing_index, resolve_index_dir)
 from .lock import lock_for_writing
+from .settings import DB_HELP, STORE_HELP
 
 if TYPE_CHECKING:
     from .writer import ChangeReport, IndexWriter
@@ -56,7 +57,8 @@ def embedding_options(command):
         click.option("--workers", type=int, default=None,
                      help=f"Decoding worker processes (default here: {default_workers(False)} with "
                           f"--detector none and a model that needs no landmarks, "
-                          f"{default_workers(True)} otherwise)."),
+                          f"{default_workers(True)} otherwise); with --engine ray, Ray actors "
+                          "(default: one per CPU of the Ray cluster)."),
         click.option("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, show_default=True,
                      help="Save the index at least every N new faces (a killed build redoes at most "
                           "that many, or a quarter of the index if larger)."),
@@ -125,12 +127,26 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
                    "index auto with a human model, none with a dog model.")
 @index_option
 @click.option("--index-type", type=click.Choice(("auto",) + INDEX_TYPES), default="auto", show_default=True,
-              help="auto: exact (flat) search, switching to a trained IVF index for large galleries.")
+              help="auto: exact (flat) search, switching to a trained IVF index for large galleries. "
+                   "With Milvus: FLAT, IVF_FLAT, HNSW.")
+@click.option("--store", metavar="faiss|milvus:URI", help=STORE_HELP)
+@click.option("--db", "database", metavar="URL", help=DB_HELP)
+@click.option("--engine", "build_engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
+              help="local: decode, detect and embed in this process (with --workers). ray: over Ray Data, "
+                   "one model per actor, on the Ray cluster $RAY_ADDRESS names, else a local one on this "
+                   "machine's cores (pip install 'facesearch[cluster]'); the vectors go into the same store.")
 @click.option("--prune", is_flag=True, help="Forget indexed files that are gone from disk.")
 @embedding_options
 @json_option
 def build(gallery: str, prune: bool, as_json: bool, **options) -> None:
-    """Embed and index every new or changed image under GALLERY (unchanged ones are skipped)."""
+    """Embed and index every new or changed image under GALLERY (unchanged ones are skipped).
+
+    \b
+    A new index keeps its vectors in FAISS and its metadata in SQLite inside --index DIR
+    unless --store and --db say otherwise, e.g. for a Milvus cluster and PostgreSQL:
+      indexer build GALLERY --store milvus:http://milvus:19530 --db postgresql://me@db/faces
+    The index folder remembers both: later commands need neither flag.
+    """
     with open_writer(create=True, **options) as writer:
         show_change(writer.build(gallery, prune=prune), as_json)
 
@@ -184,8 +200,8 @@ def stats(index_dir: str | None, as_json: bool) -> None:
         click.echo(f"clusters: {data['clusters']}")
     click.echo(f"model: {model['name']} ({model['species']}, {model['embedding_dim']}-D, threshold "
                f"{model['threshold']:.4f}, detector {model['detector']}, sha256 {model['sha256'][:12]})")
-    click.echo(f"index: {index['type']}, {index['vectors']} vectors; size on disk "
-               f"{data['size_bytes']['total'] / 1e6:.1f} MB")
+    click.echo(f"index: {index['type']}, {index['vectors']} vectors in {data['store']}; metadata in "
+               f"{data['database']}; size on this disk {data['size_bytes']['total'] / 1e6:.1f} MB")
 
 
 @main.command()

@@ -14,6 +14,7 @@ DEFAULT_INDEX_DIR = "facesearch-index"
 DATABASE_FILE = "gallery.db"      # SQLite: images, model, builds
 VECTORS_FILE = "vectors.faiss"    # FAISS index; its ids are the database's image ids
 LOCK_FILE = "indexer.lock"        # held (flock) by the one process changing the index
+SETTINGS_FILE = "index.json"      # where store and database live, when not the two files above
 
 # The FAISS index types (indexer.store describes each); `auto` picks one by size.
 INDEX_TYPES = ("flat", "ivf", "hnsw")
@@ -50,10 +51,11 @@ def resolve_index_dir(option: str | os.PathLike | None = None) -> Path:
 
 
 def existing_index(option: str | os.PathLike | None = None) -> Path:
-    """The index folder (resolve_index_dir) when it holds a database, else IndexMissingError:
+    """The index folder (resolve_index_dir) when it holds a database (or index.json naming
+    one elsewhere), else IndexMissingError:
     checked before anything heavy loads, so a missing index is said at once."""
     from .errors import IndexMissingError
     index_dir = resolve_index_dir(option)
-    if not (index_dir / DATABASE_FILE).is_file():
+    if not (index_dir / DATABASE_FILE).is_file() and not (index_dir / SETTINGS_FILE).is_file():
         raise IndexMissingError(f"no index at {index_dir}: run `indexer build GALLERY` first")
     return index_dir

@@ -1,4 +1,5 @@
-"""The gallery database: SQLAlchemy 2.0 models and opening (with migration) of gallery.db.
+"""The gallery database: SQLAlchemy 2.0 models and opening (with migration) of gallery.db,
+or of any SQLAlchemy database named by a URL (PostgreSQL: `indexer build --db URL`).
 
 The schema is created and changed only by the Alembic migrations in indexer/migrations/
 (package data, found by Alembic through importlib.resources as `indexer:migrations`);
@@ -21,15 +22,32 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Float, LargeBinary, String, TypeDecorator, create_engine, event, select
+from sqlalchemy import (BigInteger, Engine, Float, Integer, LargeBinary, String, TypeDecorator, create_engine, event,
+                        select)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .errors import IndexerError
 
 # Alembic resolves "package:folder" with importlib.resources, so installed copies find it too.
 MIGRATIONS = "indexer:migrations"
 
+# Any number, the same in every facesearch process: the PostgreSQL advisory lock of upgrades.
+UPGRADE_LOCK_KEY = 0x66616365
+
 PENDING = "pending"
 INDEXED = "indexed"
 SKIPPED = "skipped"
+
+# Image ids are the vector store's ids, and a gallery may hold billions: 64-bit everywhere.
+# SQLite's INTEGER PRIMARY KEY is 64-bit already, and only that exact type is its rowid
+# (AUTOINCREMENT needs it), so SQLite keeps INTEGER (migration 0004).
+ImageId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class DatabaseError(IndexerError):
+    """The metadata database cannot be reached, or its driver is missing."""
 
 
 def utc_now() -> datetime:
@@ -64,7 +82,7 @@ class ImageRecord(Base):
     # AUTOINCREMENT: an id is never reused, so a FAISS id can never point at a different image.
     __table_args__ = {"sqlite_autoincrement": True}
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(ImageId, primary_key=True)
     path: Mapped[str] = mapped_column(FileName, index=True)
     sha256: Mapped[str | None] = mapped_column(String(64))
     identity: Mapped[str | None] = mapped_column(FileName, index=True)
@@ -118,7 +136,7 @@ class BuildRecord(Base):
     skipped: Mapped[int] = mapped_column(default=0)     # files skipped in this run
     unchanged: Mapped[int] = mapped_column(default=0)   # files already indexed as they are
     index_type: Mapped[str] = mapped_column(String(16))
-    vectors: Mapped[int] = mapped_column(default=0)     # vectors in the index afterwards
+    vectors: Mapped[int] = mapped_column(BigInteger, default=0)   # vectors in the index afterwards
 
 
 def gallery_roots(session) -> list[str]:
@@ -159,6 +177,32 @@ def create_sqlite_engine(database: Path) -> Engine:
     return engine
 
 
+def is_url(database) -> bool:
+    return isinstance(database, str) and "://" in database
+
+
+def shown_url(url: str) -> str:
+    """The URL as the user wrote it, unless it holds a password: then SQLAlchemy's rendering
+    with the password as ***."""
+    parsed = make_url(url)
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
+
+
+def create_url_engine(url: str) -> Engine:
+    """An engine on any SQLAlchemy database (PostgreSQL, MySQL, ...); errors name the URL
+    (password hidden) and what to install or fix."""
+    try:
+        shown = shown_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"{url!r}: not a database URL (e.g. postgresql://user@host/dbname)") from None
+    try:
+        # pre_ping: a long-lived `search serve` survives the database server restarting.
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as error:
+        raise DatabaseError(f"{shown}: its driver is not installed ({error}); for PostgreSQL "
+                            "pip install 'facesearch[postgres]'") from None
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
@@ -171,6 +215,10 @@ def head_revision() -> str:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Processes on other machines may open the same new database at once: one upgrades,
+            # the others wait here and find it done (Alembic's version table is then current).
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK_KEY})")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
@@ -182,14 +230,33 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(config, revision)
 
 
-def open_database(database: Path) -> Engine:
-    """An engine on `database` (created if missing), its schema upgraded to the newest revision."""
-    engine = create_sqlite_engine(database)
-    if current_revision(engine) != head_revision():
-        # Processes opening an old database at once would each start the upgrade, and SQLite
-        # refuses all but one ("database is locked"): upgrade one at a time, re-checking.
-        with open(database.parent / f"{database.name}.upgrade-lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if current_revision(engine) != head_revision():
-                upgrade(engine)
+def open_database(database: Path | str, lock_dir: Path | None = None) -> Engine:
+    """An engine on `database`, its schema upgraded to the newest revision: a path is an
+    SQLite file (created if missing), a URL any SQLAlchemy database (created by its server;
+    `lock_dir`: the index folder, where the local upgrade lock lives)."""
+    if is_url(database):
+        url = make_url(database)
+        if url.drivername.startswith("sqlite") and url.database:
+            database = Path(url.database)
+        else:
+            engine = create_url_engine(database)
+            lock_file = Path(lock_dir or ".") / "database.upgrade-lock"
+            return _upgraded(engine, lock_file, shown_url(database))
+    database = Path(database)
+    return _upgraded(create_sqlite_engine(database), database.parent / f"{database.name}.upgrade-lock", str(database))
+
+
+def _upgraded(engine: Engine, lock_file: Path, shown: str) -> Engine:
+    try:
+        if current_revision(engine) != head_revision():
+            # Processes opening an old database at once would each start the upgrade, and SQLite
+            # refuses all but one ("database is locked"): upgrade one at a time, re-checking.
+            with open(lock_file, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if current_revision(engine) != head_revision():
+                    upgrade(engine)
+    except OperationalError as error:
+        engine.dispose()
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise DatabaseError(f"{shown}: cannot open the database ({reason})") from None
     return engine

@@ -22,12 +22,25 @@ from sqlalchemy.orm import Session
 from .config import DATABASE_FILE, VECTORS_FILE, existing_index
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database
 from .errors import IndexMissingError, ModelMismatchError
-from .store import FaissStore
+from .settings import IndexSettings, load_settings
+from .store import FaissStore, VectorStore, open_store
 
 if TYPE_CHECKING:
     from faces.checkpoint import FaceModel
 
 SQL_CHUNK = 500
+
+
+def open_index_database(index_dir: Path, settings: IndexSettings):
+    """The index's metadata database (its settings' URL, else DIR/gallery.db), upgraded."""
+    return open_database(settings.database or index_dir / DATABASE_FILE, lock_dir=index_dir)
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (Milvus Lite keeps a folder); 0 if absent."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
 
 
 def similarity_to_distance(similarity: float) -> float:
@@ -36,12 +49,13 @@ def similarity_to_distance(similarity: float) -> float:
 
 
 class Gallery:
-    def __init__(self, index_dir: Path, engine, model: ModelRecord):
+    def __init__(self, index_dir: Path, engine, model: ModelRecord, settings: IndexSettings | None = None):
         self.index_dir = index_dir
         self.engine = engine
         self.model = model
+        self.settings = settings or IndexSettings()
         self.vectors_path = index_dir / VECTORS_FILE
-        self._store: FaissStore | None = None
+        self._store: VectorStore | None = None
         self._store_version = None
         self._roots: list[str] | None = None
 
@@ -49,15 +63,20 @@ class Gallery:
     def open(cls, index_dir: str | os.PathLike | None = None) -> "Gallery":
         """The index at `index_dir` (default: $FACESEARCH_INDEX, else ./facesearch-index)."""
         index_dir = existing_index(index_dir)
-        engine = open_database(index_dir / DATABASE_FILE)
+        settings = load_settings(index_dir)
+        engine = open_index_database(index_dir, settings)
         with Session(engine, expire_on_commit=False) as session:
             model = session.scalar(select(ModelRecord))
         if model is None:
             engine.dispose()
             raise IndexMissingError(f"no index at {index_dir} (nothing indexed yet): "
                                     "run `indexer build GALLERY` first")
-        gallery = cls(index_dir, engine, model)
-        gallery.store      # fail now, not at the first search, if the vector file is unreadable
+        gallery = cls(index_dir, engine, model, settings)
+        try:
+            gallery.store      # fail now, not at the first search, if the vectors cannot be read
+        except BaseException:
+            gallery.close()
+            raise
         return gallery
 
     @staticmethod
@@ -68,7 +87,7 @@ class Gallery:
             index_dir = existing_index(index_dir)
         except IndexMissingError:
             return None
-        engine = open_database(index_dir / DATABASE_FILE)
+        engine = open_index_database(index_dir, load_settings(index_dir))
         try:
             with Session(engine) as session:
                 model = session.scalar(select(ModelRecord))
@@ -78,6 +97,9 @@ class Gallery:
                                            "detector": model.detector}
 
     def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         self.engine.dispose()
 
     def __enter__(self) -> "Gallery":
@@ -136,8 +158,13 @@ class Gallery:
     # --- vectors ----------------------------------------------------------------------
 
     @property
-    def store(self) -> FaissStore:
-        """The saved vector index, reloaded whenever a writer has replaced the file."""
+    def store(self) -> VectorStore:
+        """The saved vector index, reloaded whenever a writer has replaced the file; a Milvus
+        collection is live, opened once."""
+        if self.settings.milvus is not None:
+            if self._store is None:
+                self._store = open_store(self.settings, self.vectors_path, self.model.embedding_dim)
+            return self._store
         try:
             info = os.stat(self.vectors_path)
             version = (info.st_ino, info.st_mtime_ns, info.st_size)
@@ -266,9 +293,14 @@ class Gallery:
                     "finished_at": last_build.finished_at.isoformat(), "added": last_build.added,
                     "removed": last_build.removed, "skipped": last_build.skipped},
             }
-        files = [self.index_dir / DATABASE_FILE, self.index_dir / (DATABASE_FILE + "-wal"), self.vectors_path]
-        database_bytes = sum(f.stat().st_size for f in files[:2] if f.exists())
-        vectors_bytes = self.vectors_path.stat().st_size if self.vectors_path.exists() else 0
+        stats.update(self.settings.describe())
+        # Sizes of what lies on this machine: a database or Milvus server elsewhere counts 0.
+        files = [self.index_dir / DATABASE_FILE, self.index_dir / (DATABASE_FILE + "-wal")]
+        database_bytes = sum(f.stat().st_size for f in files if f.exists()) if not self.settings.database else 0
+        milvus = self.settings.milvus
+        vectors_file = (self.vectors_path if milvus is None
+                        else Path(milvus.uri) if milvus.is_local_file else None)
+        vectors_bytes = disk_bytes(vectors_file) if vectors_file is not None else 0
         stats["size_bytes"] = {"database": database_bytes, "vectors": vectors_bytes,
                                "total": database_bytes + vectors_bytes}
         return stats

@@ -13,7 +13,6 @@ from faces.errors import ModelError
 from .db import INDEXED, PENDING, ImageRecord
 from .embedding import WorkItem, embed_files
 from .errors import IndexCorruptError, ModelMismatchError
-from .store import FaissStore
 from .writer import SQL_CHUNK, ChangeReport, IndexWriter, batched
 
 # A stored embedding and a fresh one of the same file by the same model agree to float
@@ -58,7 +57,7 @@ def check_index(writer: IndexWriter, sample: int = 20, seed: int = 0) -> CheckRe
                            dtype=np.int64)
     report.indexed = len(indexed)
     try:
-        if not writer.vectors_path.is_file() and len(indexed):
+        if writer.settings.milvus is None and not writer.vectors_path.is_file() and len(indexed):
             raise IndexCorruptError(f"{writer.vectors_path}: missing, but the database has "
                                     f"{len(indexed)} indexed faces")
         stored = writer.store.ids()
@@ -137,7 +136,7 @@ def repair_index(writer: IndexWriter, found: CheckReport) -> ChangeReport:
     stale or wrong. An unreadable vector file is rebuilt from all the files."""
     report = ChangeReport("repair")
     if found.store_unreadable:
-        writer.store = FaissStore.create(writer.model_record.embedding_dim)
+        writer.empty_store()
     broken = _files_of(writer, found.reembed_ids)      # before reconcile, which drops pending rows
     broken.update(_files_of(writer, writer.reconcile(repairing=True).tolist()))
     with Session(writer.engine) as session:

@@ -1,4 +1,5 @@
-"""The vector store: one small interface, and FAISS behind it.
+"""The vector store: one small interface, FAISS behind it here and Milvus in
+indexer.milvus_store (chosen per index by indexer.settings; `open_store` opens either).
 
 Vectors are unit-length embeddings, so the inner product is the cosine similarity and the
 L2 distance is sqrt(2 - 2 * similarity). A vector's id is its database image id.
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 # beyond it a trained index answers far faster at a small cost in recall.
 TRAINED_INDEX_MIN_SIZE = 200_000
 HNSW_NEIGHBOURS = 32
+HNSW_SEARCH_EF = 64        # candidates an HNSW search visits (at least k)
 COPY_CHUNK = 65_536
 
 
@@ -59,6 +61,21 @@ class VectorStore(Protocol):
     def vectors(self, ids: np.ndarray) -> np.ndarray: ...
 
     def save(self, path: str | os.PathLike) -> None: ...
+
+    def converted(self, index_type: str) -> "VectorStore": ...
+
+    def close(self) -> None: ...
+
+
+def open_store(settings, vectors_path: Path, dim: int) -> VectorStore:
+    """The index's vector store as its settings (indexer.settings) name it: the FAISS file at
+    `vectors_path` (empty if there is none yet), or the Milvus collection (made if missing)."""
+    location = settings.milvus
+    if location is not None:
+        from .milvus_store import MilvusStore     # pymilvus: only for indexes that use it
+        return MilvusStore.open(location, dim)
+    return FaissStore.load(vectors_path) if vectors_path.is_file() else FaissStore.create(dim)
+
 
 
 def auto_index_type(current: str, ntotal: int) -> str:
@@ -105,7 +122,7 @@ class FaissStore:
         if index_type == "hnsw":
             hnsw = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             hnsw.hnsw.efConstruction = 80
-            hnsw.hnsw.efSearch = 64
+            hnsw.hnsw.efSearch = HNSW_SEARCH_EF
             return cls(faiss.IndexIDMap2(hnsw), "hnsw")
         if index_type == "ivf":
             if training_vectors is None or len(training_vectors) == 0:
@@ -184,6 +201,12 @@ class FaissStore:
         k = min(k, self.ntotal)
         if k <= 0 or not len(vectors):
             return np.empty((len(vectors), 0), np.float32), np.empty((len(vectors), 0), np.int64)
+        if self.index_type == "hnsw":
+            # HNSW looks at efSearch candidates per query, so a k beyond it came back padded
+            # with -1 though the index held enough vectors (k=390 of 390 gave 80 missing).
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(HNSW_SEARCH_EF, k)
+            return self.index.search(vectors, k, params=params)
         return self._searcher().search(vectors, k)
 
     def ids(self) -> np.ndarray:
@@ -215,6 +238,9 @@ class FaissStore:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+    def close(self) -> None:
+        """Nothing to let go: the index is memory (MilvusStore closes its connection)."""
 
     def _searcher(self) -> faiss.Index:
         if self.index_type == "hnsw" or faiss.get_num_gpus() == 0:

@@ -9,6 +9,9 @@ finishes the job without duplicates) comes from the order of every change:
 - removing: rows are deleted (committed) first, then their vectors; until the next
   snapshot the saved index holds vectors without rows, which readers ignore.
 
+With Milvus (indexer.milvus_store) an insert is kept at once and a snapshot is a flush; the
+same order still holds, since a pending row whose vector is stored is simply settled.
+
 So on opening, `reconcile` needs only the saved index and the database: pending rows whose
 vectors made it into the snapshot become indexed, the others are dropped (their files are
 new again to the next build), and vectors without a row are removed.
@@ -43,7 +46,8 @@ from .embedding import ImageResult, WorkItem, embed_files
 from .errors import IndexCorruptError, IndexMissingError, ModelMismatchError
 from .lock import IndexLock, lock_for_writing
 from .scan import GalleryFile, identity_of, walk_gallery
-from .store import INDEX_TYPES, FaissStore, auto_index_type
+from .settings import IndexSettings, save_settings, settings_for_writer
+from .store import INDEX_TYPES, FaissStore, VectorStore, auto_index_type, open_store
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +128,15 @@ class IndexWriter:
     def __init__(self, index_dir: str | os.PathLike, *, create: bool = False, model: str | None = None,
                  detector: str | None = None, index_type: str = "auto", batch_size: int = 64,
                  workers: int | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-                 progress: bool = True, lock: IndexLock | None = None):
-        """`lock`: this index's lock_for_writing, when the caller took it already."""
+                 progress: bool = True, lock: IndexLock | None = None, store: str | None = None,
+                 database: str | None = None, build_engine: str = "local"):
+        """`lock`: this index's lock_for_writing, when the caller took it already. `store`
+        and `database`: --store and --db (indexer.settings), for a new index. `build_engine`
+        (--engine): 'local' embeds in this process, 'ray' over Ray Data (indexer.ray_build)."""
         if index_type not in INDEX_TYPES + ("auto",):
             raise ValueError(f"unknown index type {index_type!r}")
+        if build_engine not in ("local", "ray"):
+            raise ValueError(f"unknown build engine {build_engine!r}; choose local or ray")
         self.index_dir = Path(index_dir)
         self.database_path = self.index_dir / DATABASE_FILE
         self.vectors_path = self.index_dir / VECTORS_FILE
@@ -136,12 +145,19 @@ class IndexWriter:
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.checkpoint_every = checkpoint_every
         self._face_model: FaceModel | None = None
-        self._store: FaissStore | None = None
+        self.build_engine = build_engine
+        self._store: VectorStore | None = None
         self._unsaved = False         # the in-memory index differs from the saved one
         self._since_checkpoint = 0
         self.lock = lock or lock_for_writing(self.index_dir, create)
         try:
-            self.engine = open_database(self.database_path)
+            self.settings, is_new = settings_for_writer(self.index_dir, store, database)
+            if is_new and self.settings.milvus is not None:
+                from .milvus_store import connect      # pymilvus: only for indexes that use it
+                connect(self.settings.milvus).close()  # a wrong URI fails before anything is made
+            self.engine = open_database(self.settings.database or self.database_path, lock_dir=self.index_dir)
+            if is_new and self.settings != IndexSettings():
+                save_settings(self.index_dir, self.settings)    # only once database and store answer
             with Session(self.engine) as session:
                 self.model_record: ModelRecord | None = session.scalar(select(ModelRecord))
             if self.model_record is None and not create:
@@ -158,17 +174,27 @@ class IndexWriter:
     # --- opening ----------------------------------------------------------------------
 
     @property
-    def store(self) -> FaissStore:
-        """The vector index, read from disk on first use (IndexCorruptError if unreadable)."""
+    def store(self) -> VectorStore:
+        """The vector index, opened on first use (IndexCorruptError if unreadable)."""
         if self._store is None:
-            self._store = (FaissStore.load(self.vectors_path) if self.vectors_path.is_file()
-                           else FaissStore.create(self.model_record.embedding_dim))
+            self._store = open_store(self.settings, self.vectors_path, self.model_record.embedding_dim)
         return self._store
 
     @store.setter
-    def store(self, store: FaissStore) -> None:
+    def store(self, store: VectorStore) -> None:
+        if self._store is not None and self._store is not store:
+            self._store.close()
         self._store = store
         self._unsaved = True
+
+    def empty_store(self) -> None:
+        """Start the vectors afresh (repairing an unreadable FAISS file): an empty FAISS index,
+        or the Milvus collection emptied."""
+        if self.settings.milvus is None:
+            self.store = FaissStore.create(self.model_record.embedding_dim)
+        else:
+            self.store.remove(self.store.ids())
+            self._unsaved = True
 
     def face_model(self) -> FaceModel:
         """The index's model, loaded on first use; a different model is refused."""
@@ -232,6 +258,9 @@ class IndexWriter:
         return lost
 
     def close(self) -> None:
+        if getattr(self, "_store", None) is not None:
+            self._store.close()
+            self._store = None
         if getattr(self, "engine", None) is not None:
             self.engine.dispose()
         self.lock.release()
@@ -371,14 +400,22 @@ class IndexWriter:
         bar = tqdm(total=len(items), unit="img", desc="indexing", disable=not self.progress,
                    dynamic_ncols=True)
         with bar:
-            for results, vectors in embed_files(items, self.face_model(), self.model_record.detector,
-                                                self.batch_size, self.workers):
+            for results, vectors in self._embedded(items):
                 self._insert(results, vectors, report)
                 bar.update(len(results))
                 bar.set_postfix(skipped=report.skipped, refresh=False)
                 # The interval grows with the index, so snapshot writes stay O(N) in total.
                 if self._since_checkpoint >= max(self.checkpoint_every, self.store.ntotal // 4):
                     self.checkpoint()
+
+    def _embedded(self, items: list[WorkItem]):
+        """(results, vectors) batches of `items`: in this process, or over Ray (--engine ray)."""
+        model = self.face_model()
+        if self.build_engine == "ray":
+            from .ray_build import embed_files_on_ray     # Ray: only for builds that use it
+            return embed_files_on_ray(items, self.model_record.source, model.sha256, model.embedding_dim,
+                                      self.model_record.detector, self.batch_size, actors=self.workers)
+        return embed_files(items, model, self.model_record.detector, self.batch_size, self.workers)
 
     def _insert(self, results: list[ImageResult], vectors: np.ndarray, report: ChangeReport) -> None:
         common = {"species": self.model_record.species, "added_at": utc_now()}

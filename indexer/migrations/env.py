@@ -2,7 +2,7 @@
 
 facesearch runs migrations in code and hands over its open connection
 (config.attributes["connection"]); the alembic command line gets the database from
-`-x db=PATH`, the configuration's sqlalchemy.url, or the index folder rule of indexer.config.
+`-x db=PATH` or `-x db=URL` (any SQLAlchemy database), the configuration's sqlalchemy.url, or the index folder rule of indexer.config.
 """
 from logging.config import fileConfig
 
@@ -22,7 +22,7 @@ target_metadata = Base.metadata
 def database_url() -> str:
     database = context.get_x_argument(as_dictionary=True).get("db")
     if database:
-        return f"sqlite:///{database}"
+        return database if "://" in database else f"sqlite:///{database}"
     return config.get_main_option("sqlalchemy.url") or f"sqlite:///{resolve_index_dir() / DATABASE_FILE}"
 
 

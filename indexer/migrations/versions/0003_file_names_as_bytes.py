@@ -21,6 +21,13 @@ COLUMNS = {"images": ("path", "identity"), "builds": ("gallery_root",)}
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name != "sqlite":
+        # PostgreSQL casts text to bytea only when told how (USING); its names are UTF-8.
+        for table, columns in COLUMNS.items():
+            for column in columns:
+                op.alter_column(table, column, type_=sa.LargeBinary(), existing_type=sa.String(),
+                                postgresql_using=f"convert_to({column}, 'UTF8')")
+        return
     for table, columns in COLUMNS.items():
         with op.batch_alter_table(table) as batch:
             for column in columns:
@@ -31,6 +38,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     connection = op.get_bind()
+    if connection.dialect.name != "sqlite":
+        # (A name that is not UTF-8 makes convert_from fail: the downgrade stops, nothing lost.)
+        for table, columns in COLUMNS.items():
+            for column in columns:
+                op.alter_column(table, column, type_=sa.String(), existing_type=sa.LargeBinary(),
+                                postgresql_using=f"convert_from({column}, 'UTF8')")
+        return
     # Names that are not UTF-8 cannot be TEXT: their rows are dropped (files to index again).
     for row_id, path, identity in connection.execute(sa.text("SELECT id, path, identity FROM images")).all():
         try:

@@ -1,0 +1,56 @@
+"""`indexer build --engine ray` on a local Ray (this machine's cores): the same files give
+the same rows and the same vectors as the in-process build, written into the chosen store
+(here Milvus Lite, against an in-process build into FAISS)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from faces.checkpoint import save_checkpoint
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
+from indexer.cli import main as indexer_main
+
+from conftest import write_identity_folders
+
+pytest.importorskip("ray", reason="Ray build tests need pip install 'facesearch[cluster]'")
+pytest.importorskip("pymilvus", reason="the Ray build writes into Milvus Lite: pip install 'facesearch[milvus]'")
+
+
+def run(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(indexer_main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_ray_build_stores_the_same_vectors_as_the_in_process_build(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "fresh.pt"
+    save_checkpoint(checkpoint, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.5)
+    gallery = write_identity_folders(tmp_path / "gallery", identities=3, per_identity=4)
+    (gallery / "person_02" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a whole JPEG")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)          # a local Ray, started and stopped by the build
+    reports = {}
+    for engine, index, store in (("local", tmp_path / "local", "faiss"),
+                                 ("ray", tmp_path / "ray", f"milvus:{tmp_path / 'ray.db'}")):
+        code, output = run("build", gallery, "--model", checkpoint, "--index", index, "--detector", "none",
+                           "--engine", engine, "--store", store, "--workers", 0 if engine == "local" else 2,
+                           "--batch-size", 4, "--no-progress", "--json")
+        assert code == 0, output
+        reports[engine] = json.loads(output.strip().splitlines()[-1])
+        code, output = run("export", "--index", index, "--out", tmp_path / f"{engine}.npz")
+        assert code == 0 and "exported 12 faces" in output
+    for key in ("faces_added", "images_added", "skipped", "skip_reasons", "vectors"):
+        assert reports["ray"][key] == reports["local"][key]
+    assert reports["ray"]["faces_added"] == 12 and reports["ray"]["skipped"] == 1
+    local, ray = np.load(tmp_path / "local.npz"), np.load(tmp_path / "ray.npz")
+    assert ray["ids"].tolist() == local["ids"].tolist()         # rows in file order, as locally
+    assert ray["paths"].tolist() == local["paths"].tolist()
+    np.testing.assert_allclose(ray["embeddings"], local["embeddings"], atol=1e-5)
