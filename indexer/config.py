@@ -31,15 +31,17 @@ def default_workers(finds_faces: bool) -> int:
     """Decoding worker processes for a build; `finds_faces`: each image goes through dlib's
     detector or landmarks (faces.detection.finds_faces).
 
-    Face detection costs far more than the small embedding, so it gets every core (up to 8). Plain
-    decoding costs about as much as the small model's forward pass: on 2 cores decoding in
-    the main process while the model keeps both cores is fastest (`bench/bench_indexer.py` on
-    LFW: 1,022 images/s, against 907 with `--workers 1`); beyond that, one core is kept for
-    the model.
+    Detecting builds keep one core for the model in the main process and give the rest (up
+    to 8) to detection: on 2 cores one detecting worker beside the model built 500 LFW photos
+    with `human` at 97-101 images/s, two workers (three busy processes on two cores) at
+    87-95 (four runs of each, interleaved, in one process). Plain decoding costs about as much as the small model's
+    forward pass: on 2 cores decoding in the main process while the model keeps both cores
+    is fastest (`bench/bench_indexer.py` on LFW: 1,022 images/s, against 907 with
+    `--workers 1`); beyond that, one core is kept for the model.
     """
     cores = available_cores()
     if finds_faces:
-        return min(8, cores)
+        return max(1, min(8, cores - 1))
     return 0 if cores <= 2 else min(4, cores - 1)
 
 
