@@ -176,6 +176,53 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
         f"pairs in {Path(out) / 'val_pairs.txt'}")
 
 
+@main.command("train-dog-detector")
+@click.option("--dogs", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Training dogs' face crops, one folder per dog: the 'train' half of `trainer split` "
+                   "(e.g. runs/dog-split/train), so the dog model's held-out dogs stay unseen.")
+@click.option("--people", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Photos without dogs for backgrounds and hard negatives, one folder per person "
+                   "(e.g. ../shared/data/lfw/images); every fifth person is kept out for choosing "
+                   "the threshold.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for dog-detector.pt and dog-detector.json (what it measured).")
+@click.option("--scenes", default=6000, show_default=True, help="Made-up scenes to cut training windows from.")
+@click.option("--epochs", default=8, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (one-cycle schedule).")
+@click.option("--max-false-rate", default=0.02, show_default=True,
+              help="Share of no-dog pictures (portraits, grey, noise) allowed to show a face; "
+                   "sets the score threshold.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was measured as one JSON object.")
+def train_dog_detector(dogs: str, people: str, out: str, scenes: int, epochs: int, batch_size: int,
+                       lr: float, max_false_rate: float, seed: int, as_json: bool) -> None:
+    """Train the dog face detector ('dog' detector, faces/dogfaces.py) on dog faces pasted
+    into made-up scenes (trainer/composites.py). CPU: about 20 minutes with the defaults.
+    Copy OUT/dog-detector.pt to faces/bundled/ to ship it."""
+    import sys
+
+    from faces.imaging import list_images
+
+    from .dog_detector import train_dog_detector as run_training
+    from .data import resolve_data_root
+    dog_paths = [path for folder in sorted(Path(dogs).iterdir()) if folder.is_dir() for path in list_images(folder)]
+    people_folders = sorted(p for p in resolve_data_root(people).iterdir() if p.is_dir())
+    people_paths = [path for i, folder in enumerate(people_folders) if i % 5 for path in list_images(folder)]
+    held_out = [path for i, folder in enumerate(people_folders) if not i % 5 for path in list_images(folder)]
+    command = "trainer " + " ".join(sys.argv[1:])
+    result = run_training(dog_paths, people_paths, held_out, Path(out), scenes, epochs, batch_size, lr, seed,
+                          max_false_rate, command)
+    if as_json:
+        print_json(result)
+        return
+    v = result["validation"]
+    click.echo(f"wrote {Path(out) / 'dog-detector.pt'}: threshold {v['threshold']:.3f}, recall at IoU 0.5 "
+               f"{v['recall_iou_0.5']:.3f} on {v['scenes']} held-out scenes, {v['false_per_scene']:.3f} false "
+               f"detections per scene, {v['no_dog_pictures_with_a_face']:.3f} of {v['no_dog_pictures']} "
+               f"no-dog pictures with a face")
+
+
 @main.command("import-dlib")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write, e.g. faces/bundled/human.pt.")
