@@ -249,7 +249,7 @@ def make_windows(dog_paths: list[Path], people_paths: list[Path], scenes: int, s
             "offsets": np.array(offsets, dtype=np.float32)}
 
 
-def test_photo(face: Image.Image, people: ImageSource, rng: random.Random,
+def photo_with_a_face(face: Image.Image, people: ImageSource, rng: random.Random,
                size: tuple[int, int] = (800, 600), width_range: tuple[float, float] = (0.20, 0.35),
                max_tilt_degrees: float = 10.0) -> Scene:
     """The acceptance test's picture: one face at 20-35% of the width of an 800 x 600 photo
