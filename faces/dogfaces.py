@@ -37,6 +37,11 @@ PYRAMID_STEP = 1.25         # scale ratio between pyramid levels
 MAX_PROPOSALS = 24          # proposals kept (best first, after overlap removal) for refinement
 REFINE_PASSES = 2
 FACE_CROP_SIZE = 224        # DogFaceNet's crop size: what the dog model's gallery images are
+# A face overlapping the picture's central square this much is the picture: a tight crop,
+# taken whole as the gallery's crops are (the regressed square is a few % off: on held-out
+# DogFaceNet crops its median IoU with the picture is 0.92, and cutting that square instead
+# of the picture lowered their rank-1 from 0.687 to 0.651).
+WHOLE_PICTURE_IOU = 0.8
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,10 @@ class DogFaceDetector:
                     angle=round(math.degrees(square.angle), 1), found_by=found_by)
 
     def __call__(self, image: Image.Image) -> list:
-        faces = [self.face_at(image, square, round(score, 4), "detector") for score, square in self.find(image)]
+        whole = Square(image.width / 2, image.height / 2, min(image.size))
+        found = [(score, whole if square_iou(square, whole) >= WHOLE_PICTURE_IOU else square)
+                 for score, square in self.find(image)]
+        faces = [self.face_at(image, square, round(score, 4), "detector") for score, square in found]
         return sorted(faces, key=lambda face: face.box[0])
 
     def in_box(self, image: Image.Image, box) -> object:
