@@ -153,12 +153,17 @@ def load_detector_network(path=None):
     return net, payload
 
 
-def non_overlapping(candidates: list[tuple[float, Square]], max_iou: float) -> list[tuple[float, Square]]:
-    """Best-scored first, dropping any square overlapping a kept one by more than max_iou."""
+def non_overlapping(candidates: list[tuple[float, Square]], max_iou: float,
+                    limit: int | None = None) -> list[tuple[float, Square]]:
+    """Best-scored first, dropping any square overlapping a kept one by more than max_iou;
+    at most `limit` kept (each candidate is compared with the kept ones only, so a picture
+    that lights up thousands of windows still costs little)."""
     kept: list[tuple[float, Square]] = []
     for score, square in sorted(candidates, key=lambda c: -c[0]):
         if all(square_iou(square, other) <= max_iou for _, other in kept):
             kept.append((score, square))
+            if limit is not None and len(kept) == limit:
+                break
     return kept
 
 
@@ -209,7 +214,7 @@ class DogFaceDetector:
                 window = Square((col * STRIDE + WINDOW / 2) * sx, (row * STRIDE + WINDOW / 2) * sy,
                                 WINDOW * (sx + sy) / 2)
                 candidates.append((float(scores[0, row, col]), window.moved(*offsets[0, :, row, col])))
-        return non_overlapping(candidates, 0.5)[:MAX_PROPOSALS]
+        return non_overlapping(candidates, 0.5, MAX_PROPOSALS)
 
     def refine(self, image: Image.Image, squares: list[Square]) -> list[tuple[float, Square]]:
         """Each square cut out upright, scored and regressed again, REFINE_PASSES times."""

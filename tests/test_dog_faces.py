@@ -190,6 +190,32 @@ def test_api_box_field(dog_index, held_out_dogs):
     assert "outside" in post(box="300,300,400,400").get_json()["error"]
 
 
+def test_trainer_train_dog_detector_writes_a_detector_that_loads(tmp_path):
+    """The training command end to end, tiny: windows from scenes, training, the threshold
+    chosen on no-dog pictures, a checkpoint the 'dog' detector loads."""
+    from faces.dogfaces import DogFaceDetector
+    from trainer.cli import main as trainer_cli
+    dogs = tmp_path / "dogs"
+    dogs.mkdir()
+    for dog in sorted(p for p in DOGS.iterdir() if p.is_dir())[:5]:
+        (dogs / dog.name).symlink_to(dog)
+    people = tmp_path / "people"
+    people.mkdir()
+    for person in sorted(p for p in LFW.iterdir() if p.is_dir())[:10]:
+        (people / person.name).symlink_to(person)
+    result = CliRunner().invoke(trainer_cli, ["train-dog-detector", "--dogs", str(dogs), "--people", str(people),
+                                              "--out", str(tmp_path / "out"), "--scenes", "20", "--epochs", "1",
+                                              "--check-scenes", "3", "--check-pictures", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.output)
+    assert measured["windows"]["faces"] > 0 and measured["windows"]["background"] > 0
+    assert 0.5 <= measured["threshold"] <= 0.99 and measured["validation"]["no_dog_pictures"] == 8
+    assert measured["trained_with"].startswith("trainer train-dog-detector --dogs")
+    detector = DogFaceDetector(model_path=tmp_path / "out" / "dog-detector.pt")
+    assert detector.threshold == measured["threshold"]
+    assert isinstance(detector(Image.new("RGB", (200, 150), (90, 90, 90))), list)
+
+
 def test_parse_box():
     assert parse_box(" 1, 2,30.4,40 ") == (1, 2, 30, 40)
     for text in ("1,2,3", "3,2,1,4", "a,b,c,d", "-1,0,5,5"):

@@ -618,6 +618,17 @@ def test_search_query_server_answers_as_a_local_query_without_torch(server_url, 
     assert code == 2 and "--index is the server's to choose" in output
 
 
+def test_search_query_server_sends_the_box(server_url):
+    code, heavy, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url,
+                                "--box", "20,20,130,130", "--json")
+    assert code == 0 and heavy == [], output
+    [answer] = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    [face] = answer["faces"]
+    assert face["found_by"] == "box" and face["box"] == [20, 20, 130, 130]
+    code, _, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url, "--box", "1,2")
+    assert code == 2 and "four numbers" in output
+
+
 def test_search_query_server_sends_the_api_key(keyed_server_url, tmp_path, monkeypatch):
     not_a_photo = tmp_path / "notes.jpg"
     not_a_photo.write_text("not a photo")

@@ -193,15 +193,18 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
 @click.option("--max-false-rate", default=0.02, show_default=True,
               help="Share of no-dog pictures (portraits, grey, noise) allowed to show a face; "
                    "sets the score threshold.")
+@click.option("--check-scenes", default=150, show_default=True,
+              help="Scenes with one dog face (new ones) to measure recall on after training.")
+@click.option("--check-pictures", default=200, show_default=True,
+              help="No-dog pictures to choose the threshold on after training.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print what was measured as one JSON object.")
 def train_dog_detector(dogs: str, people: str, out: str, scenes: int, epochs: int, batch_size: int,
-                       lr: float, max_false_rate: float, seed: int, as_json: bool) -> None:
+                       lr: float, max_false_rate: float, check_scenes: int, check_pictures: int, seed: int,
+                       as_json: bool) -> None:
     """Train the dog face detector ('dog' detector, faces/dogfaces.py) on dog faces pasted
     into made-up scenes (trainer/composites.py). CPU: about 20 minutes with the defaults.
     Copy OUT/dog-detector.pt to faces/bundled/ to ship it."""
-    import sys
-
     from faces.imaging import list_images
 
     from .dog_detector import train_dog_detector as run_training
@@ -210,9 +213,11 @@ def train_dog_detector(dogs: str, people: str, out: str, scenes: int, epochs: in
     people_folders = sorted(p for p in resolve_data_root(people).iterdir() if p.is_dir())
     people_paths = [path for i, folder in enumerate(people_folders) if i % 5 for path in list_images(folder)]
     held_out = [path for i, folder in enumerate(people_folders) if not i % 5 for path in list_images(folder)]
-    command = "trainer " + " ".join(sys.argv[1:])
+    command = (f"trainer train-dog-detector --dogs {dogs} --people {people} --out {out} --scenes {scenes} "
+               f"--epochs {epochs} --batch-size {batch_size} --lr {lr} --max-false-rate {max_false_rate} "
+               f"--check-scenes {check_scenes} --check-pictures {check_pictures} --seed {seed}")
     result = run_training(dog_paths, people_paths, held_out, Path(out), scenes, epochs, batch_size, lr, seed,
-                          max_false_rate, command)
+                          max_false_rate, command, check_scenes, check_pictures)
     if as_json:
         print_json(result)
         return

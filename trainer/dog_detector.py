@@ -56,14 +56,15 @@ def train_network(data: dict, epochs: int, batch_size: int, lr: float, seed: int
     labels = torch.from_numpy(data["labels"].astype(np.int64))
     offsets = torch.from_numpy(data["offsets"])
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * (len(labels) // batch_size)
+    steps_per_epoch = max(1, len(labels) // batch_size)   # a last partial batch is left for the next epoch
+    steps = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         net.train()
         order = torch.randperm(len(labels), generator=generator)
         started, totals = time.time(), np.zeros(2)
-        for step in range(len(labels) // batch_size):
+        for step in range(steps_per_epoch):
             idx = order[step * batch_size:(step + 1) * batch_size]
             batch = pixels[idx]
             if torch.rand(1, generator=generator).item() < 0.5:
@@ -84,7 +85,7 @@ def train_network(data: dict, epochs: int, batch_size: int, lr: float, seed: int
             optimiser.step()
             schedule.step()
             totals += (score_loss.item(), box_loss.item())
-        totals /= max(1, len(labels) // batch_size)
+        totals /= steps_per_epoch
         log.info("epoch %d: score loss %.4f, box loss %.4f, %.0f s", epoch + 1, *totals, time.time() - started)
     net.eval()
     return net
@@ -123,7 +124,7 @@ def choose_threshold(detector: DogFaceDetector, scenes, no_dogs, max_false_rate:
 def train_dog_detector(dog_paths: list[Path], people_paths: list[Path], held_out_people: list[Path],
                        out: Path, scenes: int,
                        epochs: int, batch_size: int, lr: float, seed: int, max_false_rate: float,
-                       command: str) -> dict:
+                       command: str, check_scenes: int = 150, check_pictures: int = 200) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     log.info("cutting windows from %d scenes of %d training dog images", scenes, len(dog_paths))
@@ -140,8 +141,9 @@ def train_dog_detector(dog_paths: list[Path], people_paths: list[Path], held_out
     detector = DogFaceDetector(model_path=path)
     rng = random.Random(seed + 1)
     dogs, people = ImageSource(dog_paths, rng), ImageSource(held_out_people, rng)
-    check_scenes = [make_scene(dogs, people, rng, size=(640, 480), faces=1) for _ in range(150)]
-    chosen = choose_threshold(detector, check_scenes, no_dog_pictures(held_out_people, 200, seed + 2), max_false_rate)
+    scenes_to_check = [make_scene(dogs, people, rng, size=(640, 480), faces=1) for _ in range(check_scenes)]
+    chosen = choose_threshold(detector, scenes_to_check, no_dog_pictures(held_out_people, check_pictures, seed + 2),
+                              max_false_rate)
     payload["threshold"] = chosen["threshold"]
     payload["validation"] = chosen
     payload["seconds"] = round(time.time() - started)
