@@ -235,3 +235,42 @@ def test_human_box_is_aligned_by_its_landmarks():
     assert face.image.size == detected.image.size
     difference = np.abs(np.asarray(face.image, np.float32) - np.asarray(detected.image, np.float32)).mean()
     assert difference < 10
+
+
+# --- the page on a dog index, in headless Chromium -------------------------------------------
+
+def test_browser_dog_page_finds_the_face_says_when_none_and_searches_a_drawn_box(
+        dog_index, held_out_dogs, held_out_people, tmp_path):
+    from test_web import CHROMIUM, CHROMIUM_ARGS, box_value, drag, png_bytes, running_server, wait_for_results
+    if not CHROMIUM.is_file():
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM}")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright")
+    rng = random.Random(3)
+    scene = photo_with_a_face(Image.open(held_out_dogs[dog_index["dogs"][0]][0]).convert("RGB"),
+                              ImageSource(held_out_people, rng), rng)
+    grey = png_bytes(Image.new("RGB", (400, 300), (128, 128, 128)))
+    server = {"INDEX": str(dog_index["index"]), "MODEL": "dog", "DETECTOR": "dog"}
+    with running_server(server, tmp_path) as url, playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        assert "This gallery holds dogs." in page.inner_text(".lead")
+
+        page.set_input_files("#image-input", files=[{"name": "grey.png", "mimeType": "image/png", "buffer": grey}])
+        wait_for_results(page)
+        assert page.inner_text("#summary") == ("No dog face found in this photo. If there is one, draw a box "
+                                               "around it and search again.")
+
+        page.set_input_files("#image-input", files=[{"name": "dog.png", "mimeType": "image/png",
+                                                     "buffer": png_bytes(scene.image)}])
+        page.wait_for_selector("#faces .face", timeout=30_000)
+        assert page.inner_text("#faces .found-by") == "Found by the face detector."
+        page.click("#box-button")                     # starts on the detected face
+        x0, y0, x1, y1 = box_value(page)
+        assert square_iou(scene.faces[0], Square((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0)) >= 0.5
+        drag(page, (x1 + 5, y1 + 5), (x1 + 120, y1 + 90))   # outside it: a new box, drawn
+        assert abs(box_value(page)[2] - (x1 + 120)) <= 3
+        page.click("#box-search")
+        page.wait_for_selector("#faces .found-by >> text=The box you drew.", timeout=30_000)
+        assert page.inner_text("#summary") == "1 face in your box."
+        browser.close()
