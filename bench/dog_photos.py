@@ -86,9 +86,9 @@ def main() -> None:
     dogs = [dog for dog in sorted(groups) if len(groups[dog]) >= 2][:args.dogs]
     model = load_model(args.model)
     crops = FacePipeline(model, "none")
-    pipeline = FacePipeline(model, "none")
-    pipeline.detector_name = "dog"
-    pipeline.detector = DogFaceDetector(model_path=args.detector_model)
+    pipeline = FacePipeline(model, "dog")
+    if args.detector_model:     # another detector checkpoint than the bundled one
+        pipeline.detector = DogFaceDetector(model_path=args.detector_model)
 
     from PIL import Image
     gallery_paths = [(s.path, dog) for dog in dogs for s in groups[dog][1:]]
@@ -130,7 +130,7 @@ def main() -> None:
         ious.append(max((square_iou(truth, box) for box in boxes), default=0.0))
         hits += any(square_iou(truth, box) >= 0.5 for box in boxes)
         false += sum(square_iou(truth, box) < 0.5 for box in boxes)
-    rates = {name: rank1(emb, found, gallery, gallery_ids, [d for d in dogs]) for name, (emb, found) in cases.items()}
+    rates = {name: rank1(emb, found, gallery, gallery_ids, dogs) for name, (emb, found) in cases.items()}
     found_crops = float(np.mean(cases["tight crop, dog detector"][1]))
 
     no_dogs = no_dog_pictures(held_out_people(Path(args.people)), args.no_dog, args.seed + 7)

@@ -66,11 +66,12 @@ def jitter_colour(image: Image.Image, rng: random.Random, strength: float = 0.35
 
 
 def fill(image: Image.Image, size: tuple[int, int], rng: random.Random) -> Image.Image:
-    """The picture cropped to the aspect of `size` at a random place and resized to it."""
+    """A random part of the picture (60-100% of the largest one of the aspect of `size`),
+    resized to `size`."""
     width, height = image.size
     aspect = size[0] / size[1]
-    crop_w, crop_h = (width, width / aspect) if width / height < aspect else (height * aspect, height)
-    crop_w, crop_h = crop_w * rng.uniform(0.6, 1.0), crop_h
+    largest_w = width if width / height < aspect else height * aspect
+    crop_w = largest_w * rng.uniform(0.6, 1.0)
     crop_h = crop_w / aspect
     left, top = rng.uniform(0, width - crop_w), rng.uniform(0, height - crop_h)
     return image.resize(size, Image.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
