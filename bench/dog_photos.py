@@ -9,8 +9,8 @@ card says; the detector trained on the other dogs only):
   - as the tight crop (the baseline: `--detector none`, as a cropped gallery is searched),
   - the same crop through the dog detector (a crop must still be found as a face),
   - pasted at 20-35% of the width of an 800 x 600 photo (tilted up to 10 degrees, soft
-    edges) whose background is a real photo: an LFW picture of a person the detector never
-    trained on, enlarged; searched with the detector (its best face), and, for comparison,
+    edges) whose background is a real photo: an LFW picture of a person the detector neither
+    trained nor chose its threshold on, enlarged; searched with the detector (its best face), and, for comparison,
     as the whole picture (what search did before the detector);
 - pictures without a dog: LFW portraits, flat grey, noise.
 
@@ -39,17 +39,11 @@ sys.path.insert(0, str(REPO))
 from faces.checkpoint import load_model                              # noqa: E402
 from faces.dogfaces import DogFaceDetector, Square, cut_square, square_iou  # noqa: E402
 from search.engine import FacePipeline                                 # noqa: E402
-from trainer.composites import ImageSource, photo_with_a_face                 # noqa: E402
+from trainer.composites import ImageSource, people_by_role, photo_with_a_face  # noqa: E402
 from trainer.data import group_by_identity, scan_identities, split_identities  # noqa: E402
 from trainer.dog_detector import no_dog_pictures                       # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
-
-
-def held_out_people(lfw: Path) -> list[Path]:
-    """LFW photos of every fifth person: those `trainer train-dog-detector` kept out."""
-    folders = sorted(p for p in lfw.iterdir() if p.is_dir())
-    return [photo for i, folder in enumerate(folders) if not i % 5 for photo in sorted(folder.glob("*.jpg"))]
 
 
 def rank1(embeddings: np.ndarray, found: list[bool], gallery: np.ndarray, gallery_ids: list[str],
@@ -97,7 +91,8 @@ def main() -> None:
     probes = [Image.open(groups[dog][0].path).convert("RGB") for dog in dogs]
 
     rng = random.Random(args.seed)
-    people = ImageSource(held_out_people(Path(args.people)), rng)
+    test_people = people_by_role(Path(args.people))["test"]   # neither trained nor tuned on
+    people = ImageSource(test_people, rng)
     dim = gallery.shape[1]
     cases = {name: (np.zeros((len(dogs), dim), np.float32), [False] * len(dogs))
              for name in ("tight crop", "tight crop, dog detector", "photo, dog detector", "photo, true square",
@@ -133,7 +128,7 @@ def main() -> None:
     rates = {name: rank1(emb, found, gallery, gallery_ids, dogs) for name, (emb, found) in cases.items()}
     found_crops = float(np.mean(cases["tight crop, dog detector"][1]))
 
-    no_dogs = no_dog_pictures(held_out_people(Path(args.people)), args.no_dog, args.seed + 7)
+    no_dogs = no_dog_pictures(test_people, args.no_dog, args.seed + 7)
     kinds = ["portrait", "portrait", "grey", "noise"]
     without = {kind: [] for kind in set(kinds)}
     for i, picture in enumerate(no_dogs):

@@ -2,8 +2,8 @@
 box a user gives (`--box`, the API's `box`), on real DogFaceNet and LFW pictures.
 
 The detector trained on `trainer split`'s training dogs (seed 0); these tests use the other
-dogs, and LFW people it kept out (every fifth folder), as bench/dog_photos.py does at full
-size. Composites are made as the acceptance test's: one face at 20-35% of the width of an
+dogs, and the LFW people it neither trained nor chose its threshold on (people_by_role's
+'test'), as bench/dog_photos.py does at full size. Composites are made as the acceptance test's: one face at 20-35% of the width of an
 800 x 600 photo whose background is a real photo.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 
 from faces.detection import default_detector, get_detector, parse_box
 from faces.dogfaces import Square, cut_square, square_iou
-from trainer.composites import ImageSource, paste, photo_with_a_face
+from trainer.composites import ImageSource, paste, people_by_role, photo_with_a_face
 from trainer.data import group_by_identity, scan_identities, split_identities
 from trainer.dog_detector import no_dog_pictures
 
@@ -40,8 +40,8 @@ def held_out_dogs() -> dict:
 
 @pytest.fixture(scope="module")
 def held_out_people():
-    folders = sorted(p for p in LFW.iterdir() if p.is_dir())
-    return [photo for i, folder in enumerate(folders) if not i % 5 for photo in sorted(folder.glob("*.jpg"))]
+    """LFW people the detector neither trained nor chose its threshold on."""
+    return people_by_role(LFW)["test"]
 
 
 @pytest.fixture(scope="module")

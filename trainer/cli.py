@@ -182,8 +182,8 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
                    "(e.g. runs/dog-split/train), so the dog model's held-out dogs stay unseen.")
 @click.option("--people", required=True, type=click.Path(exists=True, file_okay=False),
               help="Photos without dogs for backgrounds and hard negatives, one folder per person "
-                   "(e.g. ../shared/data/lfw/images); every fifth person is kept out for choosing "
-                   "the threshold.")
+                   "(e.g. ../shared/data/lfw/images); one person in ten is kept out for choosing "
+                   "the threshold, another one in ten for tests and benchmarks.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for dog-detector.pt and dog-detector.json (what it measured).")
 @click.option("--scenes", default=6000, show_default=True, help="Made-up scenes to cut training windows from.")
@@ -197,27 +197,34 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
               help="Scenes with one dog face (new ones) to measure recall on after training.")
 @click.option("--check-pictures", default=200, show_default=True,
               help="No-dog pictures to choose the threshold on after training.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False),
+              help="Start from this detector checkpoint (a dog-detector.pt) instead of from scratch.")
+@click.option("--hard-negatives", default=0, show_default=True,
+              help="Before training, run the --init detector on this many pictures without a dog "
+                   "(people's photos, scenes of backgrounds only) and add what it calls a face there "
+                   "to the training windows as background.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print what was measured as one JSON object.")
 def train_dog_detector(dogs: str, people: str, out: str, scenes: int, epochs: int, batch_size: int,
-                       lr: float, max_false_rate: float, check_scenes: int, check_pictures: int, seed: int,
-                       as_json: bool) -> None:
+                       lr: float, max_false_rate: float, check_scenes: int, check_pictures: int, init: str | None,
+                       hard_negatives: int, seed: int, as_json: bool) -> None:
     """Train the dog face detector ('dog' detector, faces/dogfaces.py) on dog faces pasted
     into made-up scenes (trainer/composites.py). CPU: about 20 minutes with the defaults.
     Copy OUT/dog-detector.pt to faces/bundled/ to ship it."""
     from faces.imaging import list_images
 
-    from .dog_detector import train_dog_detector as run_training
+    from .composites import people_by_role
     from .data import resolve_data_root
+    from .dog_detector import train_dog_detector as run_training
     dog_paths = [path for folder in sorted(Path(dogs).iterdir()) if folder.is_dir() for path in list_images(folder)]
-    people_folders = sorted(p for p in resolve_data_root(people).iterdir() if p.is_dir())
-    people_paths = [path for i, folder in enumerate(people_folders) if i % 5 for path in list_images(folder)]
-    held_out = [path for i, folder in enumerate(people_folders) if not i % 5 for path in list_images(folder)]
+    roles = people_by_role(resolve_data_root(people))
     command = (f"trainer train-dog-detector --dogs {dogs} --people {people} --out {out} --scenes {scenes} "
                f"--epochs {epochs} --batch-size {batch_size} --lr {lr} --max-false-rate {max_false_rate} "
-               f"--check-scenes {check_scenes} --check-pictures {check_pictures} --seed {seed}")
-    result = run_training(dog_paths, people_paths, held_out, Path(out), scenes, epochs, batch_size, lr, seed,
-                          max_false_rate, command, check_scenes, check_pictures)
+               f"--check-scenes {check_scenes} --check-pictures {check_pictures} --seed {seed}"
+               + (f" --init {init}" if init else "") + (f" --hard-negatives {hard_negatives}" if hard_negatives else ""))
+    result = run_training(dog_paths, roles["backgrounds"], roles["threshold"], Path(out), scenes, epochs, batch_size, lr, seed,
+                          max_false_rate, command, check_scenes, check_pictures,
+                          Path(init) if init else None, hard_negatives)
     if as_json:
         print_json(result)
         return

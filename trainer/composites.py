@@ -181,6 +181,19 @@ def make_scene(dogs: ImageSource, people: ImageSource, rng: random.Random,
     return Scene(scene, squares)
 
 
+def people_by_role(root: Path) -> dict[str, list[Path]]:
+    """LFW's photos split by person (folder order) into what each may be used for, so no
+    number is measured on pictures it was tuned on: 'backgrounds' (four people in five: the
+    training scenes), 'threshold' (one in ten: choosing the detector's score threshold) and
+    'test' (one in ten: the tests and bench/dog_photos.py)."""
+    from faces.imaging import list_images
+    roles: dict[str, list[Path]] = {"backgrounds": [], "threshold": [], "test": []}
+    for i, folder in enumerate(sorted(p for p in Path(root).iterdir() if p.is_dir())):
+        role = "backgrounds" if i % 5 else "threshold" if i % 10 == 0 else "test"
+        roles[role].extend(list_images(folder))
+    return roles
+
+
 # --- 48 px training windows ----------------------------------------------------------------
 
 POSITIVE_IOU = 0.6          # a window this close to a face is a face (score and regression)

@@ -4,7 +4,10 @@
    48 px windows labelled face, part of a face (regression only) or background.
 2. The network (faces.dogfaces.build_network) learns a face score (binary cross-entropy on
    faces and background) and the offsets from each window to its face (smooth L1 on faces
-   and parts).
+   and parts). Optionally it starts from an earlier detector (`init`) and first collects
+   that detector's mistakes as hard negatives (`hard_negative_pictures`): what it still
+   calls a face in pictures without a dog (portraits, people's photos filling a scene,
+   scenes of backgrounds only), cut out as its refinement sees them.
 3. Thresholds, chosen with the whole detector on pictures it never trained on: held-out
    scenes of the same training dogs (recall at IoU 0.5) and pictures without a dog (LFW
    portraits, grey, noise; at most `max_false_rate` of them may show a face).
@@ -25,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from faces.dogfaces import DogFaceDetector, build_network, pixels_to_input, square_iou
-from .composites import ImageSource, make_scene, make_windows
+from faces.dogfaces import WINDOW, DogFaceDetector, build_network, cut_square, pixels_to_input, square_iou
+from .composites import ImageSource, fill, make_scene, make_windows
 
 log = logging.getLogger(__name__)
+HARD_NEGATIVE_REPEATS = 5
 
 
 def no_dog_pictures(people_paths: list[Path], count: int, seed: int) -> list[Image.Image]:
@@ -49,9 +53,12 @@ def no_dog_pictures(people_paths: list[Path], count: int, seed: int) -> list[Ima
     return pictures
 
 
-def train_network(data: dict, epochs: int, batch_size: int, lr: float, seed: int) -> torch.nn.Module:
+def train_network(data: dict, epochs: int, batch_size: int, lr: float, seed: int,
+                  init: dict | None = None) -> torch.nn.Module:
     torch.manual_seed(seed)
     net = build_network()
+    if init is not None:
+        net.load_state_dict({k: v.float() for k, v in init.items()})
     pixels = torch.from_numpy(data["pixels"])
     labels = torch.from_numpy(data["labels"].astype(np.int64))
     offsets = torch.from_numpy(data["offsets"])
@@ -91,6 +98,31 @@ def train_network(data: dict, epochs: int, batch_size: int, lr: float, seed: int
     return net
 
 
+def hard_negatives(detector: DogFaceDetector, people_paths: list[Path], dog_paths: list[Path], count: int,
+                   seed: int, min_score: float = 0.3) -> np.ndarray:
+    """48 px windows (N x 48 x 48 x 3 uint8) that the detector scores min_score or more in
+    `count` pictures without a dog, cut as its last refinement pass sees them."""
+    rng = random.Random(seed)
+    people, dogs = ImageSource(people_paths, rng), ImageSource(dog_paths, rng)
+    threshold = detector.threshold
+    detector.threshold = min_score
+    windows = []
+    try:
+        for i in range(count):
+            kind = i % 3
+            if kind == 0:
+                picture = people.pick()
+            elif kind == 1:
+                picture = fill(people.pick(), rng.choice([(640, 480), (480, 640), (500, 500)]), rng)
+            else:
+                picture = make_scene(dogs, people, rng, faces=0).image   # background alone, no dog face
+            for _, square in detector.find(picture):
+                windows.append(np.asarray(cut_square(picture, square, WINDOW)))
+    finally:
+        detector.threshold = threshold
+    return np.stack(windows) if windows else np.zeros((0, WINDOW, WINDOW, 3), np.uint8)
+
+
 def best_scores(detector: DogFaceDetector, pictures) -> list[list[tuple[float, object]]]:
     """Every refined candidate (score, square) of each picture, thresholds off."""
     threshold = detector.threshold
@@ -121,32 +153,61 @@ def choose_threshold(detector: DogFaceDetector, scenes, no_dogs, max_false_rate:
             "scenes": len(scenes), "no_dog_pictures": len(no_dogs)}
 
 
-def train_dog_detector(dog_paths: list[Path], people_paths: list[Path], held_out_people: list[Path],
+def train_dog_detector(dog_paths: list[Path], people_paths: list[Path], threshold_people: list[Path],
                        out: Path, scenes: int,
                        epochs: int, batch_size: int, lr: float, seed: int, max_false_rate: float,
-                       command: str, check_scenes: int = 150, check_pictures: int = 200) -> dict:
+                       command: str, check_scenes: int = 150, check_pictures: int = 200,
+                       init: Path | None = None, hard_negative_pictures: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     log.info("cutting windows from %d scenes of %d training dog images", scenes, len(dog_paths))
     data = make_windows(dog_paths, people_paths, scenes, seed)
     counts = {name: int((data["labels"] == value).sum()) for name, value in (("faces", 1), ("parts", -1), ("background", 0))}
     log.info("windows: %s (%.0f s)", counts, time.time() - started)
-    net = train_network(data, epochs, batch_size, lr, seed)
+    init_state = None
+    if init is not None:
+        init_state = torch.load(init, map_location="cpu", weights_only=False)["state_dict"]
+    if hard_negative_pictures:
+        if init is None:
+            raise ValueError("hard negatives are an earlier detector's mistakes: give init")
+        mined = hard_negatives(DogFaceDetector(model_path=init), people_paths, dog_paths, hard_negative_pictures,
+                               seed + 3)
+        counts["hard_negatives"] = len(mined)
+        log.info("%d hard negatives from %d no-dog pictures (%.0f s)", len(mined), hard_negative_pictures,
+                 time.time() - started)
+        # A few thousand mistakes among ~170,000 windows would hardly move the loss: each
+        # is shown HARD_NEGATIVE_REPEATS times an epoch.
+        mined = np.repeat(mined, HARD_NEGATIVE_REPEATS, axis=0)
+        data = {"pixels": np.concatenate([data["pixels"], mined]),
+                "labels": np.concatenate([data["labels"], np.zeros(len(mined), np.int8)]),
+                "offsets": np.concatenate([data["offsets"], np.zeros((len(mined), 4), np.float32)])}
+    net = train_network(data, epochs, batch_size, lr, seed, init_state)
     # Proposals keep windows scoring at least this: low, since refinement decides.
     payload = {"state_dict": {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()},
                "proposal_threshold": 0.3, "threshold": 0.5, "trained_with": command,
                "windows": counts, "scenes": scenes, "epochs": epochs, "seed": seed}
     path = out / "dog-detector.pt"
     torch.save(payload, path)
-    detector = DogFaceDetector(model_path=path)
-    rng = random.Random(seed + 1)
-    dogs, people = ImageSource(dog_paths, rng), ImageSource(held_out_people, rng)
-    scenes_to_check = [make_scene(dogs, people, rng, size=(640, 480), faces=1) for _ in range(check_scenes)]
-    chosen = choose_threshold(detector, scenes_to_check, no_dog_pictures(held_out_people, check_pictures, seed + 2),
-                              max_false_rate)
-    payload["threshold"] = chosen["threshold"]
-    payload["validation"] = chosen
+    payload = set_threshold(path, dog_paths, threshold_people, seed, max_false_rate, check_scenes, check_pictures)
     payload["seconds"] = round(time.time() - started)
     torch.save(payload, path)
     (out / "dog-detector.json").write_text(json.dumps({k: v for k, v in payload.items() if k != "state_dict"}, indent=2))
     return {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def set_threshold(path: Path, dog_paths: list[Path], threshold_people: list[Path], seed: int,
+                  max_false_rate: float, check_scenes: int = 150, check_pictures: int = 200) -> dict:
+    """Choose the detector checkpoint's score threshold (choose_threshold) on new scenes of
+    the training dogs over `threshold_people`'s photos and on no-dog pictures of those
+    people; store it with what it gave. Returns the checkpoint's payload."""
+    detector = DogFaceDetector(model_path=path)
+    rng = random.Random(seed + 1)
+    dogs, people = ImageSource(dog_paths, rng), ImageSource(threshold_people, rng)
+    scenes_to_check = [make_scene(dogs, people, rng, size=(640, 480), faces=1) for _ in range(check_scenes)]
+    chosen = choose_threshold(detector, scenes_to_check, no_dog_pictures(threshold_people, check_pictures, seed + 2),
+                              max_false_rate)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload["threshold"] = chosen["threshold"]
+    payload["validation"] = chosen
+    torch.save(payload, path)
+    return payload
