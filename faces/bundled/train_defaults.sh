@@ -12,7 +12,8 @@ train() {
 train runs/dog-long --data ../shared/data/dogfacenet/images --species dog --miner batch-all --input-size 96 --epochs 120
 train runs/human-long --data ../shared/data/lfw/images --species human --miner batch-all --crop 0.5 --input-size 64 --epochs 100
 # The dog face detector (faces/bundled/dog-detector.pt, card dog-detector.md): the dog model's
-# training dogs only (trainer split, seed 0), LFW for backgrounds; then copy
-# runs/dog-detector/dog-detector.pt to faces/bundled/.
+# training dogs only (trainer split, seed 0), LFW for backgrounds; from scratch, then on its
+# own mistakes; then copy runs/dog-detector/dog-detector.pt to faces/bundled/.
 trainer split ../shared/data/dogfacenet/images --out runs/dog-split
-trainer train-dog-detector --dogs runs/dog-split/train --people ../shared/data/lfw/images --out runs/dog-detector --scenes 15000 --epochs 10
+trainer train-dog-detector --dogs runs/dog-split/train --people ../shared/data/lfw/images --out runs/dog-detector-1 --scenes 15000 --epochs 10
+trainer train-dog-detector --dogs runs/dog-split/train --people ../shared/data/lfw/images --out runs/dog-detector --scenes 15000 --epochs 3 --lr 1e-3 --init runs/dog-detector-1/dog-detector.pt --hard-negatives 4500
