@@ -10,8 +10,8 @@ One small network, `DogFaceNet48`, does two jobs, as MTCNN's stages do:
 1. Proposals: it is fully convolutional, so run on a pyramid of the photo it scores every
    48 x 48 window (stride 8) at once and regresses from each window to the face square.
 2. Refinement: each proposal is cut out upright at 48 px and scored again, its square
-   regressed again (twice); the last score decides, so a face must look like a face when
-   cut out the way the dog model will see it.
+   regressed again (twice, each cut averaged with its mirror image); the last score
+   decides, so a face must look like a face when cut out the way the dog model will see it.
 
 The pyramid goes down to the level where the whole picture is one window, so a picture that
 is already a tight face crop (a DogFaceNet image) is found as one face covering it.
@@ -175,6 +175,8 @@ class DogFaceDetector:
     name = "dog"
 
     def __init__(self, alignment: str = "lfw", size: int = FACE_CROP_SIZE, model_path=None):
+        # alignment and size are what every detector is built with (faces.detection.get_detector);
+        # dog faces have one framing, DogFaceNet's, cut at its 224 px for the model to resize.
         import torch
         self._torch = torch
         self.net, payload = load_detector_network(model_path)
@@ -248,13 +250,14 @@ class DogFaceDetector:
                     angle=round(math.degrees(square.angle), 1), found_by=found_by)
 
     def __call__(self, image: Image.Image) -> list:
+        """The dog faces in the picture as `Face`s, left to right."""
         whole = Square(image.width / 2, image.height / 2, min(image.size))
         found = [(score, whole if square_iou(square, whole) >= WHOLE_PICTURE_IOU else square)
                  for score, square in self.find(image)]
         faces = [self.face_at(image, square, round(score, 4), "detector") for score, square in found]
         return sorted(faces, key=lambda face: face.box[0])
 
-    def in_box(self, image: Image.Image, box) -> object:
+    def in_box(self, image: Image.Image, box):
         """The face in a box the user drew: the box's square (centred on it, its longer side),
         upright, as the gallery's crops are."""
         x0, y0, x1, y1 = box
