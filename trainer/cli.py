@@ -186,8 +186,8 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
                    "the threshold, another one in ten for tests and benchmarks.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for dog-detector.pt and dog-detector.json (what it measured).")
-@click.option("--scenes", default=6000, show_default=True, help="Made-up scenes to cut training windows from.")
-@click.option("--epochs", default=8, show_default=True)
+@click.option("--scenes", default=15000, show_default=True, help="Made-up scenes to cut training windows from.")
+@click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (one-cycle schedule).")
 @click.option("--max-false-rate", default=0.02, show_default=True,
