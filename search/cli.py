@@ -147,22 +147,26 @@ def identify(photos, k, threshold, index, model, detector, absolute_paths, box, 
               help="Model name (human, dog) or checkpoint path.")
 @threshold_option
 @detector_option
+@click.option("--box-a", metavar="X0,Y0,X1,Y1", help="Compare the face in this box of PHOTO_A (pixels: "
+                                                     "left, top, right, bottom) instead of its largest face.")
+@click.option("--box-b", metavar="X0,Y0,X1,Y1", help="The same for PHOTO_B.")
 @json_option
-def verify(photo_a, photo_b, model, threshold, detector, as_json) -> None:
-    """Whether PHOTO_A and PHOTO_B show the same individual (the largest face of each).
-    Needs no index.
+def verify(photo_a, photo_b, model, threshold, detector, box_a, box_b, as_json) -> None:
+    """Whether PHOTO_A and PHOTO_B show the same individual (the largest face of each, or
+    the face in --box-a / --box-b). Needs no index.
 
     \b
     Exit status, as cmp and diff: 0 same, 1 different, 2 error (a bad photo, no face,
     a bad model or threshold).
     """
+    boxes = _parse_box(box_a), _parse_box(box_b)     # a malformed box is a usage error (2)
     try:
         from faces.imaging import load_image
         images = load_image(photo_a), load_image(photo_b)   # bad files fail before the model loads
         from .engine import FacePipeline
         _one_torch_thread()
         result = FacePipeline.load(model, detector).verify(*images, names=(photo_a, photo_b),
-                                                            threshold=threshold)
+                                                            threshold=threshold, boxes=boxes)
     except clitools.USER_ERRORS as error:   # search's own errors register on import
         raise Trouble(str(error)) from None
     except Exception as error:   # anything unforeseen is still trouble (2), never "different"

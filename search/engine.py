@@ -97,10 +97,12 @@ class FacePipeline:
         return point.pop("threshold"), point
 
     def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
-               threshold: str | float | None = None) -> dict:
-        """Same individual or not: the most prominent face of each photo, compared."""
+               threshold: str | float | None = None, boxes: tuple = (None, None)) -> dict:
+        """Same individual or not: the most prominent face of each photo (or the face in
+        its box, when given), compared."""
         limit, point = self.operating_point(threshold)
-        sides = [self._main_face(source, _label(source, name)) for source, name in zip((a, b), names)]
+        sides = [self._main_face(source, _label(source, name), box)
+                 for source, name, box in zip((a, b), names, boxes)]
         (embedding_a, summary_a), (embedding_b, summary_b) = sides
         similarity = float(embedding_a @ embedding_b)
         distance = float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity)))
@@ -109,16 +111,17 @@ class FacePipeline:
                 "model": self.model.name, "species": self.model.species,
                 "detector": self.detector_name, "a": summary_a, "b": summary_b}
 
-    def _main_face(self, source: Source, label: str) -> tuple[np.ndarray, dict]:
-        """The embedding of the photo's largest face, and where it was found."""
-        photo = self.read(source, label)
+    def _main_face(self, source: Source, label: str, box=None) -> tuple[np.ndarray, dict]:
+        """The embedding of the photo's largest face (or of the face in `box`), and where it was found."""
+        photo = self.read(source, label, box)
         if not photo.faces:
-            raise SearchError(f"{label}: no face found (detector {self.detector_name}; "
-                              f"for a photo that is already a face crop use the 'none' detector)")
+            raise SearchError(f"{label}: no face found (detector {self.detector_name}; give its box with "
+                              f"--box-a/--box-b, or, for a photo that is already a face crop, use the "
+                              f"'none' detector)")
         i = max(range(len(photo.faces)), key=lambda n: _area(photo.faces[n].box, photo))
-        box = photo.faces[i].box
-        return photo.embeddings[i], {"path": label, "box": list(box) if box else None,
-                                     "faces": len(photo.faces)}
+        face = photo.faces[i]
+        return photo.embeddings[i], {"path": label, "box": list(face.box) if face.box else None,
+                                     "found_by": face.found_by, "faces": len(photo.faces)}
 
 
 class QueryEngine:
@@ -196,8 +199,8 @@ class QueryEngine:
         return result
 
     def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
-               threshold: str | float | None = None) -> dict:
-        return self.pipeline.verify(a, b, names, threshold)
+               threshold: str | float | None = None, boxes: tuple = (None, None)) -> dict:
+        return self.pipeline.verify(a, b, names, threshold, boxes)
 
 
 def no_face_message(label: str, species: str, detector: str) -> str:

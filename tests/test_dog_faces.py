@@ -171,6 +171,24 @@ def test_cli_box_and_found_by(dog_index, held_out_dogs, tmp_path):
     assert outside.exit_code == 1 and "outside the 300x300 picture" in outside.output
 
 
+def test_verify_takes_a_box_for_each_photo(held_out_dogs, tmp_path):
+    from search.cli import main as search_cli
+    first, second = (held_out_dogs[list(held_out_dogs)[3]][i] for i in (0, 1))
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (224, 224), (128, 128, 128)).save(grey)
+    runner = CliRunner()
+    no_face = runner.invoke(search_cli, ["verify", str(grey), str(second), "--model", "dog"])
+    assert no_face.exit_code == 2 and "no face found" in no_face.output and "--box-a" in no_face.output
+    boxed = runner.invoke(search_cli, ["verify", str(first), str(second), "--model", "dog", "--json",
+                                       "--box-a", "0,0,224,224"])
+    assert boxed.exit_code in (0, 1), boxed.output
+    result = json.loads(boxed.output)
+    assert result["a"]["found_by"] == "box" and result["a"]["box"] == [0, 0, 224, 224]
+    assert result["b"]["found_by"] == "detector" and result["detector"] == "dog"
+    bad = runner.invoke(search_cli, ["verify", str(first), str(second), "--model", "dog", "--box-b", "x"])
+    assert bad.exit_code == 2 and "four numbers" in bad.output
+
+
 def test_api_box_field(dog_index, held_out_dogs):
     from web import create_app
     client = create_app({"INDEX": str(dog_index["index"]), "TESTING": True}).test_client()
