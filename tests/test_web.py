@@ -520,6 +520,8 @@ def test_browser_box_starts_on_the_detected_face_and_moves(page, server_url):
     assert box_value(page) == [10, 10, 150, 120]
     page.click("#box-cancel")
     assert page.locator("#box-layer").is_hidden() and page.locator("#box-button").is_visible()
+    page.click("#faces .adjust-box")                         # a face's own box as the start
+    assert box_value(page) == start and page.locator("#box-layer").is_visible()
 
 
 def test_browser_drop_on_a_phone_screen(browser, server_url):

@@ -188,6 +188,15 @@ function faceItem(face, number, matched, speciesName) {
   item.querySelector(".face-number").textContent = String(number);
   item.classList.toggle("is-match", matched);
   item.querySelector(".found-by").textContent = FOUND_BY[face.found_by] || "";
+  if (face.box) {
+    // This face's box as the start of a drawn one: move or resize it, then search it.
+    const adjust = item.querySelector(".adjust-box");
+    adjust.hidden = false;
+    adjust.addEventListener("click", () => {
+      startBox(face.box);
+      photo.scrollIntoView({ block: "nearest" });
+    });
+  }
   drawCrop(item.querySelector(".face-crop"), face.box, number);
   const verdict = item.querySelector(".verdict");
   // Only a face within the threshold is named; the nearest others are shown for reference.
@@ -226,10 +235,10 @@ const FOUND_BY = {
   "whole image": "The whole photo, taken as the face.",
 };
 
-// The box tool: on, starting from the first face found (or the middle of the photo).
-function startBox() {
+// The box tool: on, starting from `box`, else the first face found, else the middle of the photo.
+function startBox(box) {
   const first = lastFaces.find((face) => face.box);
-  boxTool.start(first ? first.box : null);
+  boxTool.start(box || (first ? first.box : null));
   boxEditor.hidden = false;
   boxButton.hidden = true;
 }
@@ -247,7 +256,7 @@ function typedBox() {
   return numbers;
 }
 
-boxButton.addEventListener("click", startBox);
+boxButton.addEventListener("click", () => startBox());
 boxCancel.addEventListener("click", stopBox);
 boxInput.addEventListener("change", () => {
   const box = typedBox();
