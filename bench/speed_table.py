@@ -73,7 +73,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for row in rows:
         detecting = (f"{row['build_detecting']:,} ({row['build_detecting_vs_face_recognition']}x face_recognition)"
-                     if "build_detecting" in row else "no dog detector ships")
+                     if "build_detecting" in row else "not measured")
         print(f"| `{row['model']}` ({row['data']}) | {row['bare_model']:,} | {row['build_cropped']:,} | {detecting} "
               f"| {result['face_recognition']:,} |")
 

@@ -4,7 +4,9 @@ and turn each into the crop the model was trained on.
 A detector takes an RGB PIL image and returns a list of `Face`s, sorted left to right.
 
 - `none` takes the whole image as one face crop: right for already-cropped datasets (LFW,
-  DogFaceNet) and for dogs, for which no detector ships.
+  DogFaceNet).
+- `dog` finds dog faces in ordinary photos (faces/dogfaces.py, trained here), the default
+  for dog models.
 - `auto` finds human faces with dlib's HOG detector and 5-point landmarks, then aligns
   each as the model's `Preprocess.alignment` asks: `lfw` rotates the face so the eyes are
   level, scaled and framed like an LFW image (face in the central half), so the model's own
@@ -64,6 +66,8 @@ class Face:
     box: Box | None = None              # (x0, y0, x1, y1) in the original photo; None = whole image
     score: float | None = None          # detector confidence, when it gives one
     landmarks: np.ndarray | None = None  # 5 x 2 (x, y) in the original photo, when detected
+    found_by: str = "detector"          # "detector", "box" (given by the user) or "whole image"
+    angle: float | None = None          # the face's tilt in degrees, when the detector measures it
 
 
 class WholeImage:
@@ -82,8 +86,14 @@ class WholeImage:
 
     def __call__(self, image: Image.Image) -> list[Face]:
         if self._landmarker is None:
-            return [Face(image=image)]
-        return [Face(image=self._landmarker.central_chip(image))]
+            return [Face(image=image, found_by="whole image")]
+        return [Face(image=self._landmarker.central_chip(image), found_by="whole image")]
+
+    def in_box(self, image: Image.Image, box: Box) -> Face:
+        """The face in a box the user drew: the box is the crop."""
+        crop = image.crop(box)
+        face = crop if self._landmarker is None else self._landmarker.central_chip(crop)
+        return Face(image=face, box=tuple(box), found_by="box")
 
 
 class DlibDetector:
@@ -136,6 +146,11 @@ class DlibDetector:
             faces.append(Face(image=face_image, box=_clip_box(box, image.size), score=score,
                               landmarks=landmarks))
         return sorted(faces, key=lambda face: face.box[0])
+
+    def in_box(self, image: Image.Image, box: Box) -> Face:
+        """The face in a box the user drew, aligned by the landmarks found inside it."""
+        face_image, landmarks = self._face(np.asarray(image), image, box)
+        return Face(image=face_image, box=tuple(box), landmarks=landmarks, found_by="box")
 
     def central_chip(self, image: Image.Image) -> Image.Image:
         """The face of an already-cropped picture: the detected face nearest the centre, or,
@@ -192,15 +207,41 @@ def bundled_dlib_model(filename: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / "models" / filename
 
 
-DETECTORS = {"auto": DlibDetector, "none": WholeImage}
-DETECTOR_HELP = ("Face detector: 'auto' finds and aligns human faces (dlib); 'none' takes the "
-                 "whole image as the face (already-cropped images, and dogs: no dog detector "
-                 "ships). Default: auto for human models, none for dog models.")
+def parse_box(text: str) -> Box:
+    """'x0,y0,x1,y1' (pixels of the photo, x0 < x1, y0 < y1) -> a box; ValueError says what is wrong."""
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        x0, y0, x1, y1 = (int(round(float(part))) for part in parts)
+    except ValueError:
+        raise ValueError(f"a box is four numbers x0,y0,x1,y1 (pixels), not {text!r}") from None
+    if x1 <= x0 or y1 <= y0 or min(x0, y0) < 0:
+        raise ValueError(f"box {text!r}: needs 0 <= x0 < x1 and 0 <= y0 < y1 (left, top, right, bottom)")
+    return x0, y0, x1, y1
+
+
+def box_inside(box: Box, size: tuple[int, int]) -> Box:
+    """The box cut to the picture; ValueError when less than 8 pixels a side of it is left."""
+    x0, y0, x1, y1 = _clip_box(box, size)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        raise ValueError(f"box {','.join(map(str, box))} lies (almost) outside the "
+                         f"{size[0]}x{size[1]} picture")
+    return x0, y0, x1, y1
+
+
+def _dog_detector(alignment: str = "lfw", size: int = ALIGNED_SIZE):
+    from .dogfaces import DogFaceDetector     # its network loads with it
+    return DogFaceDetector(alignment, size)
+
+
+DETECTORS = {"auto": DlibDetector, "dog": _dog_detector, "none": WholeImage}
+DETECTOR_HELP = ("Face detector: 'auto' finds and aligns human faces (dlib); 'dog' finds dog "
+                 "faces (trained here on DogFaceNet); 'none' takes the whole image as the face "
+                 "(already-cropped pictures such as LFW and DogFaceNet). Default: auto for human "
+                 "models, dog for dog models.")
 
 
 def default_detector(species: str) -> str:
-    """No dog face detector ships, so a dog photo is taken as the face crop itself."""
-    return "auto" if species == "human" else "none"
+    return "auto" if species == "human" else "dog"
 
 
 def finds_faces(name: str, preprocess) -> bool:

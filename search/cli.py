@@ -44,6 +44,10 @@ class Trouble(click.ClickException):
     exit_code = 2
 
 
+box_option = click.option("--box", metavar="X0,Y0,X1,Y1",
+                          help="Search the face in this box (pixels of the photo: left, top, right, "
+                               "bottom) instead of the faces the detector finds: for a face it "
+                               "missed, or to choose one. Applies to every photo given.")
 absolute_paths_option = click.option("--absolute-paths", is_flag=True,
                                      help="Show gallery files by their full path (default: relative to "
                                           "the gallery folder they were indexed from).")
@@ -56,8 +60,8 @@ def main(verbose: bool) -> None:
     """Reverse image search for faces (human and dog) in a gallery index built by `indexer`.
 
     Each face found in the photo is searched separately. Human faces are found and aligned
-    by a detector; no dog face detector ships, so for dogs the whole photo is taken as the
-    face: crop it to the dog's face first.
+    by dlib's detector, dog faces by facesearch's own ('dog'); --box X0,Y0,X1,Y1 searches
+    the face in a box you give instead. A photo without a face says so.
     """
     setup_logging(verbose)
     if not verbose:
@@ -73,19 +77,20 @@ def main(verbose: bool) -> None:
 @model_option
 @detector_option
 @absolute_paths_option
+@box_option
 @click.option("--server", metavar="URL",
               help="Ask a running `search serve` at URL (e.g. http://127.0.0.1:8000) instead of "
                    "loading the model and index here: no start-up cost per call. Sends "
                    "$FACESEARCH_API_KEY when set; the server's index, model and detector answer.")
 @lines_option
-def query(photos, k, threshold, index, model, detector, absolute_paths, server, as_json) -> None:
+def query(photos, k, threshold, index, model, detector, absolute_paths, box, server, as_json) -> None:
     """The K nearest gallery faces of every face in each of PHOTOS (files, or folders of
     images), and whether each is a match: within the operating point's distance.
     Exit status 0 when every photo was searched, 1 when any could not be."""
     def show(photo, result):
         _echo_header(photo, result)
         for number, face in enumerate(result["faces"], 1):
-            click.echo(f"\nface {number}  box {_box(face['box'])}")
+            click.echo(f"\nface {number}  box {_box(face['box'])}  ({_found_by(face)})")
             click.echo(f"  {'rank':>4}  {'distance':>8}  {'similarity':>10}  {'match':<5}  "
                        f"{'identity':<24}  path")
             for rank, m in enumerate(face["matches"], 1):
@@ -97,10 +102,10 @@ def query(photos, k, threshold, index, model, detector, absolute_paths, server, 
                             ("--absolute-paths", absolute_paths)):
             if value:
                 raise click.UsageError(f"{name} is the server's to choose; leave it out with --server")
-        answer = _server_answer(server, k, threshold)
+        answer = _server_answer(server, k, threshold, box)
     else:
-        answer = _engine_answer("query", dict(k=k, threshold=threshold, absolute_paths=absolute_paths),
-                                index, model, detector)
+        answer = _engine_answer("query", dict(k=k, threshold=threshold, absolute_paths=absolute_paths,
+                                              box=_parse_box(box)), index, model, detector)
     _run_photos(photos, answer, as_json, show)
 
 
@@ -112,8 +117,9 @@ def query(photos, k, threshold, index, model, detector, absolute_paths, server, 
 @model_option
 @detector_option
 @absolute_paths_option
+@box_option
 @lines_option
-def identify(photos, k, threshold, index, model, detector, absolute_paths, as_json) -> None:
+def identify(photos, k, threshold, index, model, detector, absolute_paths, box, as_json) -> None:
     """Who is in each of PHOTOS (files, or folders of images): for each face, the identity
     its K nearest gallery faces within the threshold point to, the nearest counting most
     (weight 1/distance²; an exact match wins), or "unknown" when none is within the
@@ -128,10 +134,10 @@ def identify(photos, k, threshold, index, model, detector, absolute_paths, as_js
                            f"{face['distance']:.3f})")
             else:
                 verdict = f"unknown  ({face['reason']})"
-            click.echo(f"face {number}  box {_box(face['box'])}: {verdict}")
+            click.echo(f"face {number}  box {_box(face['box'])}  ({_found_by(face)}): {verdict}")
 
-    _run_photos(photos, _engine_answer("identify", dict(k=k, threshold=threshold, absolute_paths=absolute_paths),
-                                       index, model, detector), as_json, show)
+    options = dict(k=k, threshold=threshold, absolute_paths=absolute_paths, box=_parse_box(box))
+    _run_photos(photos, _engine_answer("identify", options, index, model, detector), as_json, show)
 
 
 @main.command()
@@ -141,22 +147,26 @@ def identify(photos, k, threshold, index, model, detector, absolute_paths, as_js
               help="Model name (human, dog) or checkpoint path.")
 @threshold_option
 @detector_option
+@click.option("--box-a", metavar="X0,Y0,X1,Y1", help="Compare the face in this box of PHOTO_A (pixels: "
+                                                     "left, top, right, bottom) instead of its largest face.")
+@click.option("--box-b", metavar="X0,Y0,X1,Y1", help="The same for PHOTO_B.")
 @json_option
-def verify(photo_a, photo_b, model, threshold, detector, as_json) -> None:
-    """Whether PHOTO_A and PHOTO_B show the same individual (the largest face of each).
-    Needs no index.
+def verify(photo_a, photo_b, model, threshold, detector, box_a, box_b, as_json) -> None:
+    """Whether PHOTO_A and PHOTO_B show the same individual (the largest face of each, or
+    the face in --box-a / --box-b). Needs no index.
 
     \b
     Exit status, as cmp and diff: 0 same, 1 different, 2 error (a bad photo, no face,
     a bad model or threshold).
     """
+    boxes = _parse_box(box_a), _parse_box(box_b)     # a malformed box is a usage error (2)
     try:
         from faces.imaging import load_image
         images = load_image(photo_a), load_image(photo_b)   # bad files fail before the model loads
         from .engine import FacePipeline
         _one_torch_thread()
         result = FacePipeline.load(model, detector).verify(*images, names=(photo_a, photo_b),
-                                                            threshold=threshold)
+                                                            threshold=threshold, boxes=boxes)
     except clitools.USER_ERRORS as error:   # search's own errors register on import
         raise Trouble(str(error)) from None
     except Exception as error:   # anything unforeseen is still trouble (2), never "different"
@@ -212,14 +222,27 @@ def _engine_answer(command, options, index, model, detector):
     return lambda photo: method(photo, name=photo, **options)
 
 
-def _server_answer(url, k, threshold):
+def _parse_box(text):
+    """--box's text as a box, or None; a malformed one is a usage error before anything loads."""
+    from faces.detection import parse_box
+    if text is None:
+        return None
+    try:
+        return parse_box(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--box") from None
+
+
+def _server_answer(url, k, threshold, box=None):
     """A function answering one photo by asking `search serve` at `url`."""
     from .client import SearchClient, ServerError
     try:
         client = SearchClient(url)
     except ServerError as error:
         raise click.UsageError(str(error)) from None
-    return lambda photo: client.query(photo, k, threshold)
+    if box is not None:
+        _parse_box(box)          # checked here too: a bad box is a usage error, not a photo's
+    return lambda photo: client.query(photo, k, threshold, box)
 
 
 def _run_photos(photos, answer, as_json, show) -> None:
@@ -291,6 +314,12 @@ def _point(result) -> str:
         return f"{point['name']} operating point"
     return (f"{point['name']} operating point: on held-out identities {point['tar']:.1%} of same pairs "
             f"and {point['far']:.2%} of stranger pairs passed")
+
+
+def _found_by(face) -> str:
+    """How the face was found, in words (answers of older servers have no found_by)."""
+    return {"detector": "found by the detector", "box": "the box given",
+            "whole image": "the whole image as the face"}.get(face.get("found_by"), "found")
 
 
 def _box(box) -> str:

@@ -40,7 +40,7 @@ class SearchClient:
         self.url = url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV_VAR) or None
 
-    def query(self, photo: str, k: int, threshold: str | None) -> dict:
+    def query(self, photo: str, k: int, threshold: str | None, box: str | None = None) -> dict:
         """The server's answer for the photo file at `photo`."""
         try:
             with open(photo, "rb") as handle:
@@ -50,6 +50,8 @@ class SearchClient:
         fields = {"k": str(k)}
         if threshold is not None:
             fields["threshold"] = str(threshold)
+        if box is not None:
+            fields["box"] = str(box)
         body, content_type = multipart(fields, "image", os.path.basename(photo), data)
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         if self.api_key:

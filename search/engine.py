@@ -10,9 +10,10 @@ A query answers one JSON-ready dict (the `search query --json` output):
     {"image": {"width", "height"}, "model", "species", "threshold", "detector",
      "operating_point": {"name", "tar", "far"},
      "faces": [{"box": [x0, y0, x1, y1] or None, "score",
+                "found_by": "detector" | "box" | "whole image",
                 "matches": [{"id", "path", "identity", "distance", "similarity",
                              "match", "box"}, ...]}, ...],
-     "message": "no face found ..." (only when there is no face),
+     "message": "no face found ..." (only when there is no face: says to give a box),
      "timings_ms": {"detect", "embed", "search"}}
 
 A match's `path` is relative to the gallery folder it was indexed from (the file name alone
@@ -38,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
-from faces.detection import Face, default_detector, get_detector
+from faces.detection import Face, box_inside, default_detector, get_detector
 from faces.errors import readable
 from faces.imaging import load_image
 
@@ -71,10 +72,18 @@ class FacePipeline:
              device: str | None = None) -> "FacePipeline":
         return cls(load_model(model, device), detector)
 
-    def read(self, source: Source, name: str | None = None) -> Photo:
+    def read(self, source: Source, name: str | None = None, box=None) -> Photo:
+        """The photo's faces and embeddings: those the detector finds, or, given a `box`
+        (x0, y0, x1, y1 in the photo's pixels), the one face in it."""
         image = source if isinstance(source, Image.Image) else load_image(source, name=name)
         started = time.perf_counter()
-        faces = self.detector(image)
+        if box is not None:
+            try:
+                faces = [self.detector.in_box(image, box_inside(box, image.size))]
+            except ValueError as error:
+                raise SearchError(f"{_label(source, name)}: {error}") from None
+        else:
+            faces = self.detector(image)
         detected = time.perf_counter()
         embeddings = self.model.embed_images([face.image for face in faces])
         embedded = time.perf_counter()
@@ -88,10 +97,12 @@ class FacePipeline:
         return point.pop("threshold"), point
 
     def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
-               threshold: str | float | None = None) -> dict:
-        """Same individual or not: the most prominent face of each photo, compared."""
+               threshold: str | float | None = None, boxes: tuple = (None, None)) -> dict:
+        """Same individual or not: the most prominent face of each photo (or the face in
+        its box, when given), compared."""
         limit, point = self.operating_point(threshold)
-        sides = [self._main_face(source, _label(source, name)) for source, name in zip((a, b), names)]
+        sides = [self._main_face(source, _label(source, name), box)
+                 for source, name, box in zip((a, b), names, boxes)]
         (embedding_a, summary_a), (embedding_b, summary_b) = sides
         similarity = float(embedding_a @ embedding_b)
         distance = float(np.sqrt(max(0.0, 2.0 - 2.0 * similarity)))
@@ -100,16 +111,17 @@ class FacePipeline:
                 "model": self.model.name, "species": self.model.species,
                 "detector": self.detector_name, "a": summary_a, "b": summary_b}
 
-    def _main_face(self, source: Source, label: str) -> tuple[np.ndarray, dict]:
-        """The embedding of the photo's largest face, and where it was found."""
-        photo = self.read(source, label)
+    def _main_face(self, source: Source, label: str, box=None) -> tuple[np.ndarray, dict]:
+        """The embedding of the photo's largest face (or of the face in `box`), and where it was found."""
+        photo = self.read(source, label, box)
         if not photo.faces:
-            raise SearchError(f"{label}: no face found (detector {self.detector_name}; "
-                              f"for a photo that is already a face crop use the 'none' detector)")
+            raise SearchError(f"{label}: no face found (detector {self.detector_name}; give its box with "
+                              f"--box-a/--box-b, or, for a photo that is already a face crop, use the "
+                              f"'none' detector)")
         i = max(range(len(photo.faces)), key=lambda n: _area(photo.faces[n].box, photo))
-        box = photo.faces[i].box
-        return photo.embeddings[i], {"path": label, "box": list(box) if box else None,
-                                     "faces": len(photo.faces)}
+        face = photo.faces[i]
+        return photo.embeddings[i], {"path": label, "box": list(face.box) if face.box else None,
+                                     "found_by": face.found_by, "faces": len(photo.faces)}
 
 
 class QueryEngine:
@@ -142,13 +154,14 @@ class QueryEngine:
         return loaded
 
     def query(self, source: Source, k: int = 10, name: str | None = None,
-              threshold: str | float | None = None, absolute_paths: bool = False) -> dict:
-        """The k nearest gallery faces of every face in the photo; `threshold` is the
-        operating point that decides `match` (strict, balanced or a distance; default strict)."""
+              threshold: str | float | None = None, absolute_paths: bool = False, box=None) -> dict:
+        """The k nearest gallery faces of every face in the photo (or of the one face in
+        `box`); `threshold` is the operating point that decides `match` (strict, balanced or
+        a distance; default strict)."""
         if k < 1:
             raise SearchError(f"k must be at least 1 (got {k})")
         limit, point = self.pipeline.operating_point(threshold)   # a bad value fails before any work
-        photo = self.pipeline.read(source, name)
+        photo = self.pipeline.read(source, name, box)
         started = time.perf_counter()
         hits = self.gallery.search(photo.embeddings, k) if photo.faces else []
         photo.timings_ms["search"] = _ms(time.perf_counter() - started)
@@ -157,14 +170,14 @@ class QueryEngine:
             "model": self.model.name, "species": self.model.species, "threshold": limit,
             "operating_point": point, "detector": self.pipeline.detector_name,
             "faces": [{"box": list(face.box) if face.box else None, "score": face.score,
+                       "found_by": face.found_by,
                        "matches": [self._match(hit, limit, absolute_paths) for hit in face_hits]}
                       for face, face_hits in zip(photo.faces, hits)],
             "timings_ms": photo.timings_ms,
         }
         if not photo.faces:
-            result["message"] = (f"no face found in {_label(source, name)} (detector "
-                                 f"{self.pipeline.detector_name}; for a photo that is already a "
-                                 f"face crop use the 'none' detector)")
+            result["message"] = no_face_message(_label(source, name), self.model.species,
+                                                self.pipeline.detector_name)
         return result
 
     def _match(self, hit: dict, threshold: float, absolute_path: bool) -> dict:
@@ -177,17 +190,24 @@ class QueryEngine:
                 "box": list(hit["box"]) if hit.get("box") is not None else None}
 
     def identify(self, source: Source, k: int = 10, name: str | None = None,
-                 threshold: str | float | None = None, absolute_paths: bool = False) -> dict:
+                 threshold: str | float | None = None, absolute_paths: bool = False, box=None) -> dict:
         """A query where each face also gets an open-set answer (`decide`): the identity its
         nearest gallery faces within the threshold point to, or "unknown"."""
-        result = self.query(source, k, name, threshold, absolute_paths)
+        result = self.query(source, k, name, threshold, absolute_paths, box)
         for face in result["faces"]:
             face.update(decide(face["matches"]))
         return result
 
     def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
-               threshold: str | float | None = None) -> dict:
-        return self.pipeline.verify(a, b, names, threshold)
+               threshold: str | float | None = None, boxes: tuple = (None, None)) -> dict:
+        return self.pipeline.verify(a, b, names, threshold, boxes)
+
+
+def no_face_message(label: str, species: str, detector: str) -> str:
+    """What to tell a user whose photo shows no face: what was looked for, and what to do."""
+    face = "dog face" if species == "dog" else "face"
+    return (f"no {face} found in {label} (detector {detector}); if there is one, give its box "
+            f"(search query --box x0,y0,x1,y1, or draw it on the web page)")
 
 
 UNKNOWN = "unknown"

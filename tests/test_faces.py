@@ -108,6 +108,6 @@ def test_whole_image_detector_and_defaults():
     [face] = get_detector("none")(image)
     assert face.image is image and face.box is None
     assert default_detector("human") == "auto"
-    assert default_detector("dog") == "none"
+    assert default_detector("dog") == "dog"
     with pytest.raises(ValueError, match="unknown detector"):
         get_detector("mtcnn")

@@ -32,8 +32,9 @@ def test_the_wheel_carries_every_data_file(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {path.relative_to(REPO).as_posix() for folder, patterns in DATA.items()
                 for pattern in patterns for path in (REPO / folder).glob(pattern) if path.is_file()}
-    assert {"faces/bundled/human.pt", "faces/bundled/dog.pt", "indexer/migrations/env.py",
-            "web/templates/search.html", "web/static/search.js"} <= expected
+    assert {"faces/bundled/human.pt", "faces/bundled/dog.pt", "faces/bundled/dog-detector.pt",
+            "faces/bundled/dog-detector.md", "indexer/migrations/env.py", "web/templates/search.html",
+            "web/static/search.js", "web/static/boxtool.js"} <= expected
     assert expected - names == set()
 
 

@@ -128,8 +128,9 @@ def test_verify_same_and_different(engine):
     assert different["same"] is False and different["distance"] > THRESHOLD
 
 
-def test_dog_photo_is_the_face(tmp_path):
-    """No dog detector ships: a dog index's queries take the whole photo as the face."""
+def test_dog_photo_is_the_face_with_detector_none(tmp_path):
+    """A dog index asked with the 'none' detector takes the whole photo as the face (the dog
+    detector, the default, is tested in test_dog_faces.py)."""
     for dog in ("0", "1"):
         (tmp_path / "gallery" / dog).mkdir(parents=True)
         (tmp_path / "gallery" / dog / f"{dog}.0.jpg").symlink_to(DOGS / dog / f"{dog}.0.jpg")
@@ -137,10 +138,10 @@ def test_dog_photo_is_the_face(tmp_path):
     with IndexWriter(tmp_path / "index", create=True, model=str(model), detector="none", workers=0,
                      progress=False) as writer:
         writer.build(tmp_path / "gallery")
-    result = QueryEngine(tmp_path / "index").identify(DOGS / "1" / "1.0.jpg", k=2)
+    result = QueryEngine(tmp_path / "index", detector="none").identify(DOGS / "1" / "1.0.jpg", k=2)
     assert result["detector"] == "none" and result["species"] == "dog"
     [face] = result["faces"]
-    assert face["box"] is None and face["identity"] == "1"
+    assert face["box"] is None and face["identity"] == "1" and face["found_by"] == "whole image"
 
 
 def test_index_built_with_another_model_is_refused(workspace):

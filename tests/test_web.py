@@ -231,18 +231,21 @@ def lead(client) -> str:
 
 
 def test_search_page_wording_follows_the_index(client, tmp_path, identity_folders):
-    assert lead(client) == ("Upload a photo of one or more people. Each face found in it is compared "
-                            "with the gallery of people.")
-    # A dog index: no detector, so the page asks for a crop.
+    assert lead(client) == ("This gallery holds people. Upload a photo of one or more people: each face found "
+                            "in it is compared with the gallery, and you can draw a box around a face it missed.")
+    # A dog index built from face crops (--detector none); searched with the dog detector.
     model = tmp_path / "dog.pt"
     save_checkpoint(model, EmbeddingNet("small", 128), Preprocess(64, 1.0), "dog", THRESHOLD)
     index = tmp_path / "dog-index"
     built = CliRunner().invoke(indexer_cli, ["build", str(identity_folders), "--index", str(index), "--model",
-                                             str(model), "--workers", "0", "--no-progress"])
+                                             str(model), "--detector", "none", "--workers", "0", "--no-progress"])
     assert built.exit_code == 0, built.output
     dogs = create_app({"INDEX": str(index), "TESTING": True}).test_client()
-    assert lead(dogs) == ("Upload a photo of a dog, cropped to the face: the whole photo is compared with "
-                          "the gallery of dogs.")
+    assert lead(dogs) == ("This gallery holds dogs. Upload a photo of one or more dogs: each face found in it is "
+                          "compared with the gallery, and you can draw a box around a face it missed.")
+    cropped = create_app({"INDEX": str(index), "DETECTOR": "none", "TESTING": True}).test_client()
+    assert lead(cropped) == ("This gallery holds dogs. Upload a photo of a dog, cropped to the face: the whole "
+                             "photo is compared with the gallery.")
     nothing = create_app({"INDEX": str(tmp_path / "no-index"), "TESTING": True}).test_client()
     assert lead(nothing) == "Upload a photo. Each face in it is compared with the gallery."
 
@@ -450,8 +453,75 @@ def test_browser_photo_without_a_face_says_so(page, server_url):
     sky = png_bytes(Image.new("RGB", (300, 200), (120, 160, 200)))
     page.set_input_files("#image-input", files=[{"name": "sky.png", "mimeType": "image/png", "buffer": sky}])
     wait_for_results(page)
-    assert page.inner_text("#summary") == "No face found in this photo."
+    assert page.inner_text("#summary") == ("No face found in this photo. If there is one, draw a box around it "
+                                           "and search again.")
     assert page.locator("#faces .face").count() == 0
+
+
+def screen_point(page, x: float, y: float) -> tuple[float, float]:
+    """Where pixel (x, y) of the shown photo is on the screen."""
+    shown = page.locator("#photo").bounding_box()
+    natural = page.evaluate("[document.getElementById('photo').naturalWidth, document.getElementById('photo').naturalHeight]")
+    return shown["x"] + x * shown["width"] / natural[0], shown["y"] + y * shown["height"] / natural[1]
+
+
+def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    page.mouse.move(*screen_point(page, *start))
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, *end), steps=5)
+    page.mouse.up()
+
+
+def box_value(page) -> list[int]:
+    return [int(v) for v in page.input_value("#box-input").split(",")]
+
+
+def test_browser_box_drawn_on_the_photo_is_searched(page, server_url):
+    page.goto(server_url)
+    sky = png_bytes(Image.new("RGB", (300, 200), (120, 160, 200)))
+    page.set_input_files("#image-input", files=[{"name": "sky.png", "mimeType": "image/png", "buffer": sky}])
+    wait_for_results(page)
+    assert page.locator("#box-layer").is_hidden()          # no layer over the photo until asked
+    page.click("#box-button")
+    assert page.locator("#box-layer").is_visible()
+    assert box_value(page) == [75, 50, 225, 150]            # no face found: the middle half to start
+    drag(page, (30, 40), (150, 160))
+    assert all(abs(a - b) <= 2 for a, b in zip(box_value(page), [30, 40, 150, 160])), box_value(page)
+    page.click("#box-search")
+    page.wait_for_selector("#faces .face", timeout=30_000)
+    assert page.inner_text("#summary") == "1 face in your box."
+    assert page.inner_text("#faces .found-by") == "The box you drew."
+    assert page.locator("#box-layer").is_hidden()
+    drawn = page.locator(".face-box").bounding_box()
+    x0, y0 = screen_point(page, 30, 40)
+    assert abs(drawn["x"] - x0) < 4 and abs(drawn["y"] - y0) < 4
+    page.click(".face-box")                                  # the face's number is a link again
+    assert page.evaluate("location.hash") == "#face-1"
+
+
+def test_browser_box_starts_on_the_detected_face_and_moves(page, server_url):
+    page.goto(server_url)
+    page.set_input_files("#image-input", str(GALLERY_PHOTO))
+    wait_for_results(page)
+    found = page.locator(".face-box").bounding_box()
+    page.click("#box-button")
+    start = box_value(page)
+    outline = page.locator(".drawn-box").bounding_box()
+    assert all(abs(found[k] - outline[k]) < 3 for k in ("x", "y", "width", "height"))
+    middle = ((start[0] + start[2]) / 2, (start[1] + start[3]) / 2)
+    drag(page, middle, (middle[0] + 20, middle[1] + 10))    # inside the box: it moves, same size
+    moved = box_value(page)
+    assert all(abs(m - s - d) <= 2 for m, s, d in zip(moved, start, (20, 10, 20, 10))), (start, moved)
+    page.fill("#box-input", "10,10,100,120")                 # typed boxes are drawn too
+    page.dispatch_event("#box-input", "change")
+    assert box_value(page) == [10, 10, 100, 120]
+    page.fill("#box-input", "10,10,900,120")                 # and kept inside the photo
+    page.dispatch_event("#box-input", "change")
+    assert box_value(page) == [10, 10, 150, 120]
+    page.click("#box-cancel")
+    assert page.locator("#box-layer").is_hidden() and page.locator("#box-button").is_visible()
+    page.click("#faces .adjust-box")                         # a face's own box as the start
+    assert box_value(page) == start and page.locator("#box-layer").is_visible()
 
 
 def test_browser_drop_on_a_phone_screen(browser, server_url):
@@ -548,6 +618,17 @@ def test_search_query_server_answers_as_a_local_query_without_torch(server_url, 
     assert answers[0]["faces"][0]["matches"][0]["match"] and answers[0]["faces"][0]["matches"][0]["identity"] == "Al_Gore"
     code, _, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url, "--index", "x")
     assert code == 2 and "--index is the server's to choose" in output
+
+
+def test_search_query_server_sends_the_box(server_url):
+    code, heavy, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url,
+                                "--box", "20,20,130,130", "--json")
+    assert code == 0 and heavy == [], output
+    [answer] = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    [face] = answer["faces"]
+    assert face["found_by"] == "box" and face["box"] == [20, 20, 130, 130]
+    code, _, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url, "--box", "1,2")
+    assert code == 2 and "four numbers" in output
 
 
 def test_search_query_server_sends_the_api_key(keyed_server_url, tmp_path, monkeypatch):

@@ -181,6 +181,65 @@ def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) ->
         f"pairs in {Path(out) / 'val_pairs.txt'}")
 
 
+@main.command("train-dog-detector")
+@click.option("--dogs", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Training dogs' face crops, one folder per dog: the 'train' half of `trainer split` "
+                   "(e.g. runs/dog-split/train), so the dog model's held-out dogs stay unseen.")
+@click.option("--people", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Photos without dogs for backgrounds and hard negatives, one folder per person "
+                   "(e.g. ../shared/data/lfw/images); one person in ten is kept out for choosing "
+                   "the threshold, another one in ten for tests and benchmarks.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for dog-detector.pt and dog-detector.json (what it measured).")
+@click.option("--scenes", default=15000, show_default=True, help="Made-up scenes to cut training windows from.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (one-cycle schedule).")
+@click.option("--max-false-rate", default=0.02, show_default=True,
+              help="Share of no-dog pictures (portraits, grey, noise) allowed to show a face; "
+                   "sets the score threshold.")
+@click.option("--check-scenes", default=150, show_default=True,
+              help="Scenes with one dog face (new ones) to measure recall on after training.")
+@click.option("--check-pictures", default=200, show_default=True,
+              help="No-dog pictures to choose the threshold on after training.")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False),
+              help="Start from this detector checkpoint (a dog-detector.pt) instead of from scratch.")
+@click.option("--hard-negatives", default=0, show_default=True,
+              help="Before training, run the --init detector on this many pictures without a dog "
+                   "(people's photos, scenes of backgrounds only) and add what it calls a face there "
+                   "to the training windows as background.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was measured as one JSON object.")
+def train_dog_detector(dogs: str, people: str, out: str, scenes: int, epochs: int, batch_size: int,
+                       lr: float, max_false_rate: float, check_scenes: int, check_pictures: int, init: str | None,
+                       hard_negatives: int, seed: int, as_json: bool) -> None:
+    """Train the dog face detector ('dog' detector, faces/dogfaces.py) on dog faces pasted
+    into made-up scenes (trainer/composites.py). CPU: about 20 minutes with the defaults.
+    Copy OUT/dog-detector.pt to faces/bundled/ to ship it."""
+    from faces.imaging import list_images
+
+    from .composites import people_by_role
+    from .data import resolve_data_root
+    from .dog_detector import train_dog_detector as run_training
+    dog_paths = [path for folder in sorted(Path(dogs).iterdir()) if folder.is_dir() for path in list_images(folder)]
+    roles = people_by_role(resolve_data_root(people))
+    command = (f"trainer train-dog-detector --dogs {dogs} --people {people} --out {out} --scenes {scenes} "
+               f"--epochs {epochs} --batch-size {batch_size} --lr {lr} --max-false-rate {max_false_rate} "
+               f"--check-scenes {check_scenes} --check-pictures {check_pictures} --seed {seed}"
+               + (f" --init {init}" if init else "") + (f" --hard-negatives {hard_negatives}" if hard_negatives else ""))
+    result = run_training(dog_paths, roles["backgrounds"], roles["threshold"], Path(out), scenes, epochs, batch_size, lr, seed,
+                          max_false_rate, command, check_scenes, check_pictures,
+                          Path(init) if init else None, hard_negatives)
+    if as_json:
+        print_json(result)
+        return
+    v = result["validation"]
+    click.echo(f"wrote {Path(out) / 'dog-detector.pt'}: threshold {v['threshold']:.3f}, recall at IoU 0.5 "
+               f"{v['recall_iou_0.5']:.3f} on {v['scenes']} held-out scenes, {v['false_per_scene']:.3f} false "
+               f"detections per scene, {v['no_dog_pictures_with_a_face']:.3f} of {v['no_dog_pictures']} "
+               f"no-dog pictures with a face")
+
+
 @main.command("import-dlib")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint to write, e.g. faces/bundled/human.pt.")

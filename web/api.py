@@ -9,7 +9,9 @@ from werkzeug.exceptions import BadRequest
 
 from faces import clitools
 from faces.errors import ModelError
+from faces.detection import parse_box
 from faces.imaging import ImageError
+from search.errors import SearchError
 
 from .engine import EngineUnavailable, gallery_summary, get_engine, unavailable
 from .uploads import read_image_upload
@@ -19,18 +21,20 @@ blueprint = Blueprint("api", __name__, url_prefix="/api")
 
 @blueprint.post("/search")
 def search():
-    """Multipart form: the photo in `image`, optionally `k` matches per face and the
-    `threshold` that decides a match (strict, the default; balanced; or a distance).
+    """Multipart form: the photo in `image`, optionally `k` matches per face, the
+    `threshold` that decides a match (strict, the default; balanced; or a distance) and a
+    `box` "x0,y0,x1,y1" (pixels of the photo) to search the face in instead of detecting.
 
     Answers the engine's own result, the JSON of `search query --json` for one photo.
     """
     image = read_image_upload(request.files.get("image"), current_app.config["MAX_UPLOAD_BYTES"])
     k = matches_per_face(request.values.get("k"))
+    box = face_box(request.values.get("box"))
     try:
-        result = get_engine().query(image, k=k, threshold=request.values.get("threshold") or None)
+        result = get_engine().query(image, k=k, threshold=request.values.get("threshold") or None, box=box)
     except ImageError as error:
         raise BadRequest(f"bad image: {error.reason}") from None
-    except ModelError as error:    # an unknown operating point or a distance out of range
+    except (ModelError, SearchError) as error:   # an unknown operating point, a box outside the photo
         raise BadRequest(str(error)) from None
     except clitools.USER_ERRORS as error:   # e.g. the index damaged or replaced under a running server
         raise unavailable(error) from None
@@ -54,3 +58,13 @@ def matches_per_face(text: str | None) -> int:
     if k is None or not 1 <= k <= limit:
         raise BadRequest(f"k must be a whole number from 1 to {limit}")
     return k
+
+
+def face_box(text: str | None):
+    """The form's `box` field as a box, None when absent or empty."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return parse_box(text)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None

@@ -1,5 +1,7 @@
 // The search page: send the chosen or dropped photo to /api/search, show it back with a
-// numbered box on each face found, and list each face's matches from the gallery.
+// numbered box on each face found, and list each face's matches from the gallery. A face
+// the detector missed (or a different one) can be searched with a box drawn on the photo
+// (boxtool.js), starting from a detected face's box.
 "use strict";
 
 const form = document.getElementById("search-form");
@@ -16,12 +18,21 @@ const operatingPoint = document.getElementById("operating-point");
 const facesList = document.getElementById("faces");
 const faceTemplate = document.getElementById("face-template");
 const matchTemplate = document.getElementById("match-template");
+const boxButton = document.getElementById("box-button");
+const boxEditor = document.getElementById("box-editor");
+const boxInput = document.getElementById("box-input");
+const boxSearch = document.getElementById("box-search");
+const boxCancel = document.getElementById("box-cancel");
 
 const maxUploadBytes = Number(form.dataset.maxUploadBytes);
 // url_for cannot build a URL for an id only known here, so the page carries the one for id 0.
 const thumbUrl = (id) => form.dataset.thumbUrl.replace(/0$/, String(id));
 
 let photoUrl = null;
+let lastFaces = [];
+const boxTool = new BoxTool(document.getElementById("box-layer"), photo, (box) => {
+  boxInput.value = box.join(",");
+});
 // A server started with FACESEARCH_API_KEY wants the key as a bearer token on every search
 // and thumbnail: it is asked for once and kept for this tab only.
 let apiKey = sessionStorage.getItem("facesearch-api-key");
@@ -78,9 +89,10 @@ function showPhoto(file) {
   return loaded;
 }
 
-async function search(file) {
+// Search the photo: every face the detector finds, or only the face in `box` (photo pixels).
+async function search(file, box) {
   if (!file) return;
-  results.hidden = true;
+  if (!box) results.hidden = true;   // a box search keeps the photo on screen
   if (file.size > maxUploadBytes) {
     showMessage(`That file is ${megabytes(file.size)}; the limit is ${megabytes(maxUploadBytes)}.`, true);
     return;
@@ -88,7 +100,8 @@ async function search(file) {
   const body = new FormData();
   body.append("image", file);
   body.append("k", kInput.value);
-  const photoLoaded = showPhoto(file);
+  if (box) body.append("box", box.join(","));
+  const photoLoaded = box ? Promise.resolve() : showPhoto(file);
   showMessage("Searching…", false);
   button.disabled = true;
   let response;
@@ -117,13 +130,18 @@ function showResults(payload) {
   facesList.replaceChildren();
   operatingPoint.hidden = true;
   results.hidden = false;
+  stopBox();
+  lastFaces = faces;
   if (faces.length === 0) {
-    summary.textContent = "No face found in this photo.";
+    // The server's message says what was looked for; a box is the way on.
+    const looked = payload.species === "dog" ? "No dog face found in this photo." : "No face found in this photo.";
+    summary.textContent = `${looked} If there is one, draw a box around it and search again.`;
     summary.classList.add("is-error");
     return;
   }
   summary.classList.remove("is-error");
-  summary.textContent = faces.length === 1 ? "1 face found." : `${faces.length} faces found.`;
+  const counted = faces.length === 1 ? "1 face" : `${faces.length} faces`;
+  summary.textContent = faces[0].found_by === "box" ? `${counted} in your box.` : `${counted} found.`;
   operatingPoint.textContent = describeOperatingPoint(payload);
   operatingPoint.hidden = false;
   faces.forEach((face, index) => {
@@ -169,6 +187,16 @@ function faceItem(face, number, matched, speciesName) {
   item.id = `face-${number}`;
   item.querySelector(".face-number").textContent = String(number);
   item.classList.toggle("is-match", matched);
+  item.querySelector(".found-by").textContent = FOUND_BY[face.found_by] || "";
+  if (face.box) {
+    // This face's box as the start of a drawn one: move or resize it, then search it.
+    const adjust = item.querySelector(".adjust-box");
+    adjust.hidden = false;
+    adjust.addEventListener("click", () => {
+      startBox(face.box);
+      photo.scrollIntoView({ block: "nearest" });
+    });
+  }
   drawCrop(item.querySelector(".face-crop"), face.box, number);
   const verdict = item.querySelector(".verdict");
   // Only a face within the threshold is named; the nearest others are shown for reference.
@@ -200,6 +228,44 @@ function drawCrop(canvas, box, number) {
   canvas.getContext("2d").drawImage(photo, x0, y0, x1 - x0, y1 - y0, 0, 0, canvas.width, canvas.height);
   canvas.setAttribute("aria-label", `Face ${number} as found in your photo`);
 }
+
+const FOUND_BY = {
+  detector: "Found by the face detector.",
+  box: "The box you drew.",
+  "whole image": "The whole photo, taken as the face.",
+};
+
+// The box tool: on, starting from `box`, else the first face found, else the middle of the photo.
+function startBox(box) {
+  const first = lastFaces.find((face) => face.box);
+  boxTool.start(box || (first ? first.box : null));
+  boxEditor.hidden = false;
+  boxButton.hidden = true;
+}
+
+function stopBox() {
+  boxTool.stop();
+  boxEditor.hidden = true;
+  boxButton.hidden = false;
+}
+
+// The typed box, when it is four numbers; the drawing follows it.
+function typedBox() {
+  const numbers = boxInput.value.split(",").map((part) => Number(part.trim()));
+  if (numbers.length !== 4 || numbers.some((n) => !Number.isFinite(n))) return null;
+  return numbers;
+}
+
+boxButton.addEventListener("click", () => startBox());
+boxCancel.addEventListener("click", stopBox);
+boxInput.addEventListener("change", () => {
+  const box = typedBox();
+  if (box) boxTool.set(box);
+});
+boxSearch.addEventListener("click", () => {
+  const box = typedBox() || boxTool.box;
+  search(input.files[0], box);
+});
 
 function matchItem(match) {
   const item = matchTemplate.content.firstElementChild.cloneNode(true);
