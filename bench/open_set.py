@@ -1,6 +1,6 @@
 """Open-set identification and clustering on people a model never trained on.
 
-    python bench/open_set.py --model human --split-of ../shared/data/lfw/images
+    python bench/open_set.py --model human --data runs/lfw-split/val   # imported: no training split recorded
     python bench/open_set.py --model dog --split-of ../shared/data/dogfacenet/images
     python bench/open_set.py --model runs/new/model.pt --data runs/new/split/val
 
