@@ -1,10 +1,13 @@
-"""Shared test fixtures: small generated face-like images, written as real JPEG files."""
+"""Shared test fixtures: small generated face-like images, written as real JPEG files; an
+untrained checkpoint; running click commands in-process."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,3 +42,29 @@ def write_identity_folders(root: Path, identities: int = 6, per_identity: int = 
 @pytest.fixture
 def identity_folders(tmp_path: Path) -> Path:
     return write_identity_folders(tmp_path / "faces")
+
+
+def invoke_cli(command, *args) -> tuple[int, str]:
+    """Run a click command in-process: (exit code, output); an unexpected exception is
+    raised, not turned into an exit code."""
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def fresh_checkpoint(tmp_path_factory) -> Path:
+    """An untrained small network (64 px), seeded, as a checkpoint file."""
+    import torch
+    from faces.checkpoint import save_checkpoint
+    from faces.imaging import Preprocess
+    from faces.models import EmbeddingNet
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "fresh.pt"
+    save_checkpoint(path, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.5)
+    return path

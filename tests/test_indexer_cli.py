@@ -2,7 +2,6 @@
 and --repair, cluster and export, a busy index, and a build killed (-9) mid-way for real."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -14,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from indexer import Gallery, IndexCorruptError
 from indexer.cli import main
@@ -26,7 +24,7 @@ from faces.checkpoint import save_checkpoint
 from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 
-from conftest import LFW, REPO, write_identity_folders
+from conftest import LFW, REPO, invoke_cli, last_json, write_identity_folders
 
 
 
@@ -44,14 +42,7 @@ def gallery(tmp_path) -> Path:
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
-
-
-def last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
+    return invoke_cli(main, *args)
 
 
 @pytest.fixture

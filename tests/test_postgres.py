@@ -8,7 +8,6 @@ can start."""
 from __future__ import annotations
 
 import glob
-import json
 import multiprocessing
 import os
 import pwd
@@ -18,19 +17,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
-from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
-from faces.checkpoint import save_checkpoint
-from faces.imaging import Preprocess
-from faces.models import EmbeddingNet
 from indexer.cli import main as indexer_main
 from indexer.db import current_revision, downgrade, head_revision, open_database, upgrade
 from indexer.settings import load_settings
 from search.cli import main as search_main
 
-from conftest import identity_image, write_identity_folders
+from conftest import identity_image, invoke_cli, last_json, write_identity_folders
 
 pytest.importorskip("psycopg", reason="PostgreSQL tests need pip install 'facesearch[postgres]'")
 
@@ -142,22 +136,11 @@ def test_processes_on_separate_machines_creating_the_schema_at_once_all_see_it(d
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "fresh.pt"
-    save_checkpoint(path, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.5)
-    return path
+def checkpoint(fresh_checkpoint) -> Path:
+    return fresh_checkpoint
 
 
-def run(main, *args) -> tuple[int, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
-
-
-def last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
+run = invoke_cli
 
 
 def test_an_index_with_its_metadata_on_postgresql(database, tmp_path, checkpoint):

@@ -4,30 +4,24 @@ the same rows and the same vectors as the in-process build, written into the cho
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from faces.checkpoint import save_checkpoint
 from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 from indexer.cli import main as indexer_main
 
-from conftest import write_identity_folders
+from conftest import invoke_cli, write_identity_folders
 
 pytest.importorskip("ray", reason="Ray build tests need pip install 'facesearch[cluster]'")
 pytest.importorskip("pymilvus", reason="the Ray build writes into Milvus Lite: pip install 'facesearch[milvus]'")
 
 
 def run(*args) -> tuple[int, str]:
-    result = CliRunner().invoke(indexer_main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+    return invoke_cli(indexer_main, *args)
 
 
 def test_ray_build_stores_the_same_vectors_as_the_in_process_build(tmp_path, monkeypatch):

@@ -10,18 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
-from faces.checkpoint import save_checkpoint
-from faces.imaging import Preprocess, load_image
-from faces.models import EmbeddingNet
+from faces.imaging import load_image
 from indexer.cli import main as indexer_main
 from indexer.settings import SETTINGS_FILE, IndexSettings, SettingsError, load_settings, parse_store
 from indexer.store import FaissStore
 from search.cli import main as search_main
 
-from conftest import identity_image, write_identity_folders
+from conftest import identity_image, invoke_cli, last_json, write_identity_folders
 
 def milvus_lite_or_skip() -> None:
     """FAISS runs everywhere; the Milvus half of each test needs the [milvus] extra."""
@@ -104,22 +100,11 @@ def test_store_flag_is_checked_and_kept_absolute(tmp_path, monkeypatch):
 # --- the same gallery through the command line, in both stores ------------------------------
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "fresh.pt"
-    save_checkpoint(path, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.5)
-    return path
+def checkpoint(fresh_checkpoint) -> Path:
+    return fresh_checkpoint
 
 
-def run(main, *args) -> tuple[int, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
-
-
-def last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
+run = invoke_cli
 
 
 def top5(index: Path, photos: list[Path]) -> list[list[tuple[str, float]]]:
