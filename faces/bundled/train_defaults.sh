@@ -17,8 +17,8 @@ trainer import-dlib --out faces/bundled/human.pt --data runs/lfw-split/val --pai
 train runs/human-long --data ../shared/data/lfw/images --species human --miner batch-all --crop 0.5 --input-size 64 --epochs 100
 # dog: dlib's network adapted to dog faces with semi-hard mining (whole 224 px crops at 150 px);
 # then flip averaging switched on and the operating points chosen on the held-out dogs.
-train runs/dog-dlib-sh40 --data ../shared/data/dogfacenet/images --species dog --init human --alignment lfw --crop 1.0 --freeze 14 --augment full --miner semi-hard --margin 0.2 --lr 1e-4 --epochs 40
-trainer calibrate --model runs/dog-dlib-sh40/best.pt --data runs/dog-dlib-sh40/split/val --pairs runs/dog-dlib-sh40/split/val_pairs.txt --flip --out faces/bundled/dog.pt
+train runs/dog-dlib-sh60 --data ../shared/data/dogfacenet/images --species dog --init human --alignment lfw --crop 1.0 --freeze 14 --augment full --miner semi-hard --margin 0.2 --lr 1e-4 --epochs 60
+trainer calibrate --model runs/dog-dlib-sh60/best.pt --data runs/dog-dlib-sh60/split/val --pairs runs/dog-dlib-sh60/split/val_pairs.txt --flip --out faces/bundled/dog.pt
 # The dog face detector (faces/bundled/dog-detector.pt, card dog-detector.md): the dog model's
 # training dogs only (trainer split, seed 0), LFW for backgrounds; from scratch, then on its
 # own mistakes; then copy runs/dog-detector/dog-detector.pt to faces/bundled/.
