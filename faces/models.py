@@ -225,7 +225,7 @@ def inference_copy(net: nn.Module) -> nn.Module:
     """A copy of `net` for embedding only: each per-channel scale and shift that follows a
     convolution (dlib's `affine` layers; batch norm in eval mode) is folded into that
     convolution's weights, and the weights are stored channels-last, the layout oneDNN's
-    CPU convolutions run fastest on. The same outputs to float rounding (2e-7), at 1.6x the
+    CPU convolutions run fastest on. The same outputs to float rounding (2e-7), at 1.55x the
     speed for dlib_resnet on one CPU core (bench/bench_embedding.py); feed it channels-last
     inputs. The original stays trainable and unchanged."""
     net = copy.deepcopy(net).eval()

@@ -34,9 +34,9 @@ def default_workers(finds_faces: bool) -> int:
     Detecting builds keep one core for the model in the main process and give the rest (up
     to 8) to detection: on 2 cores one detecting worker beside the model built 500 LFW photos
     with `human` at 97-101 images/s, two workers (three busy processes on two cores) at
-    87-95 (four runs of each, interleaved, in one process). Plain decoding costs about as much as the small model's
-    forward pass: on 2 cores decoding in the main process while the model keeps both cores
-    is fastest (`bench/bench_indexer.py` on LFW: 1,022 images/s, against 907 with
+    87-95 (four runs of each, interleaved, in one process). Plain decoding costs about as
+    much as the small model's forward pass: on 2 cores decoding in the main process while
+    the model keeps both cores is fastest (`bench/bench_indexer.py` on LFW: 1,022 images/s, against 907 with
     `--workers 1`); beyond that, one core is kept for the model.
     """
     cores = available_cores()
