@@ -35,7 +35,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +90,8 @@ class WholeImage:
         return [Face(image=self._landmarker.central_chip(image), found_by="whole image")]
 
     def in_box(self, image: Image.Image, box: Box) -> Face:
-        """The face in a box the user drew: the box is the crop."""
-        crop = image.crop(box)
-        face = crop if self._landmarker is None else self._landmarker.central_chip(crop)
-        return Face(image=face, box=tuple(box), found_by="box")
+        """The face in a box the user drew: the box is the crop, taken as a whole image is."""
+        return replace(self(image.crop(box))[0], box=tuple(box), found_by="box")
 
 
 class DlibDetector:

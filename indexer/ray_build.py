@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .embedding import FaceCrops, ImageResult, WorkItem
+from .embedding import FaceCrops, ImageResult, WorkItem, collate
 from .errors import IndexerError
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,17 @@ class FaceEmbedder:
         self.detector = detector
 
     def __call__(self, batch: dict) -> dict:
-        import torch
         items = [WorkItem(os.fsdecode(path), None if identity is None else os.fsdecode(identity))
                  for path, identity in zip(batch["path"], batch["identity"])]
         crops = FaceCrops(items, self.model.preprocess, self.detector)
-        samples = [crops[i] for i in range(len(items))]
-        faces = [c for _, c in samples if c is not None]
-        vectors = (self.model.embed_tensor(torch.cat(faces)) if faces
+        faces = collate([crops[i] for i in range(len(items))])     # as a local build's loader does
+        vectors = (self.model.embed_tensor(faces.crops) if len(faces.crops)
                    else np.empty((0, self.model.embedding_dim), np.float32))
         rows_vectors, offset = [], 0
-        for result, _ in samples:
+        for result in faces.results:
             rows_vectors.append(vectors[offset:offset + len(result.boxes)].astype(np.float32).tobytes())
             offset += len(result.boxes)
-        return {"result": np.array([pickle.dumps(r) for r, _ in samples], dtype=object),
+        return {"result": np.array([pickle.dumps(r) for r in faces.results], dtype=object),
                 "vectors": np.array(rows_vectors, dtype=object)}
 
 

@@ -29,11 +29,8 @@ from conftest import LFW, REPO, invoke_cli, last_json, write_identity_folders
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "fresh.pt"
-    save_checkpoint(path, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.5)
-    return path
+def checkpoint(fresh_checkpoint) -> Path:
+    return fresh_checkpoint
 
 
 @pytest.fixture

@@ -3,18 +3,12 @@ the same rows and the same vectors as the in-process build, written into the cho
 (here Milvus Lite, against an in-process build into FAISS)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
 
-from faces.checkpoint import save_checkpoint
-from faces.imaging import Preprocess
-from faces.models import EmbeddingNet
 from indexer.cli import main as indexer_main
 
-from conftest import invoke_cli, write_identity_folders
+from conftest import invoke_cli, last_json, write_identity_folders
 
 pytest.importorskip("ray", reason="Ray build tests need pip install 'facesearch[cluster]'")
 pytest.importorskip("pymilvus", reason="the Ray build writes into Milvus Lite: pip install 'facesearch[milvus]'")
@@ -24,10 +18,8 @@ def run(*args) -> tuple[int, str]:
     return invoke_cli(indexer_main, *args)
 
 
-def test_ray_build_stores_the_same_vectors_as_the_in_process_build(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "fresh.pt"
-    save_checkpoint(checkpoint, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.5)
+def test_ray_build_stores_the_same_vectors_as_the_in_process_build(tmp_path, monkeypatch, fresh_checkpoint):
+    checkpoint = fresh_checkpoint
     gallery = write_identity_folders(tmp_path / "gallery", identities=3, per_identity=4)
     (gallery / "person_02" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a whole JPEG")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)          # a local Ray, started and stopped by the build
@@ -38,7 +30,7 @@ def test_ray_build_stores_the_same_vectors_as_the_in_process_build(tmp_path, mon
                            "--engine", engine, "--store", store, "--workers", 0 if engine == "local" else 2,
                            "--batch-size", 4, "--no-progress", "--json")
         assert code == 0, output
-        reports[engine] = json.loads(output.strip().splitlines()[-1])
+        reports[engine] = last_json(output)
         code, output = run("export", "--index", index, "--out", tmp_path / f"{engine}.npz")
         assert code == 0 and "exported 12 faces" in output
     for key in ("faces_added", "images_added", "skipped", "skip_reasons", "vectors"):
