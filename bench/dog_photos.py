@@ -75,7 +75,7 @@ def main() -> None:
     started = time.time()
 
     samples = scan_identities(args.data)
-    _, val_dogs = split_identities(sorted({s.identity for s in samples}), 0.2, 0)   # trainer split's seed 0
+    val_dogs = split_identities(sorted({s.identity for s in samples})).choose   # the dog model's held-out dogs
     groups = group_by_identity([s for s in samples if s.identity in set(val_dogs)])
     dogs = [dog for dog in sorted(groups) if len(groups[dog]) >= 2][:args.dogs]
     model = load_model(args.model)

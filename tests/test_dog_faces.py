@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not (DOGS.is_dir() and LFW.is_dir()), reason="Do
 def held_out_dogs() -> dict:
     """The dogs neither the bundled dog model nor the detector trained on: {dog: [paths]}."""
     samples = scan_identities(DOGS)
-    _, val = split_identities(sorted({s.identity for s in samples}), 0.2, 0)
+    val = split_identities(sorted({s.identity for s in samples})).choose
     groups = group_by_identity([s for s in samples if s.identity in set(val)])
     return {dog: [s.path for s in groups[dog]] for dog in sorted(groups) if len(groups[dog]) >= 3}
 

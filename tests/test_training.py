@@ -12,7 +12,7 @@ from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 from trainer.cli import main
 from trainer.evaluate import STRICT_FAR
-from trainer.data import PKSampler, scan_identities, split_identities
+from trainer.data import DataError, PKSampler, read_pairs, scan_identities, split_identities, write_split
 
 from conftest import identity_image, write_identity_folders
 
@@ -43,12 +43,39 @@ def test_sampler_draws_p_identities_of_up_to_k_images_each_once_per_epoch():
     assert list(sampler) == batches
 
 
-def test_identity_split_is_disjoint_and_reproducible():
+def test_identity_split_is_three_way_disjoint_and_reproducible():
     names = [f"id{i}" for i in range(50)]
-    train, val = split_identities(names, 0.2, seed=7)
-    assert len(val) == 10 and not set(train) & set(val) and sorted(train + val) == sorted(names)
-    assert split_identities(list(reversed(names)), 0.2, seed=7) == (train, val)
-    assert split_identities(names, 0.2, seed=8) != (train, val)
+    split = split_identities(names, 0.2, 0.3, seed=7)
+    assert (len(split.train), len(split.choose), len(split.test)) == (25, 10, 15)
+    assert sorted(split.train + split.choose + split.test) == sorted(names)
+    assert not (set(split.train) & set(split.choose) or set(split.train) & set(split.test)
+                or set(split.choose) & set(split.test))
+    assert split_identities(list(reversed(names)), 0.2, 0.3, seed=7) == split
+    assert split_identities(names, 0.2, 0.3, seed=8) != split
+    # choose does not depend on the test fraction: what a two-way split held out stays choose
+    assert split_identities(names, 0.2, 0.0, seed=7).choose == split.choose
+
+
+def test_identity_split_refuses_fractions_that_leave_nothing_to_train():
+    with pytest.raises(DataError, match="leave identities to train on"):
+        split_identities(["a", "b", "c"], 0.5, 0.5)
+
+
+def test_split_command_writes_three_parts_and_two_pairs_files(tmp_path):
+    root = tmp_path / "people"
+    for person in range(20):
+        for n in range(3):
+            folder = root / f"p{person:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            identity_image(person, n).save(folder / f"p{person:02d}_{n:04d}.jpg")
+    counts = write_split(root, tmp_path / "split", 0.25, 0.25, seed=3)
+    assert (counts["train_identities"], counts["choose_identities"], counts["test_identities"]) == (10, 5, 5)
+    parts = {part: {p.name for p in (tmp_path / "split" / part).iterdir()} for part in ("train", "choose", "test")}
+    assert parts["choose"] == set(split_identities([f"p{i:02d}" for i in range(20)], 0.25, 0.25, 3).choose)
+    for part in ("choose", "test"):
+        named = {field for pair in read_pairs(tmp_path / "split" / f"{part}_pairs.txt", tmp_path / "split" / part)
+                 for field in (pair.first.parent.name, pair.second.parent.name)}
+        assert named <= parts[part]
 
 
 def mean_distances(model, root):
@@ -67,7 +94,7 @@ def mean_distances(model, root):
 def test_training_learns_to_separate_identities(tmp_path, loss, miner):
     data = write_identity_folders(tmp_path / "faces", identities=8, per_identity=6, size=40)
     out = tmp_path / "run"
-    result = run("train", "--data", data, "--out", out, "--epochs", 12, "--val-fraction", 0,
+    result = run("train", "--data", data, "--out", out, "--epochs", 12, "--choose-fraction", 0,
                  "--loss", loss, "--miner", miner, *TINY)
     assert result.exit_code == 0, result.output
     epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
@@ -94,13 +121,13 @@ def test_checkpoint_carries_everything_and_resume_continues(tmp_path):
     assert checkpoint["species"] == "dog" and checkpoint["preprocess"]["input_size"] == 32
     points = checkpoint["operating_points"]     # chosen on the 2 held-out identities
     assert checkpoint["threshold"] == points["strict"]["threshold"] and points["strict"]["far"] <= STRICT_FAR
-    assert points["different_pairs"] == 5 * 5 and points["data"] == str(out / "split" / "val")
+    assert points["different_pairs"] == 5 * 5 and points["data"] == str(out / "split" / "choose")
     assert points["balanced"]["threshold"] >= points["strict"]["threshold"]
     assert checkpoint["training"]["metrics"]["epoch"] == 3 and "trainer" in checkpoint["training"]["command"]
     assert all(v.dtype == torch.float16 for v in checkpoint["state_dict"].values() if v.is_floating_point())
     # The split is written once and is disjoint.
     train = {p.name for p in (out / "split" / "train").iterdir()}
-    val = {p.name for p in (out / "split" / "val").iterdir()}
+    val = {p.name for p in (out / "split" / "choose").iterdir()}
     assert len(val) == 2 and not train & val
 
 
@@ -110,7 +137,7 @@ def test_training_from_a_checkpoint_keeps_its_preprocessing_and_frozen_layers(tm
     torch.manual_seed(0)
     save_checkpoint(start, EmbeddingNet("small", 128), Preprocess(32, 1.0, mean=(0.4, 0.45, 0.5)), "human", 0.5)
     out = tmp_path / "run"
-    result = run("train", "--data", data, "--out", out, "--epochs", 2, "--val-fraction", 0, "--species", "dog",
+    result = run("train", "--data", data, "--out", out, "--epochs", 2, "--choose-fraction", 0, "--species", "dog",
                  "--init", start, "--freeze", 3, "-P", 6, "-K", 4, "--no-progress", "--workers", 0, "--lr", 3e-3)
     assert result.exit_code == 0, result.output
     checkpoint = read_checkpoint(out / "model.pt")
@@ -136,7 +163,7 @@ def test_bad_training_data_gives_a_clear_error(tmp_path):
     (one / "solo").mkdir(parents=True)
     for i in range(3):
         identity_image(0, i, 32).save(one / "solo" / f"{i}.jpg")
-    result = run("train", "--data", one, "--out", tmp_path / "r2", "--val-fraction", 0, *TINY)
+    result = run("train", "--data", one, "--out", tmp_path / "r2", "--choose-fraction", 0, *TINY)
     assert result.exit_code != 0 and "at least two identities" in result.output
 
 
@@ -144,7 +171,7 @@ def test_corrupt_and_fake_images_are_skipped_by_name(tmp_path, caplog):
     data = write_identity_folders(tmp_path / "faces", identities=6, per_identity=4, size=32)
     (data / "person_00" / "broken.jpg").write_bytes((data / "person_00" / "person_00_0001.jpg").read_bytes()[:200])
     (data / "person_01" / "notes.jpg").write_text("this is a text file")
-    result = run("train", "--data", data, "--out", tmp_path / "run", "--epochs", 1, "--val-fraction", 0, *TINY)
+    result = run("train", "--data", data, "--out", tmp_path / "run", "--epochs", 1, "--choose-fraction", 0, *TINY)
     assert result.exit_code == 0, result.output
     skipped = " ".join(r.getMessage() for r in caplog.records)
     assert "broken.jpg" in skipped and "notes.jpg: not an image" in skipped

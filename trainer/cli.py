@@ -58,8 +58,11 @@ def main(verbose: bool) -> None:
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--scheduler", type=click.Choice(["cosine", "plateau", "none"]), default="cosine",
               show_default=True)
-@click.option("--val-fraction", default=0.2, show_default=True,
-              help="Identities held out for validation (never trained on).")
+@click.option("--choose-fraction", default=0.2, show_default=True,
+              help="Identities held out to validate and choose on: early stopping, operating points "
+                   "(never trained on; 0: no split, train on every identity).")
+@click.option("--test-fraction", default=0.2, show_default=True,
+              help="Identities held out untouched, for reporting a model (OUT/split/test).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="Data loader worker processes.")
 @click.option("--device", help="cpu or cuda (default: cuda when available).")
@@ -128,9 +131,9 @@ def evaluate(model: str, data: str, pairs: str, out: str, flip: bool | None, as_
 @main.command()
 @click.option("--model", required=True, help="Bundled model name or checkpoint path to calibrate.")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder of identity sub-folders the model never trained on (e.g. SPLIT/val).")
+              help="Folder of identity sub-folders the model never trained on (e.g. SPLIT/choose).")
 @click.option("--pairs", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Pairs file in LFW format (e.g. SPLIT/val_pairs.txt): its same pairs give the "
+              help="Pairs file in LFW format (e.g. SPLIT/choose_pairs.txt): its same pairs give the "
                    "true accept rates.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Write the calibrated checkpoint here (default: update MODEL's file in place).")
@@ -168,17 +171,22 @@ def operating_point_lines(points: dict) -> list[str]:
 @main.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--choose-fraction", default=0.2, show_default=True,
+              help="Share of identities to choose on (thresholds, epochs, any rule's parameters).")
+@click.option("--test-fraction", default=0.2, show_default=True,
+              help="Share of identities kept to report results on, and nothing else.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def split(data: str, out: str, val_fraction: float, seed: int, as_json: bool) -> None:
-    """Hold out identities: OUT/train and OUT/val (links, nothing copied) and OUT/val_pairs.txt.
-    `trainer train` makes the same split with the same seed."""
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+def split(data: str, out: str, choose_fraction: float, test_fraction: float, seed: int, as_json: bool) -> None:
+    """Split identities three ways: OUT/train, OUT/choose and OUT/test (links, nothing
+    copied), with OUT/choose_pairs.txt and OUT/test_pairs.txt. `trainer train` makes the same
+    split with the same seed and fractions."""
     from .data import write_split
-    counts = write_split(data, out, val_fraction, seed)
+    counts = write_split(data, out, choose_fraction, test_fraction, seed)
     print_json(counts) if as_json else click.echo(
-        f"{counts['train_identities']} train / {counts['val_identities']} val identities; "
-        f"pairs in {Path(out) / 'val_pairs.txt'}")
+        f"{counts['train_identities']} train / {counts['choose_identities']} choose / "
+        f"{counts['test_identities']} test identities; pairs in {Path(out) / 'choose_pairs.txt'} "
+        f"and {Path(out) / 'test_pairs.txt'}")
 
 
 @main.command("train-dog-detector")

@@ -57,12 +57,35 @@ def group_by_identity(samples: list[Sample]) -> dict[str, list[Sample]]:
     return dict(groups)
 
 
-def split_identities(identities: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Disjoint (train, val) identity lists; the same seed always gives the same split."""
+# The three roles an identity can have, in the order they are cut from a seeded shuffle.
+SPLIT_PARTS = ("train", "choose", "test")
+
+
+@dataclass(frozen=True)
+class IdentitySplit:
+    """Disjoint identity lists: `train` is trained on; `choose` decides everything a run
+    chooses (early stopping, miner, margin, epochs, operating points, any rule's parameters);
+    `test` is touched only to report a model about to ship."""
+
+    train: list[str]
+    choose: list[str]
+    test: list[str]
+
+
+def split_identities(identities: list[str], choose_fraction: float = 0.2, test_fraction: float = 0.2,
+                     seed: int = 0) -> IdentitySplit:
+    """The same identities and seed always give the same split. `choose` is the first
+    `choose_fraction` of the seeded shuffle, so it is exactly what earlier two-way splits
+    held out as "val" with that fraction and seed; `test` is the next `test_fraction`."""
+    if choose_fraction < 0 or test_fraction < 0 or choose_fraction + test_fraction >= 1:
+        raise DataError(f"choose ({choose_fraction}) and test ({test_fraction}) fractions must be "
+                        f"at least 0 and leave identities to train on")
     shuffled = sorted(identities)
     random.Random(seed).shuffle(shuffled)
-    n_val = round(len(shuffled) * val_fraction)
-    return sorted(shuffled[n_val:]), sorted(shuffled[:n_val])
+    n_choose = round(len(shuffled) * choose_fraction)
+    n_test = round(len(shuffled) * test_fraction)
+    return IdentitySplit(train=sorted(shuffled[n_choose + n_test:]), choose=sorted(shuffled[:n_choose]),
+                         test=sorted(shuffled[n_choose:n_choose + n_test]))
 
 
 # --- pairs in the LFW format -----------------------------------------------------------
@@ -132,27 +155,30 @@ def write_pairs(pairs: list[tuple[str, ...]], path: str | os.PathLike) -> None:
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-def write_split(root: str | os.PathLike, out: str | os.PathLike, val_fraction: float = 0.2,
-                seed: int = 0, pairs_per_kind: int = 1500) -> dict:
-    """Split ROOT's identities into OUT/train and OUT/val (folders of links to the original
-    identity folders, nothing copied) and write OUT/val_pairs.txt among the val identities."""
-    samples = scan_identities(root)
-    groups = group_by_identity(samples)
-    train, val = split_identities(list(groups), val_fraction, seed)
-    if not val:
-        raise DataError(f"{root}: too few identities ({len(groups)}) to hold out {val_fraction:.0%}")
+def write_split(root: str | os.PathLike, out: str | os.PathLike, choose_fraction: float = 0.2,
+                test_fraction: float = 0.2, seed: int = 0, pairs_per_kind: int = 1500) -> dict:
+    """Split ROOT's identities into OUT/train, OUT/choose and OUT/test (folders of links to
+    the original identity folders, nothing copied) and write OUT/choose_pairs.txt and
+    OUT/test_pairs.txt among the choose and the test identities."""
+    groups = group_by_identity(scan_identities(root))
+    split = split_identities(list(groups), choose_fraction, test_fraction, seed)
+    if not split.choose:
+        raise DataError(f"{root}: too few identities ({len(groups)}) to hold out {choose_fraction:.0%} to choose on")
     out = Path(out)
-    for part, names in (("train", train), ("val", val)):
+    counts = {}
+    for part in SPLIT_PARTS:
+        names = getattr(split, part)
         folder = out / part
         folder.mkdir(parents=True, exist_ok=True)
         for name in names:
             link = folder / name
             if not link.exists():
                 link.symlink_to(groups[name][0].path.parent.resolve(), target_is_directory=True)
-    val_samples = [s for name in val for s in groups[name]]
-    write_pairs(make_pairs(val_samples, pairs_per_kind, seed), out / "val_pairs.txt")
-    return {"train_identities": len(train), "val_identities": len(val),
-            "train_images": sum(len(groups[n]) for n in train), "val_images": len(val_samples)}
+        samples = [s for name in names for s in groups[name]]
+        if part != "train" and names:
+            write_pairs(make_pairs(samples, pairs_per_kind, seed), out / f"{part}_pairs.txt")
+        counts.update({f"{part}_identities": len(names), f"{part}_images": len(samples)})
+    return counts
 
 
 # --- datasets ---------------------------------------------------------------------------

@@ -56,7 +56,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     optimizer: str = "adamw"
     scheduler: str = "cosine"
-    val_fraction: float = 0.2
+    choose_fraction: float = 0.2
+    test_fraction: float = 0.2
     seed: int = 0
     init: str | None = None
     alignment: str | None = None
@@ -190,12 +191,13 @@ class Trainer:
                                          alignment=config.alignment or "lfw")
 
         train_root, self.validation = Path(config.data), None
-        if config.val_fraction > 0:
-            split = write_split(config.data, self.out / "split", config.val_fraction, config.seed)
+        if config.choose_fraction > 0:
+            split = write_split(config.data, self.out / "split", config.choose_fraction,
+                                config.test_fraction, config.seed)
             log.info("identity split: %s", split)
             train_root = self.out / "split" / "train"
-            self.validation = EvaluationSet(self.out / "split" / "val",
-                                            self.out / "split" / "val_pairs.txt",
+            self.validation = EvaluationSet(self.out / "split" / "choose",
+                                            self.out / "split" / "choose_pairs.txt",
                                             self.preprocess, config.progress)
         self.dataset = FaceDataset(scan_identities(train_root), self.preprocess,
                                    augmentation(config.size, config.augment), config.progress)
@@ -268,8 +270,8 @@ class Trainer:
         inputs = self.validation.embed(model)
         metrics = verification_metrics(inputs.pair_distances, inputs.pair_same)
         self.operating_points = {**operating_points(*calibration_pairs(inputs)),
-                                 "data": str(self.out / "split" / "val"),
-                                 "pairs_file": str(self.out / "split" / "val_pairs.txt")}
+                                 "data": str(self.out / "split" / "choose"),
+                                 "pairs_file": str(self.out / "split" / "choose_pairs.txt")}
         return {"val_accuracy": metrics["accuracy"], "val_accuracy_std": metrics["accuracy_std"],
                 "val_auc": metrics["auc"], "val_threshold": metrics["threshold"]}
 
