@@ -191,6 +191,67 @@ def search_metrics(embeddings: np.ndarray, labels: np.ndarray) -> dict:
             "map": float(np.mean(precisions)), "queries": int(len(queries)), "gallery": int(len(gallery))}
 
 
+def open_set_protocol(labels: np.ndarray) -> dict:
+    """Rows of an open-set (1:N) search test: identities with two or more images are enrolled
+    (all but their first image form the gallery; the first is a known probe); identities with
+    one image are strangers. Where no identity has a single image (DogFaceNet), every other
+    enrolled identity in sorted order becomes a stranger instead: its first image the probe,
+    none of its images in the gallery."""
+    labels = np.asarray(labels)
+    _, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    multi = first[counts >= 2]
+    if (counts == 1).any():
+        known, strangers = multi, first[counts == 1]
+    else:
+        known, strangers = multi[0::2], multi[1::2]
+    stranger_labels = set(labels[strangers].tolist())
+    gallery = np.setdiff1d(np.flatnonzero(~np.isin(labels, list(stranger_labels))), known)
+    return {"gallery": gallery, "known": known, "strangers": strangers}
+
+
+def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int, chunk: int = 2048):
+    """(indices, distances) of each query's k nearest gallery rows, nearest first."""
+    k = min(k, len(gallery))
+    indices, distances = [], []
+    for start in range(0, len(queries), chunk):
+        d = distance_matrix(queries[start:start + chunk], gallery)
+        part = np.argpartition(d, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(part, np.argsort(np.take_along_axis(d, part, 1), axis=1, kind="stable"), 1)
+        indices.append(order)
+        distances.append(np.take_along_axis(d, order, 1))
+    return np.concatenate(indices), np.concatenate(distances)
+
+
+def fnir_at_fpir(known_scores: np.ndarray, known_correct: np.ndarray, stranger_scores: np.ndarray,
+                 fpir: float) -> tuple[float, float]:
+    """NIST FRVT 1:N at one false positive identification rate, for a rule whose score is a
+    distance (smaller = surer): the threshold lets at most `fpir` of the strangers through;
+    a known probe is missed unless its answer is right and passes. (FNIR, threshold)."""
+    ordered = np.sort(stranger_scores)
+    allowed = int(np.floor(fpir * len(ordered) + 1e-9))   # strangers that may pass
+    threshold = ordered[allowed] if allowed < len(ordered) else np.inf   # pass = score < threshold
+    hit = known_correct & (known_scores < threshold)
+    return float(1.0 - hit.mean()), float(threshold)
+
+
+def open_set_metrics(embeddings: np.ndarray, labels: np.ndarray, fpirs=(0.1, 0.05, 0.01)) -> dict:
+    """1:N open-set identification with the nearest-neighbour rule (the gallery face nearest
+    the probe names it when within the threshold): FNIR at each FPIR (open_set_protocol)."""
+    rows = open_set_protocol(labels)
+    if len(rows["known"]) == 0 or len(rows["strangers"]) == 0 or len(rows["gallery"]) == 0:
+        return {"known": int(len(rows["known"])), "strangers": int(len(rows["strangers"])),
+                "gallery": int(len(rows["gallery"])), **{f"fnir_at_fpir_{f}": None for f in fpirs}}
+    gallery = embeddings[rows["gallery"]]
+    known_index, known_distance = nearest_neighbours(embeddings[rows["known"]], gallery, 1)
+    _, stranger_distance = nearest_neighbours(embeddings[rows["strangers"]], gallery, 1)
+    correct = labels[rows["gallery"]][known_index[:, 0]] == labels[rows["known"]]
+    result = {"known": int(len(rows["known"])), "strangers": int(len(rows["strangers"])),
+              "gallery": int(len(rows["gallery"])), "rank1": float(correct.mean())}
+    for fpir in fpirs:
+        result[f"fnir_at_fpir_{fpir}"] = fnir_at_fpir(known_distance[:, 0], correct, stranger_distance[:, 0], fpir)[0]
+    return result
+
+
 # --- plots ------------------------------------------------------------------------------------
 
 def plot_roc(far: np.ndarray, tar: np.ndarray, auc: float, title: str, path: Path) -> None:
