@@ -1,25 +1,39 @@
-"""Open-set identification and clustering on people a model never trained on.
+"""Open-set (1:N) identification as NIST FRVT measures it, on identities nothing was chosen on.
 
-    python bench/open_set.py --model human --data runs/lfw-split/val   # imported: no training split recorded
-    python bench/open_set.py --model dog --split-of ../shared/data/dogfacenet/images
-    python bench/open_set.py --model runs/new/model.pt --data runs/new/split/val
+    trainer split ../shared/data/lfw/images --out runs/lfw-split          # train / choose / test, seed 0
+    python bench/open_set.py --model human --data runs/lfw-split/test \\
+        --distractors runs/lfw-split/train --choose runs/lfw-split/choose
+    python bench/open_set.py --model dog --data runs/dog-split/test \\
+        --distractors runs/dog-split/train --choose runs/dog-split/choose
 
-The protocol (issue 11): of the held-out identities, those with two or more photos form the
-gallery, less their first photo; each first photo is a known probe, which should be
-identified as its identity; identities with a single photo are strangers, which should be
-answered "unknown". Probes are answered exactly as `search identify` answers them
-(search.engine.decide over the 10 nearest gallery faces) at the model's operating points,
-and the gallery is clustered exactly as `indexer cluster` clusters it
-(indexer.clustering.cluster_faces, 100 neighbours). `--split-of DATA` recomputes the
-held-out identities from the seed and fraction the checkpoint records, as training made them.
+The protocol (trainer.evaluate.open_set_protocol): of the --data identities, those with two
+or more photos are enrolled (all photos but the first form the gallery; the first is a known
+probe); those with one photo are strangers (where none has one, as in DogFaceNet, every
+other enrolled identity becomes a stranger). The gallery is measured as it is and again
+with every --distractors photo added (other identities: the gallery grows, the probes stay).
 
-When face_recognition (dlib) is importable, the same run scores it as its users run it:
-the nearest gallery face if within the tolerance (0.6, its default, and 0.5), and dlib's
-Chinese whispers clustering at the tolerance.
+For each gallery it reports:
+- FNIR at FPIR 0.10, 0.05, 0.01 with the nearest-neighbour rule, each threshold set on these
+  very strangers (FRVT's measure of what the embedding allows, not a decision anyone ships);
+- what `search identify` and the `match` flags of `search query` do, through their own code
+  (faces.open_set.MatchRule and search.engine.decide over the 10 nearest faces): the FPIR
+  they reach and the share of known people they name, by default (--fpir 0.05) and at
+  --fpir 0.01, and with the per-pair strict threshold for comparison;
+- with face_recognition installed, the same for dlib's embeddings as its users run them
+  (the nearest face within its tolerance, 0.6 by default, and 0.5), in the same run;
+- `indexer cluster`'s grouping of the gallery as it is, at the strict threshold.
+
+With --choose, the alternative decision scores (nearest distance, the best identity's mean
+distance among the 10 nearest, the ratio to the nearest other identity, the nearest distance
+over the mean of the 10 nearest) are compared on the choose identities, where a rule may be
+chosen, and shown on --data for reference.
+
+--cache DIR keeps embeddings between runs (keyed by the model's sha256 and the folder).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -31,142 +45,226 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from faces.checkpoint import load_model  # noqa: E402
 from faces.imaging import load_image  # noqa: E402
-from faces.thresholds import OPERATING_POINTS  # noqa: E402
 from indexer.clustering import cluster_faces, cluster_scores  # noqa: E402
 from search.engine import UNKNOWN, decide  # noqa: E402
-from trainer.data import group_by_identity, scan_identities, split_identities  # noqa: E402
+from trainer.data import scan_identities  # noqa: E402
+from trainer.evaluate import fnir_at_fpir, nearest_neighbours, open_set_protocol  # noqa: E402
 
-K = 10            # `search identify`'s default
-NEIGHBOURS = 100  # `indexer cluster`'s default
-
-
-def held_out_groups(args, model) -> dict:
-    groups = group_by_identity(scan_identities(args.data or args.split_of))
-    if args.split_of:
-        config = model.info["config"]
-        train, val = split_identities(list(groups), config["val_fraction"], config["seed"])
-        if len(train) != model.info.get("identities"):
-            sys.exit(f"{args.split_of}: its split has {len(train)} training identities, the model "
-                     f"trained on {model.info.get('identities')}: not the data it was trained on")
-        groups = {name: groups[name] for name in val}
-    return groups
+K = 10                      # `search identify`'s default neighbours
+NEIGHBOURS = 100            # `indexer cluster`'s default
+FRVT_FPIRS = (0.10, 0.05, 0.01)
+RULE_FPIRS = (0.05, 0.01)   # the default, and a stricter ask
 
 
-def protocol(groups: dict) -> dict:
-    """Row numbers into `paths` of the gallery, the known probes and the strangers."""
-    paths, identities, gallery, known, strangers = [], [], [], [], []
-    for name in sorted(groups):
-        rows = list(range(len(paths), len(paths) + len(groups[name])))
-        paths.extend(sample.path for sample in groups[name])
-        identities.extend([name] * len(rows))
-        if len(rows) == 1:
-            strangers.extend(rows)
-        else:
-            known.append(rows[0])
-            gallery.extend(rows[1:])
-    return {"paths": paths, "identities": np.array(identities), "gallery": np.array(gallery, dtype=np.int64),
-            "known": np.array(known, dtype=np.int64), "strangers": np.array(strangers, dtype=np.int64)}
+def folder_images(folder: str) -> tuple[list[Path], np.ndarray]:
+    samples = scan_identities(folder)
+    return [s.path for s in samples], np.array([s.identity for s in samples])
 
 
-def distances_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0))
+def embed_folder(folder: str, encode, key: str, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, identities) of every photo of a folder of identities."""
+    from tqdm import tqdm
+    paths, identities = folder_images(folder)
+    cached = None
+    if cache is not None:
+        digest = hashlib.sha256("\n".join([key, *map(str, paths)]).encode()).hexdigest()[:16]
+        cached = cache / f"{digest}.npy"
+        if cached.is_file():
+            return np.load(cached), identities
+    vectors = encode(tqdm(paths, desc=f"embedding {folder}", unit="img", file=sys.stderr))
+    if cached is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(cached, vectors)
+    return vectors, identities
 
 
-def nearest(a: np.ndarray, b: np.ndarray, k: int, skip_self: bool = False):
-    distances = distances_between(a, b)
-    if skip_self:
-        np.fill_diagonal(distances, np.inf)
-    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(distances, order, axis=1)
+def facesearch_encoder(model):
+    def encode(paths):
+        chunk, vectors = [], []
+        for path in paths:
+            chunk.append(load_image(path))
+            if len(chunk) == 64:
+                vectors.append(model.embed_cropped(chunk))
+                chunk = []
+        if chunk:
+            vectors.append(model.embed_cropped(chunk))
+        return np.concatenate(vectors)
+    return encode
 
 
-def answer_rates(answers: list, setup: dict) -> dict:
-    names = setup["identities"]
-    known = [answers[i] == names[row] for i, row in enumerate(setup["known"])]
-    rejected = [answer == UNKNOWN for answer in answers[len(setup["known"]):]]
-    return {"known_identified": round(float(np.mean(known)), 4),
-            "strangers_rejected": round(float(np.mean(rejected)), 4) if rejected else None}
+def face_recognition_encoder(face_recognition):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from compare_face_recognition import encode as encode_one
+    return lambda paths: np.array([encode_one(path, face_recognition) for path in paths])
 
 
-def score_facesearch(embeddings: np.ndarray, setup: dict, threshold: float) -> dict:
-    """`search identify` and `indexer cluster`, on these embeddings at this threshold."""
-    gallery = embeddings[setup["gallery"]]
-    names = setup["identities"][setup["gallery"]]
-    probes = np.concatenate([setup["known"], setup["strangers"]])
-    order, distances = nearest(embeddings[probes], gallery, K)
-    answers = [decide([{"identity": names[j], "distance": float(d), "match": bool(d <= threshold)}
-                       for j, d in zip(row, row_distances)])["identity"]
-               for row, row_distances in zip(order, distances)]
-    clusters = cluster_faces(*nearest(gallery, gallery, NEIGHBOURS, skip_self=True), threshold)
-    return {**answer_rates(answers, setup), "clusters": int(len(set(clusters.tolist()))),
-            **cluster_scores(names, clusters)}
+class Setup:
+    """The galleries and probes of one run, as rows into (data + distractors) embeddings."""
+
+    def __init__(self, identities: np.ndarray, distractor_identities: np.ndarray):
+        rows = open_set_protocol(identities)
+        self.identities = np.concatenate([identities, np.char.add("distractor:", distractor_identities.astype(str))])
+        self.known, self.strangers = rows["known"], rows["strangers"]
+        extra = np.arange(len(identities), len(self.identities))
+        self.galleries = {"as is": rows["gallery"], "with distractors": np.concatenate([rows["gallery"], extra])}
+        if len(extra) == 0:
+            del self.galleries["with distractors"]
+
+    def size(self, gallery: np.ndarray) -> dict:
+        return {"faces": int(len(gallery)), "individuals": int(len(np.unique(self.identities[gallery])))}
 
 
-def score_dlib_as_users_do(embeddings: np.ndarray, setup: dict, tolerance: float) -> dict:
-    """face_recognition's own recipe: the nearest known face if within the tolerance;
-    dlib's Chinese whispers for clustering."""
-    import dlib
-    gallery = embeddings[setup["gallery"]]
-    names = setup["identities"][setup["gallery"]]
-    probes = np.concatenate([setup["known"], setup["strangers"]])
-    order, distances = nearest(embeddings[probes], gallery, 1)
-    answers = [names[row[0]] if row_distances[0] <= tolerance else UNKNOWN
-               for row, row_distances in zip(order, distances)]
-    clusters = np.array(dlib.chinese_whispers_clustering([dlib.vector(v.tolist()) for v in gallery], tolerance))
-    return {**answer_rates(answers, setup), "clusters": int(len(set(clusters.tolist()))),
-            **cluster_scores(names, clusters)}
+def nearest_rule(embeddings, setup: Setup, gallery: np.ndarray) -> dict:
+    """FRVT's FNIR at fixed FPIR for the nearest-neighbour rule; thresholds set on the strangers."""
+    names = setup.identities[gallery]
+    known_index, known_distance = nearest_neighbours(embeddings[setup.known], embeddings[gallery], 1)
+    _, stranger_distance = nearest_neighbours(embeddings[setup.strangers], embeddings[gallery], 1)
+    correct = names[known_index[:, 0]] == setup.identities[setup.known]
+    return {"rank1": round(float(correct.mean()), 4),
+            **{f"fnir_at_fpir_{f}": round(fnir_at_fpir(known_distance[:, 0], correct, stranger_distance[:, 0], f)[0], 4)
+               for f in FRVT_FPIRS}}
+
+
+def answers(embeddings, setup: Setup, gallery: np.ndarray, judge) -> list[dict]:
+    """Each probe's answer (known probes first, then strangers) by search.engine.decide over
+    its K nearest gallery faces, each judged by `judge(distance)`."""
+    names = setup.identities[gallery]
+    probes = np.concatenate([setup.known, setup.strangers])
+    order, distances = nearest_neighbours(embeddings[probes], embeddings[gallery], K)
+    return [decide([{"identity": str(names[j]), "distance": float(d), **judge(float(d))}
+                    for j, d in zip(row, row_distances)])
+            for row, row_distances in zip(order, distances)]
+
+
+def rates(decided: list[dict], setup: Setup) -> dict:
+    known = [d["identity"] == setup.identities[row] for d, row in zip(decided, setup.known)]
+    strangers = decided[len(setup.known):]
+    return {"known_named": round(float(np.mean(known)), 4),
+            "fpir": round(float(np.mean([d["identity"] != UNKNOWN for d in strangers])), 4),
+            "strangers": len(strangers)}
+
+
+def alternative_scores(embeddings: np.ndarray, identities: np.ndarray) -> dict:
+    """FNIR at FPIR 0.05 and 0.01 of each candidate decision score (smaller = surer) on one
+    folder's open-set protocol; each names the identity of the nearest face."""
+    rows = open_set_protocol(identities)
+    gallery = rows["gallery"]
+    names = identities[gallery]
+    probes = np.concatenate([rows["known"], rows["strangers"]])
+    order, distances = nearest_neighbours(embeddings[probes], embeddings[gallery], K)
+    neighbour_names = names[order]
+    first = neighbour_names[:, 0]
+    same = neighbour_names == first[:, None]
+    other = np.where(~same, distances, np.inf).min(1)
+    other = np.where(np.isfinite(other), other, distances[:, -1] + 1e-6)
+    scores = {"nearest distance": distances[:, 0],
+              "identity mean of its faces in the 10 nearest": (distances * same).sum(1) / same.sum(1),
+              "ratio to the nearest other identity": distances[:, 0] / other,
+              "nearest over mean of 10 nearest": distances[:, 0] / distances.mean(1)}
+    known = len(rows["known"])
+    correct = first[:known] == identities[rows["known"]]
+    return {name: {f"fnir_at_fpir_{f}": round(fnir_at_fpir(score[:known], correct, score[known:], f)[0], 4)
+                   for f in RULE_FPIRS}
+            for name, score in scores.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="human", help="bundled model name or checkpoint path")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--data", help="a folder of held-out identities (e.g. RUN/split/val)")
-    where.add_argument("--split-of", help="the data the model trained on; its held-out identities are used")
+    parser.add_argument("--data", required=True, help="held-out identities (e.g. runs/lfw-split/test)")
+    parser.add_argument("--distractors", nargs="*", default=[],
+                        help="folders of other identities whose photos are added to the gallery")
+    parser.add_argument("--choose", help="identities to compare decision scores on (e.g. runs/lfw-split/choose)")
+    parser.add_argument("--cache", type=Path, help="folder to keep embeddings in between runs")
+    parser.add_argument("--no-face-recognition", action="store_true", help="skip the dlib baseline")
     parser.add_argument("--json", action="store_true", help="one JSON object per result line")
     args = parser.parse_args()
 
     model = load_model(args.model, device="cpu")
-    setup = protocol(held_out_groups(args, model))
-    print(f"{args.model}: gallery {len(setup['gallery'])} faces of {len(setup['known'])} identities; "
-          f"{len(setup['known'])} known probes; {len(setup['strangers'])} strangers", file=sys.stderr)
+    if model.open_set is None:
+        sys.exit(f"{args.model}: no gallery statistics; recalibrate it with `trainer calibrate`")
     started = time.perf_counter()
-    embeddings = model.embed_cropped([load_image(path) for path in setup["paths"]])
+    encode = facesearch_encoder(model)
+    embeddings, identities = embed_folder(args.data, encode, model.sha256, args.cache)
+    parts = [embed_folder(folder, encode, model.sha256, args.cache) for folder in args.distractors]
+    everything = np.concatenate([embeddings] + [p[0] for p in parts])
+    setup = Setup(identities, np.concatenate([p[1] for p in parts]) if parts else np.array([], dtype=str))
+    print(f"{args.model}: {len(setup.known)} known probes, {len(setup.strangers)} strangers; galleries "
+          + ", ".join(f"{name} {len(g):,} faces" for name, g in setup.galleries.items())
+          + f" (embedded in {time.perf_counter() - started:.0f} s)", file=sys.stderr)
+
     rows = []
-    for name in OPERATING_POINTS:
-        point = model.operating_point(name)
-        rows.append({"system": f"facesearch {args.model}", "operating_point": name,
-                     "threshold": round(point["threshold"], 4),
-                     **score_facesearch(embeddings, setup, point["threshold"])})
-    rows[0]["seconds"] = round(time.perf_counter() - started, 1)
-    try:
-        import face_recognition
-    except ImportError:
-        face_recognition = None
-        print("face_recognition is not installed: no dlib baseline in this run", file=sys.stderr)
-    if face_recognition is not None and model.species == "human":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from compare_face_recognition import encode
-        started = time.perf_counter()
-        dlib_embeddings = np.array([encode(path, face_recognition) for path in setup["paths"]])
-        seconds = round(time.perf_counter() - started, 1)
-        for tolerance in (0.6, 0.5):
-            rows.append({"system": "face_recognition (dlib)", "operating_point": "nearest within tolerance",
-                         "threshold": tolerance, **score_dlib_as_users_do(dlib_embeddings, setup, tolerance),
-                         "seconds": seconds})
-        # facesearch's decision and clustering with dlib's embeddings: what a strong network gives.
-        rows.append({"system": "facesearch rules on dlib embeddings", "operating_point": "custom",
-                     "threshold": 0.5, **score_facesearch(dlib_embeddings, setup, 0.5)})
+    for name, gallery in setup.galleries.items():
+        size = setup.size(gallery)
+        row = {"system": f"facesearch {args.model}", "gallery": name, **size,
+               "nearest_neighbour": nearest_rule(everything, setup, gallery)}
+        for fpir in RULE_FPIRS:
+            rule = model.match_rule(size["individuals"], size["faces"], fpir=fpir)
+            row[f"rule_fpir_{fpir}"] = {"threshold": round(rule.threshold, 4),
+                                        **rates(answers(everything, setup, gallery, rule.judge), setup)}
+        strict = model.match_rule(size["individuals"], size["faces"], threshold="strict")
+        row["per_pair_strict"] = {"threshold": round(strict.threshold, 4),
+                                  **rates(answers(everything, setup, gallery, strict.judge), setup)}
+        if name == "as is":
+            # Each face is its own nearest neighbour; cluster_faces skips it.
+            clusters = cluster_faces(*nearest_neighbours(everything[gallery], everything[gallery], NEIGHBOURS + 1),
+                                     strict.threshold)
+            row["clusters_strict"] = {"clusters": int(len(set(clusters.tolist()))),
+                                      **cluster_scores(setup.identities[gallery], clusters)}
+        rows.append(row)
+
+    if not args.no_face_recognition and model.species == "human":
+        try:
+            import face_recognition
+        except ImportError:
+            face_recognition = None
+            print("face_recognition is not installed: no dlib baseline in this run", file=sys.stderr)
+        if face_recognition is not None:
+            encode = face_recognition_encoder(face_recognition)
+            dlib_parts = [embed_folder(folder, encode, "face_recognition", args.cache)
+                          for folder in [args.data, *args.distractors]]
+            dlib = np.concatenate([p[0] for p in dlib_parts])
+            for name, gallery in setup.galleries.items():
+                row = {"system": "face_recognition (dlib)", "gallery": name, **setup.size(gallery),
+                       "nearest_neighbour": nearest_rule(dlib, setup, gallery)}
+                for tolerance in (0.6, 0.5):
+                    def within(distance, tolerance=tolerance):
+                        return {"match": distance <= tolerance, "strength": "possible"}
+                    row[f"tolerance_{tolerance}"] = {"threshold": tolerance,
+                                                     **rates(answers(dlib, setup, gallery, within), setup)}
+                rows.append(row)
+
+    if args.choose:
+        choose_embeddings, choose_identities = embed_folder(args.choose, facesearch_encoder(model), model.sha256,
+                                                            args.cache)
+        rows.append({"system": f"facesearch {args.model}", "decision scores on": args.choose,
+                     **alternative_scores(choose_embeddings, choose_identities)})
+        rows.append({"system": f"facesearch {args.model}", "decision scores on": args.data,
+                     **alternative_scores(embeddings, identities)})
+
     for row in rows:
-        if args.json:
-            print(json.dumps(row))
-        else:
-            rejected = "-" if row["strangers_rejected"] is None else f"{row['strangers_rejected']:.3f}"
-            print(f"{row['system']:<38} {row['operating_point']:<25} t={row['threshold']:.4f}  "
-                  f"known identified {row['known_identified']:.3f}  strangers rejected "
-                  f"{rejected}  | clusters {row['clusters']}: pairwise P "
-                  f"{row['pairwise_precision']:.3f} R {row['pairwise_recall']:.3f} F1 {row['pairwise_f1']:.3f}  "
-                  f"V {row['v_measure']:.3f}")
+        print(json.dumps(row) if args.json else describe(row))
+
+
+def describe(row: dict) -> str:
+    if "decision scores on" in row:
+        lines = [f"{row['system']}: decision scores on {row['decision scores on']} (FNIR at FPIR 0.05 / 0.01)"]
+        lines += [f"  {name:<46} {v['fnir_at_fpir_0.05']:.3f} / {v['fnir_at_fpir_0.01']:.3f}"
+                  for name, v in row.items() if isinstance(v, dict)]
+        return "\n".join(lines)
+    nn = row["nearest_neighbour"]
+    lines = [f"{row['system']}, gallery {row['gallery']}: {row['faces']:,} faces of {row['individuals']:,} individuals",
+             f"  nearest neighbour: rank-1 {nn['rank1']:.3f}; FNIR at FPIR 0.10 {nn['fnir_at_fpir_0.1']:.3f}, "
+             f"0.05 {nn['fnir_at_fpir_0.05']:.3f}, 0.01 {nn['fnir_at_fpir_0.01']:.3f}"]
+    for name, v in row.items():
+        if isinstance(v, dict) and "known_named" in v:
+            lines.append(f"  {name:<20} threshold {v['threshold']:.4f}: known named {v['known_named']:.3f}, "
+                         f"strangers named (FPIR) {v['fpir']:.3f} of {v['strangers']}")
+    if "clusters_strict" in row:
+        c = row["clusters_strict"]
+        lines.append(f"  indexer cluster (strict): {c['clusters']} clusters, pairwise P {c['pairwise_precision']:.3f} "
+                     f"R {c['pairwise_recall']:.3f} F1 {c['pairwise_f1']:.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

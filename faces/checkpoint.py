@@ -21,6 +21,7 @@ import torch
 from .errors import ModelError
 from .imaging import Preprocess
 from .models import EmbeddingNet, inference_copy
+from .open_set import GalleryCalibration, MatchRule, parse_fpir
 from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
 
 FORMAT = "facesearch-embedding/1"
@@ -67,6 +68,9 @@ class FaceModel:
     info: dict = field(default_factory=dict)
     flip_average: bool = False   # embed each face and its mirror image, and average the two
     operating_points: dict = field(default_factory=dict)   # {"strict": {"threshold", "tar", "far"}, ...}
+    # Stranger statistics for thresholds that follow a gallery's size (faces.open_set);
+    # None for checkpoints calibrated before them, which keep the per-pair strict rule.
+    open_set: GalleryCalibration | None = None
     _inference_net: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -96,6 +100,27 @@ class FaceModel:
             raise ModelError(f"threshold {choice!r}: expected {' or '.join(OPERATING_POINTS)}, or a "
                              f"distance between 0 and 2")
         return {"name": "custom", "threshold": value, "tar": None, "far": None}
+
+    def match_rule(self, individuals: int, faces: int, fpir: float | str | None = None,
+                   threshold: str | float | None = None) -> MatchRule:
+        """The rule that decides `match` and names a face in a gallery of this size: by default
+        the threshold that keeps stranger searches naming someone at `fpir` (default 5%);
+        `threshold` (an operating point name or a distance) decides per pair instead."""
+        if threshold is None and self.open_set is not None:
+            target = parse_fpir(fpir)
+            return MatchRule("fpir", self.open_set.threshold(target, individuals), target, individuals, faces,
+                             self.open_set)
+        if fpir is not None and threshold is None:
+            parse_fpir(fpir)   # a bad value is refused even where it cannot be used
+        point = self.operating_point(threshold)
+        limit = point.pop("threshold")
+        message = None
+        if threshold is None:
+            message = (f"model {self.name} has no gallery statistics, so 'match' uses its per-pair strict "
+                       f"threshold and strangers are named more often as the gallery grows; recalibrate it: "
+                       f"trainer calibrate --model {self.name} --data HELD_OUT --pairs PAIRS --out NEW.pt")
+        implied = self.open_set.fpir_at(limit, individuals) if self.open_set is not None else None
+        return MatchRule("per-pair", limit, implied, individuals, faces, self.open_set, point, message)
 
     def threshold_for(self, choice: str | float | None = None) -> float:
         """The distance threshold (same individual if distance <= it) of an operating point
@@ -169,9 +194,15 @@ def write_operating_points(path: str | os.PathLike, operating_points: dict,
 
 
 def _set_operating_points(payload: dict, operating_points: dict) -> None:
+    """Operating points as trainer.evaluate.calibrate measures them; their "open_set" part
+    (the stranger statistics, when measured) is stored beside them."""
+    operating_points = dict(operating_points)
     missing = [name for name in OPERATING_POINTS if name not in operating_points]
     if missing:
         raise ModelError(f"operating points {', '.join(missing)} missing")
+    open_set = operating_points.pop("open_set", None)
+    if open_set is not None:
+        payload["open_set"] = open_set
     payload["operating_points"] = operating_points
     payload["threshold"] = float(operating_points[DEFAULT_OPERATING_POINT]["threshold"])
 
@@ -208,4 +239,5 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | No
                      sha256=file_sha256(path), info=payload.get("training", {}),
                      flip_average=bool(payload.get("flip_average", False)),
                      # Checkpoints from before operating points: their one threshold serves all.
-                     operating_points=payload.get("operating_points", {}))
+                     operating_points=payload.get("operating_points", {}),
+                     open_set=GalleryCalibration.from_dict(payload["open_set"]) if payload.get("open_set") else None)

@@ -11,3 +11,8 @@ DEFAULT_OPERATING_POINT = "strict"
 THRESHOLD_HELP = ("Operating point: strict (the default: at most 0.03% of held-out stranger pairs "
                   "pass), balanced (best accuracy on held-out pairs), or a distance between 0 and 2 "
                   "(`trainer info MODEL` shows each one's true and false accept rates).")
+# Searches (query, identify, the page) decide by the share of stranger searches
+# (faces.open_set); this names the per-pair override they also take.
+PER_PAIR_THRESHOLD_HELP = ("Decide per pair instead: an operating point (strict: at most 0.03% of held-out "
+                           "stranger pairs pass; balanced: best accuracy) or a distance between 0 and 2. "
+                           "A per-pair threshold names more strangers as the gallery grows.")

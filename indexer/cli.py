@@ -186,6 +186,8 @@ def stats(index_dir: str | None, as_json: bool) -> None:
     from .gallery import Gallery
     with Gallery.open(index_dir) as gallery:
         data = gallery.stats()
+        size = gallery.size()
+        data["decision"] = gallery.load_model("cpu").match_rule(size["individuals"], size["faces"]).describe()
     if as_json:
         print_json(data)
         return
@@ -200,6 +202,13 @@ def stats(index_dir: str | None, as_json: bool) -> None:
         click.echo(f"clusters: {data['clusters']}")
     click.echo(f"model: {model['name']} ({model['species']}, {model['embedding_dim']}-D, threshold "
                f"{model['threshold']:.4f}, detector {model['detector']}, sha256 {model['sha256'][:12]})")
+    decision = data["decision"]
+    if decision["rule"] == "fpir":
+        click.echo(f"match: distance <= {decision['threshold']:.4f}, so that at most {decision['fpir']:.0%} of "
+                   f"searches by strangers name someone among its {decision['individuals']:,} individuals "
+                   f"(confident within {decision['confident_within']:.4f}; `search --fpir` asks for another share)")
+    else:
+        click.echo(f"match: distance <= {decision['threshold']:.4f} per pair ({decision['message']})")
     click.echo(f"index: {index['type']}, {index['vectors']} vectors in {data['store']}; metadata in "
                f"{data['database']}; size on this disk {data['size_bytes']['total'] / 1e6:.1f} MB")
 

@@ -58,6 +58,7 @@ class Gallery:
         self._store: VectorStore | None = None
         self._store_version = None
         self._roots: list[str] | None = None
+        self._size: tuple[object, dict] | None = None   # (store version, size) of the last count
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None) -> "Gallery":
@@ -209,6 +210,23 @@ class Gallery:
                                 "distance": similarity_to_distance(similarity)})
             results.append(matches)
         return results
+
+    def size(self) -> dict:
+        """{"faces", "individuals"} the index holds: individuals are the distinct identities,
+        each face without one counting as its own individual (so an unnamed gallery is never
+        taken for a smaller one). The open-set threshold follows this (faces.open_set)."""
+        store = self.store                  # reloads after a writer has run
+        version = self._store_version if self.settings.milvus is None else object()
+        if self._size is not None and self._size[0] == version:
+            return self._size[1]
+        indexed = ImageRecord.status == INDEXED
+        with Session(self.engine) as session:
+            faces = session.scalar(select(func.count(ImageRecord.id)).where(indexed))
+            named = session.scalar(select(func.count(distinct(ImageRecord.identity))).where(indexed))
+            unnamed = session.scalar(select(func.count(ImageRecord.id)).where(indexed, ImageRecord.identity.is_(None)))
+        size = {"faces": int(faces), "individuals": int(named + unnamed), "vectors": int(store.ntotal)}
+        self._size = (version, size)
+        return size
 
     def _records(self, ids) -> dict[int, ImageRecord]:
         records = {}

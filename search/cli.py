@@ -14,7 +14,7 @@ from faces.clitools import Count, FriendlyGroup, print_json, setup_logging
 from faces.detection import DETECTOR_HELP, DETECTORS
 from faces.errors import readable
 from faces.imaging import ImageError
-from faces.thresholds import DEFAULT_OPERATING_POINT, THRESHOLD_HELP
+from faces.thresholds import DEFAULT_OPERATING_POINT, PER_PAIR_THRESHOLD_HELP, THRESHOLD_HELP
 
 INDEX_HELP = "Index folder (default: $FACESEARCH_INDEX, else ./facesearch-index)."
 MODEL_HELP = ("Model name (human, dog) or checkpoint path. Default: the model the index was "
@@ -27,6 +27,13 @@ k_option = click.option("-k", "--k", "k", default=10, show_default=True, type=Co
                         help="Gallery neighbours per face.")
 threshold_option = click.option("--threshold", default=DEFAULT_OPERATING_POINT, show_default=True,
                                 help=THRESHOLD_HELP)
+# Searches decide by the share of stranger searches (faces.open_set); a per-pair threshold
+# only when asked for. Help text without importing numpy: the default is faces.open_set's.
+fpir_option = click.option("--fpir", metavar="RATE",
+                           help="Share of searches by people NOT in the gallery that may name someone or "
+                                "show any match (false positive identification rate), between 0 and 1; "
+                                "default 0.05. The distance threshold follows the gallery's size.")
+search_threshold_option = click.option("--threshold", help=PER_PAIR_THRESHOLD_HELP)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 lines_option = click.option("--json", "as_json", is_flag=True,
                             help='Print one JSON object per line, one per photo, each with a "photo" '
@@ -72,7 +79,8 @@ def main(verbose: bool) -> None:
 @main.command()
 @photos_argument
 @k_option
-@threshold_option
+@fpir_option
+@search_threshold_option
 @index_option
 @model_option
 @detector_option
@@ -83,28 +91,29 @@ def main(verbose: bool) -> None:
                    "loading the model and index here: no start-up cost per call. Sends "
                    "$FACESEARCH_API_KEY when set; the server's index, model and detector answer.")
 @lines_option
-def query(photos, k, threshold, index, model, detector, absolute_paths, box, server, as_json) -> None:
+def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, box, server, as_json) -> None:
     """The K nearest gallery faces of every face in each of PHOTOS (files, or folders of
-    images), and whether each is a match: within the operating point's distance.
+    images), and whether each is a match: as near as at most --fpir of strangers' searches
+    come in a gallery of this size (confident: a tenth of that).
     Exit status 0 when every photo was searched, 1 when any could not be."""
     def show(photo, result):
         _echo_header(photo, result)
         for number, face in enumerate(result["faces"], 1):
-            click.echo(f"\nface {number}  box {_box(face['box'])}  ({_found_by(face)})")
-            click.echo(f"  {'rank':>4}  {'distance':>8}  {'similarity':>10}  {'match':<5}  "
+            click.echo(f"\nface {number}  box {_box(face['box'])}  ({_found_by(face)}): {_verdict(face)}")
+            click.echo(f"  {'rank':>4}  {'distance':>8}  {'similarity':>10}  {'match':<10}  "
                        f"{'identity':<24}  path")
             for rank, m in enumerate(face["matches"], 1):
                 click.echo(f"  {rank:>4}  {m['distance']:>8.3f}  {m['similarity']:>10.3f}  "
-                           f"{'yes' if m['match'] else 'no':<5}  {str(m['identity']):<24}  {m['path']}")
+                           f"{_strength(m):<10}  {str(m['identity']):<24}  {m['path']}")
 
     if server:
         for name, value in (("--index", index), ("--model", model), ("--detector", detector),
                             ("--absolute-paths", absolute_paths)):
             if value:
                 raise click.UsageError(f"{name} is the server's to choose; leave it out with --server")
-        answer = _server_answer(server, k, threshold, box)
+        answer = _server_answer(server, k, threshold, box, fpir)
     else:
-        answer = _engine_answer("query", dict(k=k, threshold=threshold, absolute_paths=absolute_paths,
+        answer = _engine_answer("query", dict(k=k, threshold=threshold, fpir=fpir, absolute_paths=absolute_paths,
                                               box=_parse_box(box)), index, model, detector)
     _run_photos(photos, answer, as_json, show)
 
@@ -112,31 +121,25 @@ def query(photos, k, threshold, index, model, detector, absolute_paths, box, ser
 @main.command()
 @photos_argument
 @k_option
-@threshold_option
+@fpir_option
+@search_threshold_option
 @index_option
 @model_option
 @detector_option
 @absolute_paths_option
 @box_option
 @lines_option
-def identify(photos, k, threshold, index, model, detector, absolute_paths, box, as_json) -> None:
-    """Who is in each of PHOTOS (files, or folders of images): for each face, the identity
-    its K nearest gallery faces within the threshold point to, the nearest counting most
-    (weight 1/distance²; an exact match wins), or "unknown" when none is within the
-    threshold or they disagree (the winner holds under 75% of the evidence).
+def identify(photos, k, fpir, threshold, index, model, detector, absolute_paths, box, as_json) -> None:
+    """Who is in each of PHOTOS (files, or folders of images): for each face, the identity of
+    its nearest gallery face when that face is a match (as near as at most --fpir of
+    strangers' searches come in a gallery of this size), else "unknown".
     Exit status 0 when every photo was searched, 1 when any could not be."""
     def show(photo, result):
         _echo_header(photo, result)
         for number, face in enumerate(result["faces"], 1):
-            if face["identity"] != "unknown":
-                verdict = (f"{face['identity']}  ({face['evidence']:.0%} of the evidence, {face['votes']} of "
-                           f"{face['voters']} neighbours within the threshold; nearest distance "
-                           f"{face['distance']:.3f})")
-            else:
-                verdict = f"unknown  ({face['reason']})"
-            click.echo(f"face {number}  box {_box(face['box'])}  ({_found_by(face)}): {verdict}")
+            click.echo(f"face {number}  box {_box(face['box'])}  ({_found_by(face)}): {_verdict(face)}")
 
-    options = dict(k=k, threshold=threshold, absolute_paths=absolute_paths, box=_parse_box(box))
+    options = dict(k=k, threshold=threshold, fpir=fpir, absolute_paths=absolute_paths, box=_parse_box(box))
     _run_photos(photos, _engine_answer("identify", options, index, model, detector), as_json, show)
 
 
@@ -217,7 +220,7 @@ def _engine_answer(command, options, index, model, detector):
     from .engine import QueryEngine
     _one_torch_thread()
     engine = QueryEngine(index, model=model, detector=detector)
-    engine.pipeline.operating_point(options["threshold"])   # a bad --threshold fails once, here
+    engine.match_rule(options["fpir"], options["threshold"])   # a bad --fpir or --threshold fails once, here
     method = getattr(engine, command)
     return lambda photo: method(photo, name=photo, **options)
 
@@ -233,7 +236,7 @@ def _parse_box(text):
         raise click.BadParameter(str(error), param_hint="--box") from None
 
 
-def _server_answer(url, k, threshold, box=None):
+def _server_answer(url, k, threshold, box=None, fpir=None):
     """A function answering one photo by asking `search serve` at `url`."""
     from .client import SearchClient, ServerError
     try:
@@ -242,7 +245,7 @@ def _server_answer(url, k, threshold, box=None):
         raise click.UsageError(str(error)) from None
     if box is not None:
         _parse_box(box)          # checked here too: a bad box is a usage error, not a photo's
-    return lambda photo: client.query(photo, k, threshold, box)
+    return lambda photo: client.query(photo, k, threshold, box, fpir)
 
 
 def _run_photos(photos, answer, as_json, show) -> None:
@@ -304,16 +307,37 @@ def _echo_header(photo, result) -> None:
         click.echo(result["message"])
         return
     click.echo(f"{readable(photo)}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
-               f"{result['detector']}; a match is distance <= {result['threshold']:.3f}, {_point(result)})")
+               f"{result['detector']}; a match is distance <= {result['threshold']:.3f}: {rule_in_words(result['decision'])})")
+    if result["decision"].get("message"):
+        click.echo(f"note: {result['decision']['message']}")
 
 
-def _point(result) -> str:
-    """The operating point in words: its name and what it gave on held-out identities."""
-    point = result["operating_point"]
-    if point["far"] is None:
-        return f"{point['name']} operating point"
-    return (f"{point['name']} operating point: on held-out identities {point['tar']:.1%} of same pairs "
-            f"and {point['far']:.2%} of stranger pairs passed")
+def rule_in_words(decision: dict) -> str:
+    """What `match` promises, in words: the stranger share at this gallery's size, or the
+    per-pair operating point and what it gave on held-out identities."""
+    size = f"{decision['individuals']:,} individual{'s' * (decision['individuals'] != 1)}"
+    if decision["rule"] == "fpir":
+        return f"at most {decision['fpir']:.1%} of strangers' searches see a match in this gallery of {size}"
+    point = decision["operating_point"]
+    said = f"{point['name']} operating point"
+    if point["far"] is not None:
+        said += f" ({point['far']:.2%} of held-out stranger pairs passed)"
+    if decision["fpir"] is not None:
+        said += f"; in this gallery of {size} about {decision['fpir']:.1%} of strangers' searches see a match"
+    return said
+
+
+def _strength(match) -> str:
+    """A gallery face's match wording (answers of older servers have only `match`)."""
+    return match.get("strength") or ("possible" if match["match"] else "no match")
+
+
+def _verdict(face) -> str:
+    if face.get("identity", "unknown") != "unknown":
+        rate = face.get("stranger_rate")
+        rarity = f", strangers come this near in {rate:.2%} of searches" if rate is not None else ""
+        return f"{face['identity']}  ({face['strength']} match, distance {face['distance']:.3f}{rarity})"
+    return f"unknown  ({face.get('reason', 'no match')})"
 
 
 def _found_by(face) -> str:

@@ -40,7 +40,8 @@ class SearchClient:
         self.url = url.rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV_VAR) or None
 
-    def query(self, photo: str, k: int, threshold: str | None, box: str | None = None) -> dict:
+    def query(self, photo: str, k: int, threshold: str | None, box: str | None = None,
+              fpir: str | None = None) -> dict:
         """The server's answer for the photo file at `photo`."""
         try:
             with open(photo, "rb") as handle:
@@ -50,6 +51,8 @@ class SearchClient:
         fields = {"k": str(k)}
         if threshold is not None:
             fields["threshold"] = str(threshold)
+        if fpir is not None:
+            fields["fpir"] = str(fpir)
         if box is not None:
             fields["box"] = str(box)
         body, content_type = multipart(fields, "image", os.path.basename(photo), data)

@@ -8,31 +8,33 @@ alone: what `verify` needs, without an index.
 A query answers one JSON-ready dict (the `search query --json` output):
 
     {"image": {"width", "height"}, "model", "species", "threshold", "detector",
-     "operating_point": {"name", "tar", "far"},
+     "decision": {"rule": "fpir" | "per-pair", "threshold", "fpir", "individuals", "faces",
+                  "confident_within", "operating_point" (per-pair), "message" (old models)},
      "faces": [{"box": [x0, y0, x1, y1] or None, "score",
                 "found_by": "detector" | "box" | "whole image",
+                "identity" (or "unknown"), "distance", "strength", "stranger_rate", "reason",
                 "matches": [{"id", "path", "identity", "distance", "similarity",
-                             "match", "box"}, ...]}, ...],
+                             "match", "strength", "stranger_rate", "box"}, ...]}, ...],
      "message": "no face found ..." (only when there is no face: says to give a box),
      "timings_ms": {"detect", "embed", "search"}}
 
 A match's `path` is relative to the gallery folder it was indexed from (the file name alone
 for a file added from elsewhere); `absolute_paths=True` gives the full path instead. Names
 that are not UTF-8 are shown with \\xNN escapes (faces.errors.readable), as identities are.
-`match` is distance <= the threshold of the operating point asked for (default strict:
-the model's checkpoint says what true and false accept rates it gave on held-out
-identities; "custom" for a number); distances are Euclidean between unit embeddings (0 to
-2), similarity is their cosine. `identify` answers the same dict with, in each face, the
-open-set decision of `decide`: "identity" (or "unknown"), "evidence", "votes", "voters",
-"distance" and, when unknown, "reason". `verify` answers {"same", "distance", "similarity",
-"threshold", "operating_point", "model", "species", "detector", "a": {"path", "box",
-"faces"}, "b": {...}}.
+Distances are Euclidean between unit embeddings (0 to 2), similarity is their cosine.
+`match` is distance <= the gallery's threshold (faces.open_set.MatchRule): by default the
+one at which at most 5% of searches by people not in the gallery see any match, for the
+number of individuals the gallery holds now; `stranger_rate` is the share of such searches
+that would see a face this near, `strength` its wording (confident, possible, no match).
+Each face's answer (`decide`) is the nearest gallery face's identity when it is a match:
+`search identify`, the badges and the web page's "Best match" are one rule. `verify`
+answers {"same", "distance", "similarity", "threshold", "operating_point", "model",
+"species", "detector", "a": {"path", "box", "faces"}, "b": {...}}: a 1:1 comparison, per pair.
 """
 from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +44,7 @@ from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
 from faces.detection import Face, box_inside, default_detector, get_detector
 from faces.errors import readable
 from faces.imaging import load_image
+from faces.open_set import MatchRule
 
 from .errors import SearchError
 
@@ -153,50 +156,57 @@ class QueryEngine:
         self.gallery.check_model(loaded)     # another model's embeddings do not compare
         return loaded
 
+    def match_rule(self, fpir: float | str | None = None, threshold: str | float | None = None) -> MatchRule:
+        """What decides `match` in this gallery now (faces.checkpoint.FaceModel.match_rule):
+        the threshold for `fpir` (default 5%) at the gallery's size, or a per-pair `threshold`."""
+        size = self.gallery.size()
+        return self.model.match_rule(size["individuals"], size["faces"], fpir, threshold)
+
     def query(self, source: Source, k: int = 10, name: str | None = None,
-              threshold: str | float | None = None, absolute_paths: bool = False, box=None) -> dict:
+              threshold: str | float | None = None, absolute_paths: bool = False, box=None,
+              fpir: float | str | None = None) -> dict:
         """The k nearest gallery faces of every face in the photo (or of the one face in
-        `box`); `threshold` is the operating point that decides `match` (strict, balanced or
-        a distance; default strict)."""
+        `box`). `match` is decided by the gallery's rule (match_rule): at most `fpir` of the
+        searches by people not in the gallery see any match (default 5%), or, given
+        `threshold` (strict, balanced or a distance), per pair."""
         if k < 1:
             raise SearchError(f"k must be at least 1 (got {k})")
-        limit, point = self.pipeline.operating_point(threshold)   # a bad value fails before any work
+        rule = self.match_rule(fpir, threshold)   # a bad value fails before any work
         photo = self.pipeline.read(source, name, box)
         started = time.perf_counter()
         hits = self.gallery.search(photo.embeddings, k) if photo.faces else []
         photo.timings_ms["search"] = _ms(time.perf_counter() - started)
         result = {
             "image": {"width": photo.width, "height": photo.height},
-            "model": self.model.name, "species": self.model.species, "threshold": limit,
-            "operating_point": point, "detector": self.pipeline.detector_name,
+            "model": self.model.name, "species": self.model.species, "threshold": rule.threshold,
+            "decision": rule.describe(), "detector": self.pipeline.detector_name,
             "faces": [{"box": list(face.box) if face.box else None, "score": face.score,
                        "found_by": face.found_by,
-                       "matches": [self._match(hit, limit, absolute_paths) for hit in face_hits]}
+                       "matches": [self._match(hit, rule, absolute_paths) for hit in face_hits]}
                       for face, face_hits in zip(photo.faces, hits)],
             "timings_ms": photo.timings_ms,
         }
+        for face in result["faces"]:
+            face.update(decide(face["matches"]))
         if not photo.faces:
             result["message"] = no_face_message(_label(source, name), self.model.species,
                                                 self.pipeline.detector_name)
         return result
 
-    def _match(self, hit: dict, threshold: float, absolute_path: bool) -> dict:
+    def _match(self, hit: dict, rule: MatchRule, absolute_path: bool) -> dict:
         distance = float(hit["distance"])
         path = hit["path"] if absolute_path else self.gallery.relative_path(hit["path"])
         return {"id": int(hit["id"]), "path": readable(path),
                 "identity": readable(hit["identity"]) if hit["identity"] is not None else None,
-                "distance": distance, "similarity": float(hit["similarity"]),
-                "match": distance <= threshold,
+                "distance": distance, "similarity": float(hit["similarity"]), **rule.judge(distance),
                 "box": list(hit["box"]) if hit.get("box") is not None else None}
 
     def identify(self, source: Source, k: int = 10, name: str | None = None,
-                 threshold: str | float | None = None, absolute_paths: bool = False, box=None) -> dict:
-        """A query where each face also gets an open-set answer (`decide`): the identity its
-        nearest gallery faces within the threshold point to, or "unknown"."""
-        result = self.query(source, k, name, threshold, absolute_paths, box)
-        for face in result["faces"]:
-            face.update(decide(face["matches"]))
-        return result
+                 threshold: str | float | None = None, absolute_paths: bool = False, box=None,
+                 fpir: float | str | None = None) -> dict:
+        """The query itself: every face's answer (`decide`) is already in it. Kept as its own
+        call for `search identify` and the clients that name it."""
+        return self.query(source, k, name, threshold, absolute_paths, box, fpir)
 
     def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
                threshold: str | float | None = None, boxes: tuple = (None, None)) -> dict:
@@ -211,41 +221,24 @@ def no_face_message(label: str, species: str, detector: str) -> str:
 
 
 UNKNOWN = "unknown"
-# Evidence weights: 1 / distance², the distance floored here, so the nearest faces count most
-# and an exact match (the very photo, distance ~0) outweighs any number of further ones.
-NEAREST_DISTANCE = 1e-3
-# The winning identity must hold at least this share of the evidence; less is a split vote.
-MIN_EVIDENCE = 0.75
 
 
 def decide(matches: list[dict]) -> dict:
-    """Open-set identification from a face's gallery neighbours (each with "identity",
-    "distance" and "match": within the threshold). Only matches count; each adds
-    1 / distance² to its identity's evidence. The answer is the identity with the most
-    evidence, or "unknown" when no neighbour matches or the winner holds less than
-    MIN_EVIDENCE of it (the neighbours disagree). Neighbours without an identity count
-    against the others but are never the answer."""
-    passing = [m for m in matches if m["match"]]
-    if not passing:
-        return {"identity": UNKNOWN, "evidence": 0.0, "votes": 0, "voters": 0, "distance": None,
-                "reason": "no gallery face within the threshold"}
-    evidence: dict = defaultdict(float)
-    nearest: dict = {}
-    for m in passing:
-        evidence[m["identity"]] += 1.0 / max(m["distance"], NEAREST_DISTANCE) ** 2
-        nearest.setdefault(m["identity"], m["distance"])    # matches come nearest first
-    total = sum(evidence.values())
-    ranked = sorted(evidence, key=lambda identity: (-evidence[identity], nearest[identity]))
-    winner = ranked[0]
-    share = evidence[winner] / total
-    answer = {"identity": winner, "evidence": round(share, 4),
-              "votes": sum(m["identity"] == winner for m in passing), "voters": len(passing),
-              "distance": nearest[winner]}
-    if share < MIN_EVIDENCE:
-        shares = ", ".join(f"{identity or 'unnamed'} {evidence[identity] / total:.0%}" for identity in ranked[:3])
-        answer.update(identity=UNKNOWN, reason=f"the nearest gallery faces disagree ({shares})")
-    elif winner is None:
-        answer.update(identity=UNKNOWN, reason="the gallery faces it matches have no identity")
+    """Open-set identification from a face's gallery neighbours (nearest first, each judged
+    by the gallery's MatchRule): the identity of the nearest gallery face when it is a
+    match, else "unknown". The nearest-neighbour rule: on held-out people it named as many
+    known people as any alternative measured at the same share of strangers named
+    (bench/open_set.py), and it is what `match` already says, so the name and the badges
+    never disagree."""
+    if not matches or not matches[0]["match"]:
+        return {"identity": UNKNOWN, "distance": matches[0]["distance"] if matches else None,
+                "strength": "no match", "stranger_rate": matches[0].get("stranger_rate") if matches else None,
+                "reason": "no gallery face within the threshold" if matches else "the gallery is empty"}
+    nearest = matches[0]
+    answer = {"identity": nearest["identity"], "distance": nearest["distance"],
+              "strength": nearest["strength"], "stranger_rate": nearest.get("stranger_rate")}
+    if nearest["identity"] is None:
+        answer.update(identity=UNKNOWN, reason="the gallery face it matches has no identity")
     return answer
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from faces.checkpoint import FaceModel
+from faces.open_set import TAIL_FARS
 from .data import DataError, load_faces, read_pairs, scan_identities
 
 # The strict operating point's false accept rate. A search compares a stranger with every
@@ -88,6 +89,79 @@ def stranger_distances(embeddings: np.ndarray, labels: np.ndarray,
     return distance_matrix(embeddings, embeddings)[upper][different]
 
 
+# Galleries drawn from the calibration identities to see how a stranger's nearest face
+# behaves as a gallery grows: sizes up to half the images, this many draws of each.
+GALLERY_DRAWS = 12
+GALLERY_FPIRS = (0.01, 0.02, 0.05, 0.1, 0.2)
+# The stored tail keeps FAR levels with at least this many stranger pairs under them.
+TAIL_MIN_PAIRS = 10
+
+
+def stranger_tail(strangers: np.ndarray) -> dict:
+    """FAR (share of stranger pairs at or under a distance) at log-spaced levels, and the
+    slope of log10 FAR in distance over the measured low end, for extrapolating below it."""
+    ordered = np.sort(strangers)
+    pairs = len(ordered)
+    fars = [far for far in TAIL_FARS if far * pairs >= TAIL_MIN_PAIRS]
+    distances = [float(ordered[int(np.ceil(far * pairs)) - 1]) for far in fars]
+    low = [i for i, far in enumerate(fars) if far <= 1e-4] or [0, 1]
+    slope = float(np.polyfit(np.array(distances)[low], np.log10(np.array(fars)[low]), 1)[0])
+    return {"distances": distances, "fars": [float(f) for f in fars], "tail_slope": slope, "pairs": pairs}
+
+
+def effective_strangers_fit(embeddings: np.ndarray, labels: np.ndarray, strangers: np.ndarray,
+                            seed: int = 0) -> tuple[float, float, list[dict]]:
+    """How many independent stranger pairs a gallery of M individuals is worth in a search,
+    n_eff = alpha * M ** beta, fitted on galleries of whole identities drawn from these:
+    each other image is a stranger probe; at each FPIR level the threshold that lets that
+    share of probes find a face gives FAR per pair, and n_eff = log(1 - FPIR) / log(1 - FAR).
+    Individuals, not faces: a stranger near one photo of someone is near their others too."""
+    rng = np.random.default_rng(seed)
+    distances = distance_matrix(embeddings, embeddings)
+    ordered = np.sort(strangers)
+    identities = np.unique(labels)
+    members = {identity: np.flatnonzero(labels == identity) for identity in identities}
+    sizes = np.unique(np.geomspace(16, len(labels) // 2, 7).astype(int))
+    points = []
+    for size in sizes:
+        nearest, individuals = [], []
+        for _ in range(GALLERY_DRAWS):
+            order = rng.permutation(identities)
+            counts = np.cumsum([len(members[i]) for i in order])
+            chosen = order[:int(np.searchsorted(counts, size)) + 1]
+            individuals.append(len(chosen))
+            gallery = np.concatenate([members[i] for i in chosen])
+            probes = np.flatnonzero(~np.isin(labels, chosen))
+            if len(probes):
+                nearest.append(distances[np.ix_(probes, gallery)].min(1))
+        if not nearest:
+            continue
+        nearest = np.concatenate(nearest)
+        for fpir in GALLERY_FPIRS:
+            threshold = float(np.quantile(nearest, fpir))
+            far = np.searchsorted(ordered, threshold, side="right") / len(ordered)
+            if far <= 0 or far >= 1:
+                continue
+            points.append({"faces": int(size), "individuals": float(np.mean(individuals)), "fpir": fpir, "threshold": threshold, "far": float(far),
+                           "n_eff": float(np.log1p(-fpir) / np.log1p(-far))})
+    if len({p["individuals"] for p in points}) < 2:
+        # Too few identities to see a trend: count each individual as one independent stranger,
+        # what LFW's 808 calibration people gave (n_eff = 1.16 M ** 0.99).
+        return 1.0, 1.0, points
+    beta, log_alpha = np.polyfit(np.log([p["individuals"] for p in points]), np.log([p["n_eff"] for p in points]), 1)
+    return float(np.exp(log_alpha)), float(beta), points
+
+
+def gallery_calibration(embeddings: np.ndarray, labels: np.ndarray, data: str = "", seed: int = 0) -> dict:
+    """What faces.open_set.GalleryCalibration needs, measured on held-out identities."""
+    if len(labels) > CALIBRATION_MAX_IMAGES:
+        keep = np.sort(np.random.default_rng(seed).choice(len(labels), CALIBRATION_MAX_IMAGES, replace=False))
+        embeddings, labels = embeddings[keep], labels[keep]
+    strangers = stranger_distances(embeddings, labels)
+    alpha, beta, points = effective_strangers_fit(embeddings, labels, strangers, seed)
+    return {**stranger_tail(strangers), "alpha": alpha, "beta": beta, "data": str(data), "fit_points": points}
+
+
 def calibration_pairs(inputs: "EvaluationInputs") -> tuple[np.ndarray, np.ndarray]:
     """(distances, same) to choose operating points on: the pairs file's same pairs, and as
     strangers every different-identity pair of the folder's images (a pairs file's 1,500
@@ -99,9 +173,11 @@ def calibration_pairs(inputs: "EvaluationInputs") -> tuple[np.ndarray, np.ndarra
 
 
 def calibrate(model: FaceModel, data: str | Path, pairs_file: str | Path, progress: bool = True) -> dict:
-    """The model's operating points on a folder of held-out identities and its pairs file."""
+    """The model's operating points on a folder of held-out identities and its pairs file,
+    with the stranger statistics that gallery-size thresholds need (under "open_set")."""
     inputs = EvaluationSet(data, pairs_file, model.preprocess, progress).embed(model)
-    return {**operating_points(*calibration_pairs(inputs)), "data": str(data), "pairs_file": str(pairs_file)}
+    return {**operating_points(*calibration_pairs(inputs)), "data": str(data), "pairs_file": str(pairs_file),
+            "open_set": gallery_calibration(inputs.embeddings, inputs.labels, data)}
 
 
 def verification_metrics(distances: np.ndarray, same: np.ndarray, folds: int = 10) -> dict:

@@ -21,9 +21,10 @@ blueprint = Blueprint("api", __name__, url_prefix="/api")
 
 @blueprint.post("/search")
 def search():
-    """Multipart form: the photo in `image`, optionally `k` matches per face, the
-    `threshold` that decides a match (strict, the default; balanced; or a distance) and a
-    `box` "x0,y0,x1,y1" (pixels of the photo) to search the face in instead of detecting.
+    """Multipart form: the photo in `image`, optionally `k` matches per face, `fpir` (the
+    share of strangers' searches that may see a match, default 0.05) or a per-pair
+    `threshold` (strict, balanced or a distance) and a `box` "x0,y0,x1,y1" (pixels of the
+    photo) to search the face in instead of detecting.
 
     Answers the engine's own result, the JSON of `search query --json` for one photo.
     """
@@ -31,10 +32,11 @@ def search():
     k = matches_per_face(request.values.get("k"))
     box = face_box(request.values.get("box"))
     try:
-        result = get_engine().query(image, k=k, threshold=request.values.get("threshold") or None, box=box)
+        result = get_engine().query(image, k=k, threshold=request.values.get("threshold") or None, box=box,
+                                    fpir=request.values.get("fpir") or None)
     except ImageError as error:
         raise BadRequest(f"bad image: {error.reason}") from None
-    except (ModelError, SearchError) as error:   # an unknown operating point, a box outside the photo
+    except (ModelError, SearchError) as error:   # a bad fpir or operating point, a box outside the photo
         raise BadRequest(str(error)) from None
     except clitools.USER_ERRORS as error:   # e.g. the index damaged or replaced under a running server
         raise unavailable(error) from None

@@ -93,8 +93,9 @@ def gallery_image(engine, image_id: int):
 
 
 def gallery_stats(engine) -> dict:
-    """Counts, model and index of the gallery (indexer.Gallery.stats)."""
-    return engine.gallery.stats()
+    """Counts, model and index of the gallery (indexer.Gallery.stats), with the rule that
+    decides a match at its size now."""
+    return {**engine.gallery.stats(), "decision": engine.match_rule().describe()}
 
 
 def gallery_summary(engine) -> dict:

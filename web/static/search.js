@@ -142,7 +142,7 @@ function showResults(payload) {
   summary.classList.remove("is-error");
   const counted = faces.length === 1 ? "1 face" : `${faces.length} faces`;
   summary.textContent = faces[0].found_by === "box" ? `${counted} in your box.` : `${counted} found.`;
-  operatingPoint.textContent = describeOperatingPoint(payload);
+  operatingPoint.textContent = describeDecision(payload);
   operatingPoint.hidden = false;
   faces.forEach((face, index) => {
     const number = index + 1;
@@ -199,16 +199,18 @@ function faceItem(face, number, matched, speciesName) {
   }
   drawCrop(item.querySelector(".face-crop"), face.box, number);
   const verdict = item.querySelector(".verdict");
-  // Only a face within the threshold is named; the nearest others are shown for reference.
-  const best = face.matches.find((match) => match.match);
-  if (best) {
-    verdict.textContent = `Best match: ${identityOf(best)} (distance ${best.distance.toFixed(3)}).`;
+  // The server's answer for the face (the same as `search identify`): the nearest gallery
+  // face when it is a match; the nearest others are shown for reference.
+  const best = face.matches[0];
+  if (best && best.match) {
+    verdict.textContent = `Best match: ${identityOf(best)} (${STRENGTH[best.strength] || "match"}, ` +
+      `distance ${best.distance.toFixed(3)}).`;
     verdict.classList.add("is-match");
-  } else if (face.matches.length > 0) {
-    verdict.textContent = "No confident match: no one in the gallery is within the threshold. " +
+  } else if (best) {
+    verdict.textContent = "No match: no one in the gallery is near enough. " +
       `The closest faces are shown below; they are probably other ${speciesWords(speciesName)[1]}.`;
   } else {
-    verdict.textContent = "No confident match: the gallery is empty.";
+    verdict.textContent = "No match: the gallery is empty.";
   }
   const grid = item.querySelector(".matches");
   for (const match of face.matches) grid.append(matchItem(match));
@@ -276,20 +278,31 @@ function matchItem(match) {
   item.querySelector(".identity").textContent = identity;
   item.querySelector(".similarity").textContent = `similarity ${match.similarity.toFixed(2)}`;
   item.querySelector(".distance").textContent = `distance ${match.distance.toFixed(3)}`;
-  item.querySelector(".badge").textContent = match.match ? "✓ match" : "not a match";
+  item.querySelector(".badge").textContent = match.match ? `✓ ${STRENGTH[match.strength] || "match"}` : "not a match";
   return item;
 }
 
-// What `match` means: the distance threshold and what it gave on held-out identities.
-function describeOperatingPoint(payload) {
-  const point = payload.operating_point;
-  const rule = `A match is a gallery face within distance ${payload.threshold.toFixed(3)} ` +
-    `(${point.name} operating point`;
-  if (point.far === null) return `${rule}).`;
-  const percent = (rate, digits) => `${(100 * rate).toFixed(digits)}%`;
+// A match's strength in words (the server's `strength`: the share of strangers' searches
+// that come as near, against the share the gallery's rule allows).
+const STRENGTH = { confident: "confident match", possible: "possible match" };
+
+// What `match` means: the distance threshold and the promise behind it at this gallery's size.
+function describeDecision(payload) {
+  const decision = payload.decision;
+  const percent = (rate) => `${+(100 * rate).toPrecision(2)}%`;
   const [one, many] = speciesWords(payload.species);
-  return `${rule}: on ${many} the model never saw, it accepted ${percent(point.tar, 0)} of ` +
-    `same-${one} pairs and ${percent(point.far, 2)} of stranger pairs).`;
+  const rule = `A match is a gallery face within distance ${decision.threshold.toFixed(3)}`;
+  if (decision.rule === "fpir") {
+    return `${rule}: in this gallery of ${decision.individuals} ${many}, at most ${percent(decision.fpir)} ` +
+      `of searches for a ${one} who is not in it show any match. A confident match is within ` +
+      `${decision.confident_within.toFixed(3)}.`;
+  }
+  const point = decision.operating_point;
+  let said = `${rule} (${point.name} operating point`;
+  if (point.far !== null) said += `: ${percent(point.far)} of held-out stranger pairs passed`;
+  said += ")";
+  if (decision.fpir !== null) said += `; here about ${percent(decision.fpir)} of strangers' searches show a match`;
+  return `${said}.`;
 }
 
 // What the index holds, in words: [one, many] (the server's list, carried by the page).

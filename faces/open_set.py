@@ -1,0 +1,174 @@
+"""Open-set decisions whose promise holds at any gallery size.
+
+A per-pair threshold promises a false accept rate per comparison, but a search compares a
+stranger with every gallery face, so the more faces a gallery holds, the more strangers see
+a "match". Users care about the share of searches by people who are not in the gallery that
+name someone: the false positive identification rate (FPIR, as NIST FRVT 1:N measures it).
+
+`trainer calibrate` measures, on identities no model trained or chose on, the distances of
+every stranger pair (the pair tail: FAR, the share of stranger pairs at or under a distance,
+down to one pair in a few million) and how a stranger's nearest face behaves in galleries of
+growing size. From those, `GalleryCalibration` answers, for a gallery of N faces:
+
+    FPIR(d) = 1 - (1 - FAR(d)) ** n_eff(N),   n_eff(N) = alpha * N ** beta
+
+n_eff is the number of independent strangers the gallery is worth: less than N, because a
+gallery holds several photos of each individual and some probes sit nearer everyone than
+others; alpha and beta are fitted on galleries drawn from the calibration identities.
+Below the measured tail, log FAR is extrapolated linearly in distance (fitted on the
+tail's measured low end), which is how the tail of the measured curve behaves.
+
+The decision rule (README, "Decisions"): a probe face is answered by its nearest gallery
+face when that face's distance passes the threshold for the gallery's size and the FPIR
+asked for (default 5%); every gallery face that passes it is a "match". Strength wording
+follows the same numbers: "confident" where the stranger rate is at most a tenth of the
+FPIR asked for, "possible" up to it, "no match" beyond.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ModelError
+
+DEFAULT_FPIR = 0.05
+# A match is "confident" when strangers come as near this rarely, relative to the FPIR asked for.
+CONFIDENT_SHARE = 0.1
+# FAR levels the stored tail keeps (log-spaced), from one pair in ten million to one in two.
+TAIL_FARS = np.logspace(-7, math.log10(0.5), 61)
+# Per-pair false accept rates below this are extrapolation far past any measurement: refused.
+MIN_SUPPORTED_FAR = 1e-10
+FPIR_HELP = ("Share of searches by people NOT in the gallery that may name someone or show any "
+             f"match (false positive identification rate), between 0 and 1; default {DEFAULT_FPIR}. "
+             "The distance threshold follows the gallery's size.")
+
+
+def parse_fpir(value) -> float:
+    """A target FPIR from a command line or a form, or a ModelError naming the allowed range."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return DEFAULT_FPIR
+    try:
+        fpir = float(value)
+    except (TypeError, ValueError):
+        fpir = float("nan")
+    if not 0.0 < fpir < 1.0:   # also refuses nan
+        raise ModelError(f"fpir {value!r}: expected a share of stranger searches strictly between 0 and 1 "
+                         f"(e.g. 0.05 for 5%)")
+    return fpir
+
+
+@dataclass(frozen=True)
+class GalleryCalibration:
+    """A model's stranger statistics (stored in its checkpoint under "open_set")."""
+
+    distances: tuple[float, ...]   # ascending distances at which ...
+    fars: tuple[float, ...]        # ... this share of stranger pairs is at or under them
+    tail_slope: float              # d log(FAR) / d distance below the measured tail
+    alpha: float                   # n_eff(N) = alpha * N ** beta
+    beta: float
+    pairs: int                     # stranger pairs measured
+    data: str = ""                 # the identities it was measured on
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "GalleryCalibration":
+        return cls(tuple(stored["distances"]), tuple(stored["fars"]), float(stored["tail_slope"]),
+                   float(stored["alpha"]), float(stored["beta"]), int(stored["pairs"]), str(stored.get("data", "")))
+
+    def to_dict(self) -> dict:
+        return {"distances": list(self.distances), "fars": list(self.fars), "tail_slope": self.tail_slope,
+                "alpha": self.alpha, "beta": self.beta, "pairs": self.pairs, "data": self.data}
+
+    # --- per pair ---------------------------------------------------------------------
+
+    def far_at(self, distance: float) -> float:
+        """Share of stranger pairs at or under `distance` (measured, or extrapolated below)."""
+        d, log_far = np.asarray(self.distances), np.log10(self.fars)
+        if distance >= d[-1]:
+            return float(self.fars[-1]) if distance == d[-1] else min(1.0, float(self.fars[-1]) * 2)
+        if distance < d[0]:
+            return float(10 ** (log_far[0] + self.tail_slope * (distance - d[0])))
+        return float(10 ** np.interp(distance, d, log_far))
+
+    def distance_at_far(self, far: float) -> float:
+        """The distance at which this share of stranger pairs passes (the inverse of far_at)."""
+        d, log_far = np.asarray(self.distances), np.log10(self.fars)
+        target = math.log10(far)
+        if target < log_far[0]:
+            return float(d[0] + (target - log_far[0]) / self.tail_slope)
+        return float(np.interp(target, log_far, d))
+
+    # --- per search ---------------------------------------------------------------------
+
+    def effective_strangers(self, individuals: int) -> float:
+        return max(1.0, self.alpha * max(individuals, 1) ** self.beta)
+
+    def fpir_at(self, distance: float, individuals: int) -> float:
+        """Share of stranger searches whose nearest face, in a gallery of this many
+        individuals, is this near."""
+        far = self.far_at(distance)
+        return float(-math.expm1(self.effective_strangers(individuals) * math.log1p(-min(far, 1 - 1e-12))))
+
+    def threshold(self, fpir: float, individuals: int) -> float:
+        """The distance under which at most `fpir` of stranger searches see a face, in a
+        gallery of this many individuals."""
+        far = -math.expm1(math.log1p(-fpir) / self.effective_strangers(individuals))
+        if far < MIN_SUPPORTED_FAR:
+            raise ModelError(f"fpir {fpir:g} on a gallery of {individuals:,} individuals needs a per-pair false accept "
+                             f"rate of {far:.1e}, beyond what this model's calibration can support "
+                             f"(down to {MIN_SUPPORTED_FAR:.0e}): ask for a larger fpir")
+        return self.distance_at_far(far)
+
+
+def strength(stranger_rate: float, fpir: float) -> str:
+    """The three-level wording of a gallery face's distance, from the same numbers as `match`."""
+    if stranger_rate <= CONFIDENT_SHARE * fpir:
+        return "confident"
+    return "possible" if stranger_rate <= fpir else "no match"
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """What decides `match` in one gallery: a distance threshold and the promise behind it.
+
+    rule "fpir": the threshold for the FPIR asked for at the gallery's size; "per-pair": a
+    threshold given as an operating point or a distance, or the strict point of a model
+    calibrated before gallery statistics (then `fpir` is what it gives at this size, when known).
+    """
+
+    rule: str
+    threshold: float
+    fpir: float | None
+    individuals: int
+    faces: int
+    calibration: GalleryCalibration | None = None
+    operating_point: dict | None = None   # per-pair: {"name", "tar", "far"}
+    message: str | None = None
+
+    def judge(self, distance: float) -> dict:
+        """{"match", "strength", "stranger_rate"} of one gallery face's distance: the share of
+        stranger searches that would see a face this near, and its wording."""
+        rate = (self.calibration.fpir_at(distance, self.individuals)
+                if self.calibration is not None else None)
+        match = distance <= self.threshold
+        if not match:
+            wording = "no match"
+        elif rate is None or self.fpir is None:
+            wording = "possible"
+        else:
+            wording = "confident" if rate <= CONFIDENT_SHARE * self.fpir else "possible"
+        return {"match": bool(match), "strength": wording,
+                "stranger_rate": None if rate is None else float(f"{rate:.3g}")}
+
+    def describe(self) -> dict:
+        """The rule as JSON answers show it."""
+        described = {"rule": self.rule, "threshold": self.threshold, "fpir": self.fpir,
+                     "individuals": self.individuals, "faces": self.faces}
+        if self.calibration is not None and self.fpir is not None:
+            described["confident_within"] = self.calibration.threshold(CONFIDENT_SHARE * self.fpir, self.individuals)
+        if self.operating_point is not None:
+            described["operating_point"] = self.operating_point
+        if self.message:
+            described["message"] = self.message
+        return described
