@@ -5,18 +5,20 @@ stranger with every gallery face, so the more faces a gallery holds, the more st
 a "match". Users care about the share of searches by people who are not in the gallery that
 name someone: the false positive identification rate (FPIR, as NIST FRVT 1:N measures it).
 
-`trainer calibrate` measures, on identities no model trained or chose on, the distances of
-every stranger pair (the pair tail: FAR, the share of stranger pairs at or under a distance,
-down to one pair in a few million) and how a stranger's nearest face behaves in galleries of
-growing size. From those, `GalleryCalibration` answers, for a gallery of N faces:
+`trainer calibrate` measures, on identities no model trained or chose on, every stranger
+pair's distance and how near each probe sits to strangers in general (its "shift": some
+faces are near everyone). From those, `GalleryCalibration` answers, for a gallery of M
+individuals:
 
-    FPIR(d) = 1 - (1 - FAR(d)) ** n_eff(N),   n_eff(N) = alpha * N ** beta
+    FPIR(d) = mean over probe shifts s of  1 - (1 - FAR(d - s)) ** n_eff(M),
+    n_eff(M) = alpha * M ** beta
 
-n_eff is the number of independent strangers the gallery is worth: less than N, because a
-gallery holds several photos of each individual and some probes sit nearer everyone than
-others; alpha and beta are fitted on galleries drawn from the calibration identities.
-Below the measured tail, log FAR is extrapolated linearly in distance (fitted on the
-tail's measured low end), which is how the tail of the measured curve behaves.
+FAR is the share of stranger pairs at or under a distance once each pair is seen from its
+probe's shift; n_eff is how many independent strangers a gallery of M individuals is worth
+(a stranger near one photo of someone is near their others too); alpha and beta are fitted
+on galleries drawn from the calibration identities. The stored FAR curve reaches down to
+pairs seen ten times among millions; below it, log FAR is extrapolated linearly in distance
+from its measured low end.
 
 The decision rule (README, "Decisions"): a probe face is answered by its nearest gallery
 face when that face's distance passes the threshold for the gallery's size and the FPIR
@@ -36,8 +38,8 @@ from .errors import ModelError
 DEFAULT_FPIR = 0.05
 # A match is "confident" when strangers come as near this rarely, relative to the FPIR asked for.
 CONFIDENT_SHARE = 0.1
-# FAR levels the stored tail keeps (log-spaced), from one pair in ten million to one in two.
-TAIL_FARS = np.logspace(-7, math.log10(0.5), 61)
+# FAR levels the stored curve keeps (log-spaced), from one pair in ten million to all of them.
+TAIL_FARS = np.logspace(-7, 0, 71)
 # Per-pair false accept rates below this are extrapolation far past any measurement: refused.
 MIN_SUPPORTED_FAR = 1e-10
 FPIR_HELP = ("Share of searches by people NOT in the gallery that may name someone or show any "
@@ -64,9 +66,10 @@ class GalleryCalibration:
     """A model's stranger statistics (stored in its checkpoint under "open_set")."""
 
     distances: tuple[float, ...]   # ascending distances at which ...
-    fars: tuple[float, ...]        # ... this share of stranger pairs is at or under them
-    tail_slope: float              # d log(FAR) / d distance below the measured tail
-    alpha: float                   # n_eff(N) = alpha * N ** beta
+    fars: tuple[float, ...]        # ... this share of (shift-corrected) stranger pairs is at or under them
+    tail_slope: float              # d log10(FAR) / d distance below the measured curve
+    shifts: tuple[float, ...]      # quantiles of the probes' shifts (how much nearer strangers they sit)
+    alpha: float                   # n_eff(M) = alpha * M ** beta
     beta: float
     pairs: int                     # stranger pairs measured
     data: str = ""                 # the identities it was measured on
@@ -74,51 +77,44 @@ class GalleryCalibration:
     @classmethod
     def from_dict(cls, stored: dict) -> "GalleryCalibration":
         return cls(tuple(stored["distances"]), tuple(stored["fars"]), float(stored["tail_slope"]),
-                   float(stored["alpha"]), float(stored["beta"]), int(stored["pairs"]), str(stored.get("data", "")))
+                   tuple(stored["shifts"]), float(stored["alpha"]), float(stored["beta"]), int(stored["pairs"]),
+                   str(stored.get("data", "")))
 
     def to_dict(self) -> dict:
         return {"distances": list(self.distances), "fars": list(self.fars), "tail_slope": self.tail_slope,
-                "alpha": self.alpha, "beta": self.beta, "pairs": self.pairs, "data": self.data}
+                "shifts": list(self.shifts), "alpha": self.alpha, "beta": self.beta, "pairs": self.pairs,
+                "data": self.data}
 
-    # --- per pair ---------------------------------------------------------------------
-
-    def far_at(self, distance: float) -> float:
-        """Share of stranger pairs at or under `distance` (measured, or extrapolated below)."""
+    def far_at(self, distance):
+        """Share of (shift-corrected) stranger pairs at or under `distance` (a number or an
+        array): measured, or extrapolated below the measured curve."""
         d, log_far = np.asarray(self.distances), np.log10(self.fars)
-        if distance >= d[-1]:
-            return float(self.fars[-1]) if distance == d[-1] else min(1.0, float(self.fars[-1]) * 2)
-        if distance < d[0]:
-            return float(10 ** (log_far[0] + self.tail_slope * (distance - d[0])))
-        return float(10 ** np.interp(distance, d, log_far))
-
-    def distance_at_far(self, far: float) -> float:
-        """The distance at which this share of stranger pairs passes (the inverse of far_at)."""
-        d, log_far = np.asarray(self.distances), np.log10(self.fars)
-        target = math.log10(far)
-        if target < log_far[0]:
-            return float(d[0] + (target - log_far[0]) / self.tail_slope)
-        return float(np.interp(target, log_far, d))
-
-    # --- per search ---------------------------------------------------------------------
+        distance = np.asarray(distance, dtype=np.float64)
+        below = log_far[0] + self.tail_slope * (np.minimum(distance, d[0]) - d[0])
+        return 10 ** np.where(distance < d[0], below, np.interp(distance, d, log_far))
 
     def effective_strangers(self, individuals: int) -> float:
         return max(1.0, self.alpha * max(individuals, 1) ** self.beta)
 
     def fpir_at(self, distance: float, individuals: int) -> float:
         """Share of stranger searches whose nearest face, in a gallery of this many
-        individuals, is this near."""
-        far = self.far_at(distance)
-        return float(-math.expm1(self.effective_strangers(individuals) * math.log1p(-min(far, 1 - 1e-12))))
+        individuals, is at most this far."""
+        far = np.minimum(self.far_at(distance - np.asarray(self.shifts)), 1 - 1e-12)
+        return float(np.mean(-np.expm1(self.effective_strangers(individuals) * np.log1p(-far))))
 
     def threshold(self, fpir: float, individuals: int) -> float:
         """The distance under which at most `fpir` of stranger searches see a face, in a
         gallery of this many individuals."""
-        far = -math.expm1(math.log1p(-fpir) / self.effective_strangers(individuals))
-        if far < MIN_SUPPORTED_FAR:
-            raise ModelError(f"fpir {fpir:g} on a gallery of {individuals:,} individuals needs a per-pair false accept "
-                             f"rate of {far:.1e}, beyond what this model's calibration can support "
+        per_pair = -math.expm1(math.log1p(-fpir) / self.effective_strangers(individuals))
+        if per_pair < MIN_SUPPORTED_FAR:
+            raise ModelError(f"fpir {fpir:g} on a gallery of {individuals:,} individuals needs a per-pair false "
+                             f"accept rate of {per_pair:.1e}, beyond what this model's calibration can support "
                              f"(down to {MIN_SUPPORTED_FAR:.0e}): ask for a larger fpir")
-        return self.distance_at_far(far)
+        low, high = -1.0, 3.0           # fpir_at rises with distance: bisect
+        for _ in range(60):
+            middle = (low + high) / 2
+            low, high = (middle, high) if self.fpir_at(middle, individuals) <= fpir else (low, middle)
+        return max(0.0, low)
 
 
 def strength(stranger_rate: float, fpir: float) -> str:

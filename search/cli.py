@@ -327,6 +327,15 @@ def rule_in_words(decision: dict) -> str:
     return said
 
 
+def _point(result) -> str:
+    """A per-pair operating point in words (verify): its name and what it gave on held-out identities."""
+    point = result["operating_point"]
+    if point["far"] is None:
+        return f"{point['name']} operating point"
+    return (f"{point['name']} operating point: on held-out identities {point['tar']:.1%} of same pairs "
+            f"and {point['far']:.2%} of stranger pairs passed")
+
+
 def _strength(match) -> str:
     """A gallery face's match wording (answers of older servers have only `match`)."""
     return match.get("strength") or ("possible" if match["match"] else "no match")

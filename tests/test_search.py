@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import DOGS, GROUP_PHOTO, LFW
 from indexer.writer import IndexWriter
 from search.cli import main as search_cli
-from search.engine import QueryEngine, SearchError, decide
+from search.engine import QueryEngine, SearchError
 from faces.checkpoint import save_checkpoint
 from faces.errors import ModelError
 from faces.imaging import Preprocess
@@ -85,9 +85,9 @@ def test_gallery_image_finds_its_own_identity_first(engine):
 
 def test_identify_known_and_unknown(engine):
     known = engine.identify(lfw_image("Ahmed_Chalabi", 3))["faces"][0]
-    assert known["identity"] == "Ahmed_Chalabi" and known["votes"] == 1
+    assert known["identity"] == "Ahmed_Chalabi" and known["strength"] == "possible" and known["distance"] < 1e-3
     stranger = engine.identify(STRANGER)["faces"][0]
-    assert stranger["identity"] == "unknown" and stranger["votes"] == 0
+    assert stranger["identity"] == "unknown" and stranger["strength"] == "no match"
     assert stranger["matches"][0]["distance"] > THRESHOLD
 
 
@@ -155,37 +155,23 @@ def test_k_must_be_positive(engine):
         engine.query(STRANGER, k=0)
 
 
-def test_decide_weighs_evidence_by_distance():
-    def m(identity, distance, match=True):
-        return {"identity": identity, "distance": distance, "match": match}
-    # The photo itself is in the gallery: its exact match outweighs ten nearby others.
-    exact = decide([m("a", 0.0005)] + [m("b", 0.3 + i / 100) for i in range(10)])
-    assert exact["identity"] == "a" and exact["votes"] == 1 and exact["voters"] == 11
-    assert exact["evidence"] > 0.99
-    # Nearer faces count more than more faces: 1/0.2² beats 3/0.6² + a non-match.
-    nearer = decide([m("a", 0.2), m("b", 0.6), m("b", 0.6), m("b", 0.6), m("b", 0.1, False)])
-    assert nearer["identity"] == "a" and nearer["distance"] == 0.2
-    # Evidence split about evenly is no answer, and says who it was split between.
-    split = decide([m("a", 0.5), m("b", 0.52)])
-    assert split["identity"] == "unknown" and "disagree" in split["reason"] and "a 52%" in split["reason"]
-    # Nothing within the threshold: unknown.
-    assert decide([m("a", 0.5, False)]) == {"identity": "unknown", "evidence": 0.0, "votes": 0, "voters": 0,
-                                            "distance": None, "reason": "no gallery face within the threshold"}
-    unnamed = decide([m(None, 0.1)])
-    assert unnamed["identity"] == "unknown" and "no identity" in unnamed["reason"]
-
-
 def test_threshold_choices_decide_match(engine):
     probe = lfw_image("Ahmed_Chalabi", 2)
+    # A checkpoint without gallery statistics keeps the per-pair strict rule and says how to recalibrate.
     strict = engine.query(probe, k=12)
-    assert strict["operating_point"] == {"name": "strict", "tar": None, "far": None}   # an old checkpoint
+    decision = strict["decision"]
+    assert decision["rule"] == "per-pair" and decision["fpir"] is None
+    assert decision["operating_point"] == {"name": "strict", "tar": None, "far": None}
+    assert "trainer calibrate" in decision["message"] and decision["individuals"] == 4
     assert strict["threshold"] == pytest.approx(THRESHOLD)
     everything = engine.query(probe, k=12, threshold=2.0)
-    assert everything["operating_point"]["name"] == "custom"
+    assert everything["decision"]["operating_point"]["name"] == "custom" and "message" not in everything["decision"]
     assert all(m["match"] for m in everything["faces"][0]["matches"])
     assert sum(m["match"] for m in strict["faces"][0]["matches"]) == 1    # only the photo itself
     with pytest.raises(ModelError, match="expected strict or balanced"):
         engine.query(probe, threshold="loose")
+    with pytest.raises(ModelError, match="strictly between 0 and 1"):    # refused even where unused
+        engine.query(probe, fpir="2")
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -196,7 +182,7 @@ def test_cli_query_table_and_json(workspace):
     assert table.exit_code == 0, table.output
     lines = table.output.splitlines()
     assert "1 face" in lines[0] and "distance" in table.output
-    assert any(line.split()[:4] == ["1", "0.000", "1.000", "yes"] and "Ahmed_Chalabi" in line
+    assert any(line.split()[:4] == ["1", "0.000", "1.000", "possible"] and "Ahmed_Chalabi" in line
                for line in lines)
     as_json = run_cli("query", photo, "--index", workspace["index"], "--detector", "none", "--json")
     result = json.loads(as_json.output.splitlines()[-1])
@@ -208,7 +194,7 @@ def test_cli_identify_and_verify(workspace):
     assert unknown.exit_code == 0 and "unknown  (no gallery face within the threshold)" in unknown.output
     known = run_cli("identify", lfw_image("Aaron_Peirsol", 3), "--index", workspace["index"],
                     "--detector", "none")
-    assert "Aaron_Peirsol  (100% of the evidence" in known.output
+    assert "Aaron_Peirsol  (possible match, distance 0.000" in known.output
     same = run_cli("verify", GROUP_PHOTO, GROUP_PHOTO, "--model", workspace["model"])
     assert same.exit_code == 0 and same.output.startswith("same: distance 0.000")
 

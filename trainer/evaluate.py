@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from faces.checkpoint import FaceModel
-from faces.open_set import TAIL_FARS
+from faces.open_set import TAIL_FARS, GalleryCalibration
 from .data import DataError, load_faces, read_pairs, scan_identities
 
 # The strict operating point's false accept rate. A search compares a stranger with every
@@ -93,14 +93,23 @@ def stranger_distances(embeddings: np.ndarray, labels: np.ndarray,
 # behaves as a gallery grows: sizes up to half the images, this many draws of each.
 GALLERY_DRAWS = 12
 GALLERY_FPIRS = (0.01, 0.02, 0.05, 0.1, 0.2)
-# The stored tail keeps FAR levels with at least this many stranger pairs under them.
+# The stored curve keeps FAR levels with at least this many stranger pairs under them.
 TAIL_MIN_PAIRS = 10
+# A probe's shift: its own quantile of distances to strangers, against the median probe's.
+SHIFT_QUANTILE = 0.05
+SHIFT_SAMPLES = 200
 
 
-def stranger_tail(strangers: np.ndarray) -> dict:
-    """FAR (share of stranger pairs at or under a distance) at log-spaced levels, and the
-    slope of log10 FAR in distance over the measured low end, for extrapolating below it."""
-    ordered = np.sort(strangers)
+def probe_shifts(distances: np.ndarray, different: np.ndarray) -> np.ndarray:
+    """How much nearer than the median probe each image sits to strangers in general."""
+    location = np.array([np.quantile(row[mask], SHIFT_QUANTILE) for row, mask in zip(distances, different)])
+    return location - np.median(location)
+
+
+def far_curve(pair_distances: np.ndarray) -> dict:
+    """FAR (share of pairs at or under a distance) at log-spaced levels, and the slope of
+    log10 FAR in distance over the measured low end, for extrapolating below it."""
+    ordered = np.sort(pair_distances)
     pairs = len(ordered)
     fars = [far for far in TAIL_FARS if far * pairs >= TAIL_MIN_PAIRS]
     distances = [float(ordered[int(np.ceil(far * pairs)) - 1]) for far in fars]
@@ -109,57 +118,67 @@ def stranger_tail(strangers: np.ndarray) -> dict:
     return {"distances": distances, "fars": [float(f) for f in fars], "tail_slope": slope, "pairs": pairs}
 
 
-def effective_strangers_fit(embeddings: np.ndarray, labels: np.ndarray, strangers: np.ndarray,
-                            seed: int = 0) -> tuple[float, float, list[dict]]:
-    """How many independent stranger pairs a gallery of M individuals is worth in a search,
-    n_eff = alpha * M ** beta, fitted on galleries of whole identities drawn from these:
-    each other image is a stranger probe; at each FPIR level the threshold that lets that
-    share of probes find a face gives FAR per pair, and n_eff = log(1 - FPIR) / log(1 - FAR).
-    Individuals, not faces: a stranger near one photo of someone is near their others too."""
+def drawn_galleries(distances: np.ndarray, labels: np.ndarray, seed: int = 0) -> list[dict]:
+    """Galleries of whole identities drawn from these, every other image a stranger probe:
+    at each FPIR level, the distance under which that share of probes finds a face."""
     rng = np.random.default_rng(seed)
-    distances = distance_matrix(embeddings, embeddings)
-    ordered = np.sort(strangers)
     identities = np.unique(labels)
     members = {identity: np.flatnonzero(labels == identity) for identity in identities}
-    sizes = np.unique(np.geomspace(16, len(labels) // 2, 7).astype(int))
     points = []
-    for size in sizes:
+    for size in np.unique(np.geomspace(16, max(17, len(labels) // 2), 7).astype(int)):
         nearest, individuals = [], []
         for _ in range(GALLERY_DRAWS):
             order = rng.permutation(identities)
             counts = np.cumsum([len(members[i]) for i in order])
             chosen = order[:int(np.searchsorted(counts, size)) + 1]
-            individuals.append(len(chosen))
-            gallery = np.concatenate([members[i] for i in chosen])
             probes = np.flatnonzero(~np.isin(labels, chosen))
             if len(probes):
+                individuals.append(len(chosen))
+                gallery = np.concatenate([members[i] for i in chosen])
                 nearest.append(distances[np.ix_(probes, gallery)].min(1))
-        if not nearest:
-            continue
-        nearest = np.concatenate(nearest)
-        for fpir in GALLERY_FPIRS:
-            threshold = float(np.quantile(nearest, fpir))
-            far = np.searchsorted(ordered, threshold, side="right") / len(ordered)
-            if far <= 0 or far >= 1:
-                continue
-            points.append({"faces": int(size), "individuals": float(np.mean(individuals)), "fpir": fpir, "threshold": threshold, "far": float(far),
-                           "n_eff": float(np.log1p(-fpir) / np.log1p(-far))})
-    if len({p["individuals"] for p in points}) < 2:
-        # Too few identities to see a trend: count each individual as one independent stranger,
-        # what LFW's 808 calibration people gave (n_eff = 1.16 M ** 0.99).
-        return 1.0, 1.0, points
-    beta, log_alpha = np.polyfit(np.log([p["individuals"] for p in points]), np.log([p["n_eff"] for p in points]), 1)
-    return float(np.exp(log_alpha)), float(beta), points
+        if nearest:
+            nearest = np.concatenate(nearest)
+            points.extend({"faces": int(size), "individuals": float(np.mean(individuals)), "fpir": fpir,
+                           "threshold": float(np.quantile(nearest, fpir))} for fpir in GALLERY_FPIRS)
+    return points
 
 
 def gallery_calibration(embeddings: np.ndarray, labels: np.ndarray, data: str = "", seed: int = 0) -> dict:
-    """What faces.open_set.GalleryCalibration needs, measured on held-out identities."""
+    """What faces.open_set.GalleryCalibration needs, measured on held-out identities: the
+    shift-corrected stranger-pair curve, the probes' shifts, and n_eff = alpha * M ** beta
+    fitted so that its FPIR matches the drawn galleries' (least squares in log FPIR)."""
+    from scipy.optimize import minimize
     if len(labels) > CALIBRATION_MAX_IMAGES:
         keep = np.sort(np.random.default_rng(seed).choice(len(labels), CALIBRATION_MAX_IMAGES, replace=False))
         embeddings, labels = embeddings[keep], labels[keep]
-    strangers = stranger_distances(embeddings, labels)
-    alpha, beta, points = effective_strangers_fit(embeddings, labels, strangers, seed)
-    return {**stranger_tail(strangers), "alpha": alpha, "beta": beta, "data": str(data), "fit_points": points}
+    distances = distance_matrix(embeddings, embeddings)
+    different = labels[:, None] != labels[None, :]
+    if not different.any():
+        raise DataError("gallery statistics need at least two identities")
+    shifts = probe_shifts(distances, different)
+    first, second = np.triu_indices(len(labels), k=1)
+    pairs = different[first, second]
+    # Each pair seen from both of its probes, less that probe's shift.
+    corrected = np.concatenate([(distances[first, second] - shifts[first])[pairs],
+                                (distances[first, second] - shifts[second])[pairs]])
+    curve = far_curve(corrected)
+    shift_sample = [float(v) for v in np.quantile(shifts, (np.arange(SHIFT_SAMPLES) + 0.5) / SHIFT_SAMPLES)]
+    points = drawn_galleries(distances, labels, seed)
+
+    def fitted(x):
+        return GalleryCalibration.from_dict({**curve, "shifts": shift_sample, "alpha": float(np.exp(x[0])),
+                                             "beta": float(x[1]), "data": str(data)})
+
+    def misfit(x):
+        model = fitted(x)
+        return sum((np.log(max(model.fpir_at(p["threshold"], p["individuals"]), 1e-9)) - np.log(p["fpir"])) ** 2
+                   for p in points)
+
+    # Too few identities to see a trend: each individual counts as one independent stranger.
+    trend = len({p["individuals"] for p in points}) > 1
+    model = fitted(minimize(misfit, [0.0, 1.0], method="Nelder-Mead").x if trend else [0.0, 1.0])
+    return {**model.to_dict(),
+            "fit_points": [{**p, "fitted_fpir": model.fpir_at(p["threshold"], p["individuals"])} for p in points]}
 
 
 def calibration_pairs(inputs: "EvaluationInputs") -> tuple[np.ndarray, np.ndarray]:
