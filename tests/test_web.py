@@ -408,6 +408,10 @@ def test_browser_upload_shows_the_identity_first(page, server_url, tmp_path):
     assert first.locator(".distance").inner_text().startswith("distance 0.0")
     assert page.inner_text("#operating-point") == (f"A match is a gallery face within distance {THRESHOLD:.3f} "
                                                    "(strict operating point).")
+    # How long the server took, from the API's timings_ms.
+    assert re.fullmatch(r"Searched in \d+ ms \(finding faces \d+ ms, embedding \d+ ms, searching \d+ ms\)\.",
+                        page.inner_text("#timings")), page.inner_text("#timings")
+    assert page.locator(".drag-hint").is_visible()      # a desktop can drag a photo in
     wait_until(page, "document.querySelector('#faces .match .thumb').naturalWidth > 0")
 
     screenshot = tmp_path / "search.png"
@@ -444,7 +448,7 @@ def test_browser_non_image_shows_the_error(page, server_url):
     wait_for_results(page)
     message = page.locator("#message")
     assert message.is_visible() and "is-error" in message.get_attribute("class")
-    assert "not an image" in message.inner_text()
+    assert message.inner_text().startswith("Could not search holiday.jpg: not an image")
     assert page.locator("#results").is_hidden()
 
 
@@ -590,11 +594,20 @@ def test_browser_phone_shows_the_results_without_scrolling(browser, server_url, 
         assert first.locator(".face-crop").get_attribute("aria-label") == "Face 1 as found in your photo"
         # Scrolled to the last face (as its box on the photo links to it), the photo is still
         # on screen, and the face's section starts below it.
+        assert page.locator(".drag-hint").is_hidden()      # nothing to drag on a phone
+        assert page.locator("#in-view").is_hidden()
         page.evaluate("document.querySelector('#faces .face:last-child').scrollIntoView()")
-        photo = page.locator("#photo").bounding_box()
+        wait_until(page, "!document.getElementById('in-view').hidden")
+        pinned = page.locator("#results .photo").bounding_box()
         last = page.locator("#faces .face").last.bounding_box()
-        assert photo["y"] >= 0 and photo["y"] + photo["height"] <= 844 / 2
-        assert last["y"] >= photo["y"] + photo["height"]
+        # Only the photo and one line stay pinned: under a quarter of the screen, naming the
+        # face whose matches are in view, and its box marked on the photo.
+        assert pinned["y"] >= -1 and pinned["height"] <= 844 / 4, pinned
+        assert last["y"] >= pinned["y"] + pinned["height"] - 1
+        assert page.inner_text("#in-view") == "Face 6 of 6: its matches are below."
+        assert page.locator(".face-box.is-current").get_attribute("href") == "#face-6"
+        page.evaluate("document.querySelector('#faces .face:nth-child(2)').scrollIntoView()")
+        wait_until(page, "document.getElementById('in-view').textContent.startsWith('Face 2 of 6')")
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         # The thumbnails near each screenful have loaded (the others wait, lazily, until seen).
         wait_until(page, "[...document.querySelectorAll('#faces .face:last-child .thumb')].every(i => i.complete)")

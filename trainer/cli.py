@@ -267,7 +267,8 @@ def import_dlib(out: str, data: str, pairs: str, flip_average: bool, as_json: bo
 
 @main.command()
 @click.argument("model", default="human")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the checkpoint's metadata as one JSON object (everything but the weights).")
 def info(model: str, as_json: bool) -> None:
     """What a checkpoint holds: architecture, preprocessing, operating points (thresholds with
     their true and false accept rates), training metrics."""
