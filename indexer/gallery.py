@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from .config import DATABASE_FILE, VECTORS_FILE, existing_index
 from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database
 from .errors import IndexMissingError, ModelMismatchError
+from .individuals import names_of
 from .settings import IndexSettings, load_settings
 from .store import FaissStore, VectorStore, open_store
 
@@ -188,7 +189,8 @@ class Gallery:
 
     def search(self, embeddings: np.ndarray, k: int = 10) -> list[list[dict]]:
         """For each embedding (float32 N x D, unit length), its k nearest gallery faces, best
-        first: {id, path, identity, box, similarity, distance} (similarity = cosine, distance = L2)."""
+        first: {id, path, identity, individual, box, similarity, distance} (similarity = cosine,
+        distance = L2; identity is the individual's name when it has one, else the folder's)."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim == 1:
             embeddings = embeddings[None]
@@ -197,6 +199,10 @@ class Gallery:
                                      f"model {self.model.name} gives {self.model.embedding_dim}")
         similarities, ids = self.store.search(embeddings, k)
         records = self._records(np.unique(ids[ids >= 0]))
+        # A name given to an individual is the identity its faces answer to (read afresh on
+        # every search, so a rename shows at once); folder identities are the default.
+        with Session(self.engine) as session:
+            names = names_of(session, (r.individual for r in records.values()))
         results = []
         for row_similarities, row_ids in zip(similarities, ids):
             matches = []
@@ -204,8 +210,9 @@ class Gallery:
                 record = records.get(image_id)
                 if record is None:   # -1 padding, or a vector whose row a writer just deleted
                     continue
-                matches.append({"id": image_id, "path": record.path, "identity": record.identity,
-                                "box": record.box, "similarity": similarity,
+                matches.append({"id": image_id, "path": record.path,
+                                "identity": names.get(record.individual, record.identity),
+                                "individual": record.individual, "box": record.box, "similarity": similarity,
                                 "distance": similarity_to_distance(similarity)})
             results.append(matches)
         return results

@@ -11,14 +11,16 @@ A query answers one JSON-ready dict (the `search query --json` output):
      "operating_point": {"name", "tar", "far"},
      "faces": [{"box": [x0, y0, x1, y1] or None, "score",
                 "found_by": "detector" | "box" | "whole image",
-                "matches": [{"id", "path", "identity", "distance", "similarity",
-                             "match", "box"}, ...]}, ...],
+                "matches": [{"id", "path", "identity", "individual", "distance",
+                             "similarity", "match", "box"}, ...]}, ...],
      "message": "no face found ..." (only when there is no face: says to give a box),
      "timings_ms": {"detect", "embed", "search"}}
 
 A match's `path` is relative to the gallery folder it was indexed from (the file name alone
 for a file added from elsewhere); `absolute_paths=True` gives the full path instead. Names
 that are not UTF-8 are shown with \\xNN escapes (faces.errors.readable), as identities are.
+`individual` is the id of the individual the gallery face belongs to (null until `indexer
+cluster` has run); `identity` is that individual's name when it has been given one.
 `match` is distance <= the threshold of the operating point asked for (default strict:
 the model's checkpoint says what true and false accept rates it gave on held-out
 identities; "custom" for a number); distances are Euclidean between unit embeddings (0 to
@@ -185,7 +187,7 @@ class QueryEngine:
         path = hit["path"] if absolute_path else self.gallery.relative_path(hit["path"])
         return {"id": int(hit["id"]), "path": readable(path),
                 "identity": readable(hit["identity"]) if hit["identity"] is not None else None,
-                "distance": distance, "similarity": float(hit["similarity"]),
+                "individual": hit.get("individual"), "distance": distance, "similarity": float(hit["similarity"]),
                 "match": distance <= threshold,
                 "box": list(hit["box"]) if hit.get("box") is not None else None}
 
