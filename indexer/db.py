@@ -194,9 +194,23 @@ def create_sqlite_engine(database: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def begin(connection):
-        connection.exec_driver_sql("BEGIN")
+        # A transaction that reads before it writes must take the write lock first (see
+        # `for_writing`): else SQLite refuses its write at once when another writer
+        # committed in between ("database is locked"), whatever the timeout.
+        immediate = connection.get_execution_options().get(IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+IMMEDIATE = "facesearch_immediate"
+
+
+def for_writing(engine: Engine) -> Engine:
+    """The engine for a transaction that reads, then writes on what it read: on SQLite it
+    begins by waiting for the write lock (BEGIN IMMEDIATE), so two such transactions at once
+    run one after the other instead of one failing. Other databases lock rows themselves."""
+    return engine.execution_options(**{IMMEDIATE: True})
 
 
 def is_url(database) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import delete, distinct, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from .db import INDEXED, NAME_LENGTH, PENDING, ImageRecord, Individual, utc_now
+from .db import INDEXED, NAME_LENGTH, PENDING, ImageRecord, Individual, for_writing, utc_now
 from .errors import IndividualError, IndividualNotFound
 
 # Neighbours looked up for each new face when assigning it to an individual.
@@ -144,7 +144,7 @@ def _existing(session: Session, ids) -> dict[int, Individual]:
 def rename(engine, individual_id: int, name) -> dict:
     """Give an individual a name (None removes it). Two renames at once: the last one wins."""
     name = clean_name(name)
-    with Session(engine) as session, session.begin():
+    with Session(for_writing(engine)) as session, session.begin():
         _existing(session, [individual_id])
         session.execute(update(Individual).where(Individual.id == individual_id)
                         .values(name=name, updated_at=utc_now()))
@@ -159,7 +159,7 @@ def merge(engine, ids) -> dict:
     ids = list(dict.fromkeys(ids))
     if len(ids) < 2:
         raise IndividualError("merging needs two or more different individuals")
-    with Session(engine) as session, session.begin():
+    with Session(for_writing(engine)) as session, session.begin():
         found = _existing(session, ids)
         species = {found[i].species for i in ids}
         if len(species) > 1:
@@ -179,7 +179,7 @@ def split(engine, individual_id: int, face_ids) -> dict:
     if (not isinstance(face_ids, (list, tuple)) or not face_ids
             or not all(isinstance(i, int) and not isinstance(i, bool) for i in face_ids)):
         raise IndividualError("give the faces to move out as a list of face ids, e.g. [3105]")
-    with Session(engine) as session, session.begin():
+    with Session(for_writing(engine)) as session, session.begin():
         source = _existing(session, [individual_id])[individual_id]
         faces = set(session.scalars(select(ImageRecord.id).where(ImageRecord.individual == individual_id,
                                                                  ImageRecord.status.in_(LISTED))))
@@ -243,7 +243,7 @@ def assign_new_faces(engine, store, threshold: float) -> dict:
                 known[row.id] = (row.individual, row.species)
     assigned: dict[int, int] = {}
     new = 0
-    with Session(engine) as session, session.begin():
+    with Session(for_writing(engine)) as session, session.begin():
         for face, row_similarities, row_found in zip(ids.tolist(), similarities.tolist(), found.tolist()):
             species = species_of[face]
             chosen = None
@@ -282,7 +282,7 @@ def store_grouping(engine, ids: np.ndarray, species: list[str], labels: np.ndarr
     for position, key in enumerate(keys):
         groups[key].append(position)
     id_list = ids.tolist()
-    with Session(engine) as session, session.begin():
+    with Session(for_writing(engine)) as session, session.begin():
         old = dict(session.execute(select(ImageRecord.id, ImageRecord.individual)
                                    .where(ImageRecord.individual.is_not(None))).all())
         existing = {i.id: i for i in session.scalars(select(Individual))}

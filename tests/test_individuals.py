@@ -208,3 +208,150 @@ def test_individuals_migration_down_and_up_keeps_faces(library):
     assert listing(library) == []            # grouped again by the next `indexer cluster`
     code, output = indexer(library, "cluster", "--threshold", "balanced")
     assert code == 0 and len(listing(library)) == 4
+
+
+# --- the JSON API -----------------------------------------------------------------------------
+
+@pytest.fixture
+def api(library):
+    from web import create_app
+    app = create_app({"INDEX": str(library["index"]), "DETECTOR": "none", "TESTING": True})
+    return app.test_client()
+
+
+def test_api_lists_largest_first_and_shows_one_with_its_faces(api, library):
+    body = api.get("/api/individuals").get_json()
+    assert body["total"] == 4 and body["offset"] == 0 and len(body["individuals"]) == 4
+    first = body["individuals"][0]
+    assert set(first) == {"id", "species", "name", "cover", "faces", "photos"}
+    paged = api.get("/api/individuals?offset=1&limit=2").get_json()
+    assert [i["id"] for i in paged["individuals"]] == [i["id"] for i in body["individuals"][1:3]]
+    assert api.get("/api/individuals?species=dog").get_json()["total"] == 0
+    one = api.get(f"/api/individuals/{first['id']}").get_json()
+    assert len(one["faces_list"]) == 3 and one["faces_list"][0]["path"].count("/") == 1   # relative paths
+    assert api.get(f"/thumb/{one['faces_list'][0]['id']}").status_code == 200
+    assert api.get(f"/photo/{one['faces_list'][0]['id']}").mimetype == "image/jpeg"
+    missing = api.get("/api/individuals/999999")
+    assert missing.status_code == 404 and missing.get_json() == {"error": "no individual 999999"}
+    assert api.get("/api/individuals?limit=lots").status_code == 400
+
+
+@pytest.mark.parametrize("name, status, problem", [
+    ("", 400, "cannot be empty"), ("x" * 10_000, 400, "at most 100 characters"),
+    ("Rex\x07", 400, "control"), (42, 400, "must be text"), ("<script>alert(1)</script>", 200, None),
+])
+def test_api_rename_checks_the_name(api, name, status, problem):
+    individual = api.get("/api/individuals").get_json()["individuals"][0]["id"]
+    response = api.post(f"/api/individuals/{individual}", json={"name": name})
+    assert response.status_code == status, response.get_json()
+    if problem:
+        assert problem in response.get_json()["error"]
+    else:
+        assert response.get_json()["name"] == name       # kept as text; pages show it as text
+    assert api.post(f"/api/individuals/{individual}", data="name=Rex").status_code == 415
+    assert api.post("/api/individuals/999999", json={"name": "Rex"}).status_code == 404
+
+
+def test_api_two_renames_at_once_both_answer_and_the_last_wins(api):
+    import threading
+    individual = api.get("/api/individuals").get_json()["individuals"][0]["id"]
+    statuses, barrier = [], threading.Barrier(2)
+
+    def rename(name):
+        barrier.wait()
+        statuses.append(api.post(f"/api/individuals/{individual}", json={"name": name}).status_code)
+    threads = [threading.Thread(target=rename, args=(name,)) for name in ("Rex", "Fido")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200, 200]
+    assert api.get(f"/api/individuals/{individual}").get_json()["name"] in ("Rex", "Fido")
+    assert api.post(f"/api/individuals/{individual}", json={"name": "Max"}).get_json()["name"] == "Max"
+
+
+def test_api_merge_split_and_forget(api, library):
+    ids = [i["id"] for i in api.get("/api/individuals").get_json()["individuals"]]
+    assert api.post("/api/individuals/merge", json={"ids": [ids[0]]}).status_code == 400
+    assert api.post("/api/individuals/merge", json={"ids": "1,2"}).status_code == 400
+    missing = api.post("/api/individuals/merge", json={"ids": [ids[0], 999999]})
+    assert missing.status_code == 404 and "999999" in missing.get_json()["error"]
+    with sqlite3.connect(library["index"] / DATABASE_FILE) as db:
+        db.execute("UPDATE individuals SET species = 'dog' WHERE id = ?", (ids[3],))
+    across = api.post("/api/individuals/merge", json={"ids": [ids[0], ids[3]]})
+    assert across.status_code == 400 and "different species" in across.get_json()["error"]
+    merged = api.post("/api/individuals/merge", json={"ids": [ids[0], ids[1]]})
+    assert merged.status_code == 200 and merged.get_json()["faces"] == 6
+    face = merged.get_json()["faces_list"][-1]["id"]
+    split = api.post(f"/api/individuals/{ids[0]}/split", json={"faces": [face]})
+    assert split.status_code == 200 and split.get_json()["faces"] == 1
+    assert api.post(f"/api/individuals/{ids[0]}/split", json={"faces": [face]}).status_code == 404
+    with IndexLock(library["index"]):        # a build is running: refused, nothing lost
+        busy = api.delete(f"/api/individuals/{ids[2]}")
+        assert busy.status_code == 409 and "try again" in busy.get_json()["error"]
+        assert api.post("/api/individuals/merge", json={"ids": [ids[0], ids[2]]}).status_code == 409
+    assert api.get(f"/api/individuals/{ids[2]}").get_json()["faces"] == 3
+    done = api.delete(f"/api/individuals/{ids[2]}")
+    assert done.status_code == 200 and done.get_json()["faces_removed"] == 3
+    assert api.get(f"/api/individuals/{ids[2]}").status_code == 404
+    assert api.get("/api/health").get_json()["gallery"]["faces"] == 9
+
+
+def test_api_changes_need_the_key_when_one_is_set(library):
+    from web import create_app
+    client = create_app({"INDEX": str(library["index"]), "DETECTOR": "none", "TESTING": True,
+                         "API_KEY": "sesame"}).test_client()
+    key = {"Authorization": "Bearer sesame"}
+    assert client.get("/people").status_code == 200          # the page shell holds no gallery data
+    assert client.get("/api/individuals").status_code == 401
+    individual = client.get("/api/individuals", headers=key).get_json()["individuals"][0]["id"]
+    assert client.post(f"/api/individuals/{individual}", json={"name": "Rex"}).status_code == 401
+    assert client.delete(f"/api/individuals/{individual}").status_code == 401
+    assert client.post(f"/api/individuals/{individual}", json={"name": "Rex"}, headers=key).status_code == 200
+
+
+# --- the People & pets pages in Chromium ------------------------------------------------------
+
+from test_web import browser, running_server, wait_until   # noqa: E402,F401  (fixtures too)
+
+
+def test_browser_people_and_pets(browser, library, tmp_path):
+    index = {"INDEX": str(library["index"]), "MODEL": "human", "DETECTOR": "none"}
+    dialogs = []
+    with running_server(index, tmp_path) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+        try:
+            page.goto(f"{url}/people")
+            wait_until(page, "document.querySelectorAll('#individuals .individual').length === 4")
+            cards = page.locator("#individuals .individual")
+            assert cards.first.locator(".name").inner_text() == "unnamed"
+            assert cards.first.locator(".details").inner_text() == "person · 3 photos"
+            wait_until(page, "document.querySelector('#individuals .thumb').naturalWidth > 0")
+            # Merge two: the grid then holds three, the first with 6 photos.
+            cards.nth(0).locator(".select").check()
+            assert page.locator("#merge-button").is_disabled()
+            cards.nth(1).locator(".select").check()
+            page.click("#merge-button")
+            wait_until(page, "document.querySelectorAll('#individuals .individual').length === 3")
+            assert page.locator("#individuals .individual .details").first.inner_text() == "person · 6 photos"
+            # One individual's page: rename (HTML stays text), move a face out, forget.
+            page.click("#individuals .individual .open >> nth=0")
+            wait_until(page, "document.querySelectorAll('#individual-faces .face-card').length === 6")
+            wait_until(page, "document.querySelector('#individual-faces .whole').naturalWidth > 0")
+            page.fill("#name-input", "<b>Colin</b> & co")
+            page.click("#rename-form button[type=submit]")
+            wait_until(page, "document.getElementById('individual-name').textContent === '<b>Colin</b> & co'")
+            assert page.locator("#individual-name b").count() == 0
+            page.locator("#individual-faces .move-out").last.click()
+            wait_until(page, "document.querySelectorAll('#individual-faces .face-card').length === 5")
+            page.click("#forget-button")
+            wait_until(page, "document.getElementById('people-message').textContent.startsWith('Forgotten: 5 faces')")
+            assert dialogs and dialogs[-1].startswith("Forget <b>Colin</b> & co?")
+            page.goto(f"{url}/people")
+            wait_until(page, "document.querySelectorAll('#individuals .individual').length === 3")
+            names = page.locator("#individuals .individual .name").all_inner_texts()
+            assert "<b>Colin</b> & co" not in names
+        finally:
+            context.close()
