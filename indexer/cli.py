@@ -198,6 +198,9 @@ def stats(index_dir: str | None, as_json: bool) -> None:
         click.echo(f"{data['pending']} faces pending from an interrupted build (the next build settles them)")
     if data["clusters"]:
         click.echo(f"clusters: {data['clusters']}")
+    if data["individuals"]:
+        click.echo(f"individuals: {data['individuals']} ({data['named_individuals']} named; `indexer individuals` "
+                   "lists them)")
     click.echo(f"model: {model['name']} ({model['species']}, {model['embedding_dim']}-D, threshold "
                f"{model['threshold']:.4f}, detector {model['detector']}, sha256 {model['sha256'][:12]})")
     click.echo(f"index: {index['type']}, {index['vectors']} vectors in {data['store']}; metadata in "

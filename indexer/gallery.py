@@ -20,7 +20,8 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from .config import DATABASE_FILE, VECTORS_FILE, existing_index
-from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database
+from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, Individual, ModelRecord, gallery_roots,
+                 open_database)
 from .errors import IndexMissingError, ModelMismatchError
 from .individuals import names_of
 from .settings import IndexSettings, load_settings
@@ -290,6 +291,10 @@ class Gallery:
                 "skip_reasons": dict(skip_reasons.most_common()),
                 "pending": count(ImageRecord.status == PENDING),
                 "clusters": count(indexed, what=distinct(ImageRecord.cluster)),
+                "individuals": count(indexed, what=distinct(ImageRecord.individual)),
+                "named_individuals": session.scalar(
+                    select(func.count(distinct(Individual.id))).join(ImageRecord, ImageRecord.individual == Individual.id)
+                    .where(indexed, Individual.name.is_not(None))),
                 "model": {"name": self.model.name, "source": self.model.source, "sha256": self.model.sha256,
                           "embedding_dim": self.model.embedding_dim, "species": self.model.species,
                           "threshold": self.model.threshold, "detector": self.model.detector},

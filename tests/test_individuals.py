@@ -4,6 +4,7 @@ migration goes up and down. On a small real index: 4 LFW people, 3 photos each, 
 by the bundled `human` model (cropped faces, --detector none)."""
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -92,6 +93,9 @@ def test_cluster_makes_one_individual_per_person_largest_first(library):
     assert all((p["faces"], p["photos"], p["species"], p["name"]) == (3, 3, "human", None) for p in people.values())
     code, output = indexer(library, "individuals")
     assert code == 0 and output.splitlines()[0] == "4 individuals:" and "unnamed" in output
+    indexer(library, "name", people["Tony_Blair"]["id"], "Tony")
+    code, output = indexer(library, "stats", "--json")
+    assert (last_json(output)["individuals"], last_json(output)["named_individuals"]) == (4, 1)
 
 
 def test_a_name_is_the_identity_identify_answers_and_matches_carry_the_individual(library):
@@ -323,6 +327,12 @@ def test_browser_people_and_pets(browser, library, tmp_path):
         page = context.new_page()
         page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
         try:
+            # A search's matches link to their individual's page.
+            page.goto(url)
+            page.set_input_files("#image-input", str(photos("Hugo_Chavez")[0]))
+            page.wait_for_selector("#faces .match", timeout=30_000)
+            link = page.locator("#faces .match .individual-link").first
+            assert link.is_visible() and re.fullmatch(r"/people/\d+", link.get_attribute("href"))
             page.goto(f"{url}/people")
             wait_until(page, "document.querySelectorAll('#individuals .individual').length === 4")
             cards = page.locator("#individuals .individual")

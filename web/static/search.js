@@ -315,6 +315,12 @@ function matchItem(match) {
   showThumb(item.querySelector(".thumb"), match.id);
   item.querySelector(".thumb").alt = identity;
   item.querySelector(".identity").textContent = identity;
+  if (match.individual) {
+    // The individual this gallery face belongs to (People & pets), once the gallery is grouped.
+    const link = item.querySelector(".individual-link");
+    link.href = form.dataset.individualUrl.replace(/0$/, String(match.individual));
+    link.hidden = false;
+  }
   item.querySelector(".similarity").textContent = `similarity ${match.similarity.toFixed(2)}`;
   item.querySelector(".distance").textContent = `distance ${match.distance.toFixed(3)}`;
   item.querySelector(".badge").textContent = match.match ? "✓ match" : "not a match";
