@@ -20,7 +20,22 @@ def register_user_error(error_type: type[Exception]) -> None:
         USER_ERRORS = USER_ERRORS + (error_type,)
 
 
+# The command list of `--help` shows each command's whole first sentence (wrapped), where
+# click would cut it to the width left beside the names and end it with "...".
+WHOLE_SUMMARY = 10_000
+
+
 class FriendlyGroup(click.Group):
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(WHOLE_SUMMARY)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

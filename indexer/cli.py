@@ -200,6 +200,9 @@ def stats(index_dir: str | None, as_json: bool) -> None:
         click.echo(f"{data['pending']} faces pending from an interrupted build (the next build settles them)")
     if data["clusters"]:
         click.echo(f"clusters: {data['clusters']}")
+    if data["individuals"]:
+        click.echo(f"individuals: {data['individuals']} ({data['named_individuals']} named; `indexer individuals` "
+                   "lists them)")
     click.echo(f"model: {model['name']} ({model['species']}, {model['embedding_dim']}-D, threshold "
                f"{model['threshold']:.4f}, detector {model['detector']}, sha256 {model['sha256'][:12]})")
     decision = data["decision"]
@@ -266,12 +269,16 @@ def export(out: str, index_dir: str | None) -> None:
 @index_option
 @json_option
 def cluster(threshold: str, neighbours: int, index_dir: str | None, as_json: bool) -> None:
-    """Group the gallery into individuals and store each face's cluster (`indexer export`
-    writes them): average-linkage clustering, two groups joining while the mean distance
+    """Group the gallery into individuals (`indexer individuals` lists them) and store each
+    face's cluster (`indexer export` writes them): average-linkage clustering, two groups joining while the mean distance
     between their faces is within the threshold. Where gallery folders name identities, the
     clusters are scored against them: pairwise precision (of the pairs put together, the
     share that are one identity), recall (of each identity's pairs, the share put together),
-    F1, and V-measure."""
+    F1, and V-measure.
+
+    Run again, it groups everything afresh; an individual found again keeps its id and
+    name. Between runs, each build and add puts new faces into individuals by themselves.
+    """
     from .maintenance import cluster_gallery
     with open_writer(index_dir) as writer:
         summary = cluster_gallery(writer, threshold, neighbours)
@@ -281,12 +288,142 @@ def cluster(threshold: str, neighbours: int, index_dir: str | None, as_json: boo
     click.echo(f"{summary['faces']} faces in {summary['clusters']} clusters ({summary['singletons']} singletons; "
                f"largest {summary['largest']}) at distance {summary['threshold']:.4f} "
                f"({summary['operating_point']['name']} operating point)")
+    kept = summary["individuals"]
+    click.echo(f"individuals: {kept['individuals']} ({kept['kept']} kept their id and name, {kept['new']} new)"
+               + (f"; names no longer given to any group: {', '.join(kept['names_dropped'])}"
+                  if kept["names_dropped"] else ""))
     if "against_identities" in summary:
         known = summary["against_identities"]
         click.echo(f"against the {known['identities']} folder identities of {known['faces']} faces: pairwise "
                    f"precision {known['pairwise_precision']}, recall {known['pairwise_recall']}, "
                    f"F1 {known['pairwise_f1']}; V-measure {known['v_measure']} (homogeneity "
                    f"{known['homogeneity']}, completeness {known['completeness']})")
+
+
+# --- individuals ---------------------------------------------------------------------------
+
+def _individual_line(individual: dict) -> str:
+    from faces.errors import readable
+    name = readable(individual["name"]) if individual["name"] else "unnamed"
+    photos = individual["photos"]
+    return (f"{individual['id']:>8}  {individual['species']:<6}  {photos:>6} photo{'s' * (photos != 1)}  "
+            f"{name}")
+
+
+def _individual_detail(individual: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(individual)
+        return
+    click.echo(_individual_line(individual))
+    from faces.errors import readable
+    for face in individual["face_list"]:
+        click.echo(f"  face {face['id']}: {readable(face['path'])}")
+
+
+@main.command()
+@click.argument("individual_id", metavar="[ID]", required=False, type=click.IntRange(min=1))
+@click.option("--species", help="Only individuals of this species (human, dog).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many (the largest).")
+@index_option
+@json_option
+def individuals(individual_id: int | None, species: str | None, limit: int | None, index_dir: str | None,
+                as_json: bool) -> None:
+    """The people and pets `indexer cluster` found: id, species, photos and name, largest
+    first; with ID, that one and its faces."""
+    index_dir = existing_index(index_dir)    # said before the database loads
+    from .gallery import open_index_database
+    from .individuals import get_individual, list_individuals
+    from .settings import load_settings
+    engine = open_index_database(index_dir, load_settings(index_dir))
+    try:
+        if individual_id is not None:
+            _individual_detail(get_individual(engine, individual_id), as_json)
+            return
+        listing = list_individuals(engine, species, limit=limit)
+    finally:
+        engine.dispose()
+    if as_json:
+        print_json(listing)
+        return
+    if not listing["total"]:
+        click.echo("no individuals yet: `indexer cluster` groups the faces into individuals")
+        return
+    click.echo(f"{listing['total']} individuals" + (f", the largest {len(listing['individuals'])}:" if limit else ":"))
+    click.echo(f"{'id':>8}  {'species':<6}  {'photos':>13}  name")
+    for individual in listing["individuals"]:
+        click.echo(_individual_line(individual))
+
+
+def _database_change(index_dir, change, *args):
+    """Run a change to individuals with the index's writer lock held (no build runs meanwhile)."""
+    from .lock import IndexLock
+    index_dir = existing_index(index_dir)
+    with IndexLock(index_dir):
+        from .gallery import open_index_database
+        from .settings import load_settings
+        engine = open_index_database(index_dir, load_settings(index_dir))
+        try:
+            return change(engine, *args)
+        finally:
+            engine.dispose()
+
+
+@main.command()
+@click.argument("individual_id", metavar="ID", type=click.IntRange(min=1))
+@click.argument("name", required=False)
+@index_option
+@json_option
+def name(individual_id: int, name: str | None, index_dir: str | None, as_json: bool) -> None:
+    """Name individual ID (without NAME: remove its name). `search identify` then answers
+    NAME for its faces."""
+    from .individuals import rename
+    index_dir = existing_index(index_dir)
+    from .gallery import open_index_database
+    from .settings import load_settings
+    engine = open_index_database(index_dir, load_settings(index_dir))    # no lock: the last rename wins
+    try:
+        _individual_detail(rename(engine, individual_id, name), as_json)
+    finally:
+        engine.dispose()
+
+
+@main.command()
+@click.argument("ids", metavar="ID ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+@index_option
+@json_option
+def merge(ids: tuple[int, ...], index_dir: str | None, as_json: bool) -> None:
+    """Merge two or more individuals of one species into the first ID (its name is kept,
+    else the first name among the others)."""
+    from .individuals import merge as merge_individuals
+    _individual_detail(_database_change(index_dir, merge_individuals, list(ids)), as_json)
+
+
+@main.command()
+@click.argument("individual_id", metavar="ID", type=click.IntRange(min=1))
+@click.argument("faces", metavar="FACE...", nargs=-1, required=True, type=click.IntRange(min=1))
+@index_option
+@json_option
+def split(individual_id: int, faces: tuple[int, ...], index_dir: str | None, as_json: bool) -> None:
+    """Move faces out of individual ID into a new individual of their own (face ids:
+    `indexer individuals ID` lists them)."""
+    from .individuals import split as split_individual
+    _individual_detail(_database_change(index_dir, split_individual, individual_id, list(faces)), as_json)
+
+
+@main.command()
+@click.argument("individual_id", metavar="ID", type=click.IntRange(min=1))
+@index_option
+@json_option
+def forget(individual_id: int, index_dir: str | None, as_json: bool) -> None:
+    """Forget individual ID, for privacy: its faces leave the index and the database (the
+    photos stay on disk). Refused while another process changes the index."""
+    with open_writer(index_dir) as writer:
+        report = writer.forget(individual_id)
+    if as_json:
+        print_json({"forgotten": individual_id, **report.to_dict()})
+        return
+    click.echo(f"forgot individual {individual_id}: {report.removed} faces removed from the index "
+               f"(the photos stay on disk); index: {report.vectors} vectors")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import (BigInteger, Engine, Float, Integer, LargeBinary, String, TypeDecorator, create_engine, event,
-                        select)
+from sqlalchemy import (BigInteger, Engine, Float, ForeignKey, Integer, LargeBinary, String, TypeDecorator,
+                        create_engine, event, select)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -97,12 +97,34 @@ class ImageRecord(Base):
     box_x1: Mapped[int | None]
     box_y1: Mapped[int | None]
     cluster: Mapped[int | None] = mapped_column(index=True)
+    # The individual (person or pet) this face belongs to (indexer.individuals); NULL until
+    # `indexer cluster` has grouped the index.
+    individual: Mapped[int | None] = mapped_column(
+        ImageId, ForeignKey("individuals.id", name="fk_images_individual", ondelete="SET NULL"), index=True)
 
     @property
     def box(self) -> tuple[int, int, int, int] | None:
         if self.box_x0 is None:
             return None
         return (self.box_x0, self.box_y0, self.box_x1, self.box_y1)
+
+
+NAME_LENGTH = 100     # the longest name an individual may be given, in characters
+
+
+class Individual(Base):
+    """One person or pet: the faces that `indexer cluster` (and later builds) put together,
+    with the name a user gave it. Its faces are the images rows pointing at it."""
+
+    __tablename__ = "individuals"
+    __table_args__ = {"sqlite_autoincrement": True}     # ids are never reused: links stay true
+
+    id: Mapped[int] = mapped_column(ImageId, primary_key=True)
+    species: Mapped[str] = mapped_column(String(16), index=True)
+    name: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    cover: Mapped[int | None] = mapped_column(ImageId)   # the face shown for it (an images id)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 
 class ModelRecord(Base):
@@ -172,9 +194,23 @@ def create_sqlite_engine(database: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def begin(connection):
-        connection.exec_driver_sql("BEGIN")
+        # A transaction that reads before it writes must take the write lock first (see
+        # `for_writing`): else SQLite refuses its write at once when another writer
+        # committed in between ("database is locked"), whatever the timeout.
+        immediate = connection.get_execution_options().get(IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+IMMEDIATE = "facesearch_immediate"
+
+
+def for_writing(engine: Engine) -> Engine:
+    """The engine for a transaction that reads, then writes on what it read: on SQLite it
+    begins by waiting for the write lock (BEGIN IMMEDIATE), so two such transactions at once
+    run one after the other instead of one failing. Other databases lock rows themselves."""
+    return engine.execution_options(**{IMMEDIATE: True})
 
 
 def is_url(database) -> bool:

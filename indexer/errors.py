@@ -28,4 +28,13 @@ class ModelMismatchError(IndexerError):
     """An embedding model (or detector) other than the index's own."""
 
 
+class IndividualError(IndexerError):
+    """A request about individuals that cannot be done as asked (a bad name, merging across
+    species): the web API answers it with 400."""
+
+
+class IndividualNotFound(IndividualError):
+    """No individual (or no face of it) with the given id: 404 in the web API."""
+
+
 register_user_error(IndexerError)

@@ -20,8 +20,10 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
 from .config import DATABASE_FILE, VECTORS_FILE, existing_index
-from .db import INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database
+from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, Individual, ModelRecord, gallery_roots,
+                 open_database)
 from .errors import IndexMissingError, ModelMismatchError
+from .individuals import names_of
 from .settings import IndexSettings, load_settings
 from .store import FaissStore, VectorStore, open_store
 
@@ -46,6 +48,16 @@ def disk_bytes(path: Path) -> int:
 def similarity_to_distance(similarity: float) -> float:
     """L2 distance between unit vectors with this inner product: sqrt(2 - 2 sim)."""
     return math.sqrt(max(0.0, 2.0 - 2.0 * similarity))
+
+
+def gallery_size(engine) -> dict:
+    """{"faces", "individuals"} of the indexed faces (Gallery.size says what counts)."""
+    indexed = ImageRecord.status == INDEXED
+    with Session(engine) as session:
+        faces = session.scalar(select(func.count(ImageRecord.id)).where(indexed))
+        named = session.scalar(select(func.count(distinct(ImageRecord.identity))).where(indexed))
+        unnamed = session.scalar(select(func.count(ImageRecord.id)).where(indexed, ImageRecord.identity.is_(None)))
+    return {"faces": int(faces), "individuals": int(named + unnamed)}
 
 
 class Gallery:
@@ -189,7 +201,8 @@ class Gallery:
 
     def search(self, embeddings: np.ndarray, k: int = 10) -> list[list[dict]]:
         """For each embedding (float32 N x D, unit length), its k nearest gallery faces, best
-        first: {id, path, identity, box, similarity, distance} (similarity = cosine, distance = L2)."""
+        first: {id, path, identity, individual, box, similarity, distance} (similarity = cosine,
+        distance = L2; identity is the individual's name when it has one, else the folder's)."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim == 1:
             embeddings = embeddings[None]
@@ -198,6 +211,10 @@ class Gallery:
                                      f"model {self.model.name} gives {self.model.embedding_dim}")
         similarities, ids = self.store.search(embeddings, k)
         records = self._records(np.unique(ids[ids >= 0]))
+        # A name given to an individual is the identity its faces answer to (read afresh on
+        # every search, so a rename shows at once); folder identities are the default.
+        with Session(self.engine) as session:
+            names = names_of(session, (r.individual for r in records.values()))
         results = []
         for row_similarities, row_ids in zip(similarities, ids):
             matches = []
@@ -205,8 +222,9 @@ class Gallery:
                 record = records.get(image_id)
                 if record is None:   # -1 padding, or a vector whose row a writer just deleted
                     continue
-                matches.append({"id": image_id, "path": record.path, "identity": record.identity,
-                                "box": record.box, "similarity": similarity,
+                matches.append({"id": image_id, "path": record.path,
+                                "identity": names.get(record.individual, record.identity),
+                                "individual": record.individual, "box": record.box, "similarity": similarity,
                                 "distance": similarity_to_distance(similarity)})
             results.append(matches)
         return results
@@ -215,18 +233,11 @@ class Gallery:
         """{"faces", "individuals"} the index holds: individuals are the distinct identities,
         each face without one counting as its own individual (so an unnamed gallery is never
         taken for a smaller one). The open-set threshold follows this (faces.open_set)."""
-        store = self.store                  # reloads after a writer has run
+        self.store                          # reloads after a writer has run
         version = self._store_version if self.settings.milvus is None else object()
-        if self._size is not None and self._size[0] == version:
-            return self._size[1]
-        indexed = ImageRecord.status == INDEXED
-        with Session(self.engine) as session:
-            faces = session.scalar(select(func.count(ImageRecord.id)).where(indexed))
-            named = session.scalar(select(func.count(distinct(ImageRecord.identity))).where(indexed))
-            unnamed = session.scalar(select(func.count(ImageRecord.id)).where(indexed, ImageRecord.identity.is_(None)))
-        size = {"faces": int(faces), "individuals": int(named + unnamed), "vectors": int(store.ntotal)}
-        self._size = (version, size)
-        return size
+        if self._size is None or self._size[0] != version:
+            self._size = (version, gallery_size(self.engine))
+        return self._size[1]
 
     def _records(self, ids) -> dict[int, ImageRecord]:
         records = {}
@@ -301,6 +312,10 @@ class Gallery:
                 "skip_reasons": dict(skip_reasons.most_common()),
                 "pending": count(ImageRecord.status == PENDING),
                 "clusters": count(indexed, what=distinct(ImageRecord.cluster)),
+                "individuals": count(indexed, what=distinct(ImageRecord.individual)),
+                "named_individuals": session.scalar(
+                    select(func.count(distinct(Individual.id))).join(ImageRecord, ImageRecord.individual == Individual.id)
+                    .where(indexed, Individual.name.is_not(None))),
                 "model": {"name": self.model.name, "source": self.model.source, "sha256": self.model.sha256,
                           "embedding_dim": self.model.embedding_dim, "species": self.model.species,
                           "threshold": self.model.threshold, "detector": self.model.detector},

@@ -164,20 +164,25 @@ def _files_of(writer: IndexWriter, ids) -> dict[str, str | None]:
 def cluster_gallery(writer: IndexWriter, threshold: str | float | None = None, neighbours: int = 100) -> dict:
     """Group the indexed faces into individuals (indexer.clustering.cluster_faces: average
     linkage at the operating point's distance, default strict, over each face's `neighbours`
-    nearest faces from the index itself) and write each face's cluster to the database.
+    nearest faces from the index itself) and write each face's cluster to the database,
+    and the groups as its individuals (indexer.individuals.store_grouping: ids and names of
+    those found again are kept). Later builds and adds assign new faces incrementally.
     Where faces have identities (gallery folders), the summary scores the clusters against
     them (pairwise precision, recall, F1; V-measure)."""
     from .clustering import cluster_faces, cluster_scores
+    from .individuals import store_grouping
 
     point = writer.face_model().operating_point(threshold)
     writer.reconcile()
     with Session(writer.engine) as session:
-        records = list(session.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.identity)
+        records = list(session.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.identity,
+                                              ImageRecord.species)
                                        .where(ImageRecord.status == INDEXED).order_by(ImageRecord.id)))
     ids = np.array([r.id for r in records], dtype=np.int64)
     labels = np.zeros(len(ids), dtype=np.int64)
+    vectors = writer.store.vectors(ids) if len(ids) else np.empty((0, writer.store.dim), np.float32)
     if len(ids) >= 2:
-        similarities, found = writer.store.search(writer.store.vectors(ids), min(neighbours + 1, len(ids)))
+        similarities, found = writer.store.search(vectors, min(neighbours + 1, len(ids)))
         position = {image_id: i for i, image_id in enumerate(ids.tolist())}
         rows = np.array([[position.get(i, -1) for i in row] for row in found.tolist()], dtype=np.int64)
         distances = np.sqrt(np.clip(2.0 - 2.0 * similarities, 0.0, None))
@@ -186,10 +191,13 @@ def cluster_gallery(writer: IndexWriter, threshold: str | float | None = None, n
         session.execute(update(ImageRecord).values(cluster=None))
         for chunk in batched(list(zip(ids.tolist(), labels.tolist())), SQL_CHUNK):
             session.execute(update(ImageRecord), [{"id": i, "cluster": c} for i, c in chunk])
+    # The groups become the individuals (per species), keeping the ids and names of those
+    # found again (indexer.individuals).
+    individuals = store_grouping(writer.engine, ids, [r.species for r in records], labels, vectors)
     sizes = Counter(labels.tolist())
     summary = {"faces": len(ids), "clusters": len(sizes), "singletons": sum(1 for n in sizes.values() if n == 1),
                "largest": [n for _, n in sizes.most_common(5)], "threshold": point.pop("threshold"),
-               "operating_point": point, "neighbours": neighbours}
+               "operating_point": point, "neighbours": neighbours, "individuals": individuals}
     named = [(r.identity, label) for r, label in zip(records, labels.tolist()) if r.identity is not None]
     if named:
         summary["against_identities"] = {"faces": len(named), **cluster_scores(*zip(*named))}

@@ -40,6 +40,7 @@ from faces.errors import readable
 from faces.imaging import not_regular_reason, os_error_reason
 
 from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
+from .gallery import gallery_size
 from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database,
                  utc_now)
 from .embedding import ImageResult, WorkItem, embed_files
@@ -78,6 +79,8 @@ class ChangeReport:
     skip_reasons: Counter = field(default_factory=Counter)
     skipped_examples: list = field(default_factory=list)
     not_found: list = field(default_factory=list)   # remove: paths not in the index
+    individuals_joined: int = 0    # new faces put into an individual (once the index is grouped)
+    individuals_new: int = 0       # individuals started by them
     index_type: str = "flat"
     vectors: int = 0
     seconds: float = 0.0
@@ -314,6 +317,17 @@ class IndexWriter:
         self._apply(plan, report)
         return self.finish(report)
 
+    def forget(self, individual_id: int) -> ChangeReport:
+        """Forget an individual: its faces leave the index and the database (the photos stay
+        on disk), then the individual itself."""
+        from .individuals import face_ids_of
+        report = ChangeReport("forget")
+        self.reconcile()
+        ids = sorted(face_ids_of(self.engine, individual_id))
+        report.removed = len(ids)
+        self.delete_rows(ids)
+        return self.finish(report)
+
     def remove(self, files: Iterable[str | os.PathLike] = (), identity: str | None = None) -> ChangeReport:
         """Forget the given files, or every image of `identity`."""
         report = ChangeReport("remove")
@@ -473,6 +487,7 @@ class IndexWriter:
     def finish(self, report: ChangeReport) -> ChangeReport:
         """Final snapshot, and the run recorded in the builds table if it changed anything."""
         self.checkpoint(final=True)
+        self._settle_individuals(report)
         report.index_type, report.vectors = self.store.index_type, self.store.ntotal
         report.seconds = round(time.perf_counter() - report._clock, 3)
         if report.changed:
@@ -482,6 +497,21 @@ class IndexWriter:
                                         skipped=report.skipped, unchanged=report.unchanged,
                                         index_type=self.store.index_type, vectors=self.store.ntotal))
         return report
+
+    def _settle_individuals(self, report: ChangeReport) -> None:
+        """Once the index is grouped into individuals: each new face joins one (or starts
+        one), and individuals left without faces go. After the snapshot, so a crash here
+        leaves faces merely unassigned, which the next run assigns."""
+        from .individuals import assign_new_faces, drop_empty
+        if report.faces_added:
+            size = gallery_size(self.engine)
+            threshold = self.face_model().match_rule(size["individuals"], size["faces"]).threshold
+            done = assign_new_faces(self.engine, self.store, threshold)
+            report.individuals_joined = done["assigned"] - done["new_individuals"]
+            report.individuals_new = done["new_individuals"]
+        if report.removed:
+            with Session(self.engine) as session, session.begin():
+                drop_empty(session)
 
     def _gallery_roots(self) -> list[str]:
         with Session(self.engine) as session:

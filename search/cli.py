@@ -188,8 +188,12 @@ def verify(photo_a, photo_b, model, threshold, detector, box_a, box_b, as_json) 
 @main.command()
 @index_option
 @model_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 (or a LAN "
+                   "address) for other machines too (then set $FACESEARCH_API_KEY and "
+                   "$FACESEARCH_ALLOWED_HOSTS).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+              help="TCP port to listen on.")
 @click.option("--threads", default=SERVE_THREADS, show_default=True, type=click.IntRange(min=1),
               help="Request threads; they share one loaded engine. A browser fetches up to 6 "
                    "thumbnails at once, so fewer than 8 makes a page load queue.")
@@ -207,10 +211,33 @@ def serve(index, model, host, port, threads) -> None:
     if not is_loopback(host) and not app.config["API_KEY"]:
         click.echo(f"warning: listening on {host}, beyond this machine, without an API key: anyone who "
                    "can reach it can search the gallery; set FACESEARCH_API_KEY", err=True)
+    try:
+        # ident="": no Server header announcing waitress.
+        server = waitress.create_server(app, host=host, port=port, threads=threads, ident="")
+    except OSError as error:     # one line, not waitress's traceback
+        raise click.ClickException(_bind_problem(error, host, port)) from None
     click.echo(f"facesearch on http://{host}:{port}/ for host names {', '.join(app.config['ALLOWED_HOSTS'])} "
                "(Ctrl-C stops it)", err=True)
-    # ident="": no Server header announcing waitress.
-    waitress.serve(app, host=host, port=port, threads=threads, ident="")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+def _bind_problem(error: OSError, host: str, port: int) -> str:
+    """Why the server could not listen, in one line, and what to do."""
+    import errno
+    import socket
+    if error.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is taken (another server is listening there); "
+                f"choose another with --port, e.g. search serve --port {port + 1 if port < 65535 else 8000}")
+    if error.errno == errno.EACCES:
+        return f"not allowed to listen on port {port} of {host}; choose a port above 1023 with --port"
+    if error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+        return f"cannot listen on {host}: not an address of this machine; choose one with --host"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
 
 
 def _engine_answer(command, options, index, model, detector):

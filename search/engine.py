@@ -13,7 +13,7 @@ A query answers one JSON-ready dict (the `search query --json` output):
      "faces": [{"box": [x0, y0, x1, y1] or None, "score",
                 "found_by": "detector" | "box" | "whole image",
                 "identity" (or "unknown"), "distance", "strength", "stranger_rate", "reason",
-                "matches": [{"id", "path", "identity", "distance", "similarity",
+                "matches": [{"id", "path", "identity", "individual", "distance", "similarity",
                              "match", "strength", "stranger_rate", "box"}, ...]}, ...],
      "message": "no face found ..." (only when there is no face: says to give a box),
      "timings_ms": {"detect", "embed", "search"}}
@@ -22,6 +22,8 @@ A match's `path` is relative to the gallery folder it was indexed from (the file
 for a file added from elsewhere); `absolute_paths=True` gives the full path instead. Names
 that are not UTF-8 are shown with \\xNN escapes (faces.errors.readable), as identities are.
 Distances are Euclidean between unit embeddings (0 to 2), similarity is their cosine.
+`individual` is the id of the individual the gallery face belongs to (null until `indexer
+cluster` has run); `identity` is that individual's name when it has been given one.
 `match` is distance <= the gallery's threshold (faces.open_set.MatchRule): by default the
 one at which at most 5% of searches by people not in the gallery see any match, for the
 number of individuals the gallery holds now; `stranger_rate` is the share of such searches
@@ -198,7 +200,8 @@ class QueryEngine:
         path = hit["path"] if absolute_path else self.gallery.relative_path(hit["path"])
         return {"id": int(hit["id"]), "path": readable(path),
                 "identity": readable(hit["identity"]) if hit["identity"] is not None else None,
-                "distance": distance, "similarity": float(hit["similarity"]), **rule.judge(distance),
+                "individual": hit.get("individual"), "distance": distance, "similarity": float(hit["similarity"]),
+                **rule.judge(distance),
                 "box": list(hit["box"]) if hit.get("box") is not None else None}
 
     def identify(self, source: Source, k: int = 10, name: str | None = None,

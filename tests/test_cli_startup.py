@@ -44,6 +44,43 @@ def test_help_loads_no_heavy_module(package):
     assert heavy == []
 
 
+@pytest.mark.parametrize("package", ["indexer", "search", "trainer"])
+def test_help_lists_each_command_with_its_whole_first_sentence(package):
+    import importlib
+    group = importlib.import_module(f"{package}.cli").main
+    code, _, output = probe(package, "--help")
+    listing = " ".join(output.split("Commands:")[1].split())
+    for name, command in group.commands.items():
+        first = " ".join(command.get_short_help_str(10_000).split())
+        assert first.endswith(".") and f"{name} {first}" in listing, (name, listing)
+    assert "..." not in listing
+
+
+@pytest.mark.parametrize("package, command, option", [("search", "serve", "--host"), ("search", "serve", "--port"),
+                                                      ("trainer", "info", "--json")])
+def test_options_have_help(package, command, option):
+    code, _, output = probe(package, command, "--help")
+    line = next(line for line in output.splitlines() if line.strip().startswith(option))
+    text = line.split(option, 1)[1].replace("TEXT", "").replace("INTEGER RANGE", "").strip()
+    assert code == 0 and len(text) > 15 and not text.startswith("[default"), line
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        done = subprocess.run([sys.executable, "-c", "from search.cli import main; main()", "serve", "--index",
+                               str(tmp_path / "none"), "--port", str(port)],
+                              capture_output=True, text=True, env=env, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert lines == [f"Error: port {port} on 127.0.0.1 is taken (another server is listening there); choose "
+                     f"another with --port, e.g. search serve --port {port + 1}"], done.stderr
+
+
 def test_indexer_help_answers_within_half_a_second():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     times = []

@@ -183,14 +183,20 @@ def test_calibrate_cli_writes_operating_points_that_info_shows(tmp_path, identit
     points = json.loads(result.output.strip().splitlines()[-1])["operating_points"]
     # 6 identities x 5 images: every one of the 15 x 25 = 375 cross-identity pairs is a stranger pair.
     assert points["different_pairs"] == 375 and points["same_pairs"] == len(names)
-    assert read_checkpoint(out)["operating_points"] == points
-    assert load_model(out, device="cpu").threshold == points["strict"]["threshold"]
+    # The stranger statistics for searches are stored beside the operating points.
+    open_set = points.pop("open_set")
+    assert open_set["pairs"] == 375 and len(open_set["shifts"]) == 200 and open_set["data"] == str(identity_folders)
+    assert read_checkpoint(out)["operating_points"] == points and read_checkpoint(out)["open_set"] == open_set
+    calibrated = load_model(out, device="cpu")
+    assert calibrated.threshold == points["strict"]["threshold"] and calibrated.open_set.alpha == open_set["alpha"]
     info = CliRunner().invoke(main, ["info", str(out)])
     assert info.exit_code == 0
     assert f"strict   threshold {points['strict']['threshold']:.4f}   TAR {points['strict']['tar']:.4f}" in info.output
     assert "on 6 same and 375 stranger pairs" in info.output
+    assert "searches (default fpir 0.05" in info.output
+    assert f"1,000 individuals: threshold {calibrated.open_set.threshold(0.05, 1000):.4f}" in info.output
     old = CliRunner().invoke(main, ["info", str(untrained_model)])
-    assert "none measured" in old.output
+    assert "none measured" in old.output and "no stranger statistics" in old.output
 
 
 def test_calibrate_with_flip_stores_flip_averaging_and_its_own_points(tmp_path, identity_folders, untrained_model):

@@ -115,14 +115,20 @@ def test_search_finds_a_gallery_photo_first(client):
     assert [m["match"] for m in face["matches"][1:]] == [False] * 9
 
 
-def test_search_says_which_operating_point_decides_match(client):
+def test_search_says_which_rule_decides_match(client):
     strict = upload(client, GALLERY_PHOTO.read_bytes()).get_json()
     assert strict["threshold"] == pytest.approx(THRESHOLD)
-    assert strict["operating_point"] == {"name": "strict", "tar": None, "far": None}   # an uncalibrated model
+    # an uncalibrated model: the per-pair strict point, and how to recalibrate
+    assert strict["decision"]["operating_point"] == {"name": "strict", "tar": None, "far": None}
+    assert strict["decision"]["rule"] == "per-pair" and "trainer calibrate" in strict["decision"]["message"]
     loose = upload(client, GALLERY_PHOTO.read_bytes(), threshold="2").get_json()
-    assert loose["operating_point"]["name"] == "custom" and all(m["match"] for m in loose["faces"][0]["matches"])
+    assert loose["decision"]["operating_point"]["name"] == "custom"
+    assert all(m["match"] for m in loose["faces"][0]["matches"])
     bad = upload(client, GALLERY_PHOTO.read_bytes(), threshold="loose")
     assert bad.status_code == 400 and "expected strict or balanced" in bad.get_json()["error"]
+    for fpir in ("0", "1", "x"):
+        refused = upload(client, GALLERY_PHOTO.read_bytes(), fpir=fpir)
+        assert refused.status_code == 400 and "strictly between 0 and 1" in refused.get_json()["error"]
 
 
 def test_search_of_a_stranger_finds_no_match(client):
@@ -402,12 +408,17 @@ def test_browser_upload_shows_the_identity_first(page, server_url, tmp_path):
     first = page.locator("#faces .match").first
     assert first.locator(".identity").inner_text() == "Al Gore"
     assert "is-match" in first.get_attribute("class")
-    assert first.locator(".badge").inner_text() == "✓ match"
+    # An uncalibrated model cannot say how confident: a match is "possible".
+    assert first.locator(".badge").inner_text() == "✓ possible match"
     assert page.locator("#faces .match.is-match").count() == 1
-    assert page.inner_text(".verdict").startswith("Best match: Al Gore (distance 0.0")
+    assert page.inner_text(".verdict").startswith("Best match: Al Gore (possible match, distance 0.0")
     assert first.locator(".distance").inner_text().startswith("distance 0.0")
     assert page.inner_text("#operating-point") == (f"A match is a gallery face within distance {THRESHOLD:.3f} "
                                                    "(strict operating point).")
+    # How long the server took, from the API's timings_ms.
+    assert re.fullmatch(r"Searched in \d+ ms \(finding faces \d+ ms, embedding \d+ ms, searching \d+ ms\)\.",
+                        page.inner_text("#timings")), page.inner_text("#timings")
+    assert page.locator(".drag-hint").is_visible()      # a desktop can drag a photo in
     wait_until(page, "document.querySelector('#faces .match .thumb').naturalWidth > 0")
 
     screenshot = tmp_path / "search.png"
@@ -444,7 +455,7 @@ def test_browser_non_image_shows_the_error(page, server_url):
     wait_for_results(page)
     message = page.locator("#message")
     assert message.is_visible() and "is-error" in message.get_attribute("class")
-    assert "not an image" in message.inner_text()
+    assert message.inner_text().startswith("Could not search holiday.jpg: not an image")
     assert page.locator("#results").is_hidden()
 
 
@@ -539,7 +550,7 @@ def test_browser_drop_on_a_phone_screen(browser, server_url):
         page.dispatch_event("#dropzone", "drop", {"dataTransfer": drop})
         wait_for_results(page)
         assert page.inner_text("#summary") == "1 face found."
-        assert page.inner_text(".verdict").startswith("No confident match")
+        assert page.inner_text(".verdict").startswith("No match")
         assert page.locator("#faces .match .badge").first.inner_text() == "not a match"
         assert page.locator("#faces .match.is-match").count() == 0
         assert page.evaluate("document.documentElement.scrollWidth") <= 390   # nothing wider than the phone
@@ -590,11 +601,20 @@ def test_browser_phone_shows_the_results_without_scrolling(browser, server_url, 
         assert first.locator(".face-crop").get_attribute("aria-label") == "Face 1 as found in your photo"
         # Scrolled to the last face (as its box on the photo links to it), the photo is still
         # on screen, and the face's section starts below it.
+        assert page.locator(".drag-hint").is_hidden()      # nothing to drag on a phone
+        assert page.locator("#in-view").is_hidden()
         page.evaluate("document.querySelector('#faces .face:last-child').scrollIntoView()")
-        photo = page.locator("#photo").bounding_box()
+        wait_until(page, "!document.getElementById('in-view').hidden")
+        pinned = page.locator("#results .photo").bounding_box()
         last = page.locator("#faces .face").last.bounding_box()
-        assert photo["y"] >= 0 and photo["y"] + photo["height"] <= 844 / 2
-        assert last["y"] >= photo["y"] + photo["height"]
+        # Only the photo and one line stay pinned: under a quarter of the screen, naming the
+        # face whose matches are in view, and its box marked on the photo.
+        assert pinned["y"] >= -1 and pinned["height"] <= 844 / 4, pinned
+        assert last["y"] >= pinned["y"] + pinned["height"] - 1
+        assert page.inner_text("#in-view") == "Face 6 of 6: its matches are below."
+        assert page.locator(".face-box.is-current").get_attribute("href") == "#face-6"
+        page.evaluate("document.querySelector('#faces .face:nth-child(2)').scrollIntoView()")
+        wait_until(page, "document.getElementById('in-view').textContent.startsWith('Face 2 of 6')")
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         # The thumbnails near each screenful have loaded (the others wait, lazily, until seen).
         wait_until(page, "[...document.querySelectorAll('#faces .face:last-child .thumb')].every(i => i.complete)")

@@ -275,7 +275,8 @@ def import_dlib(out: str, data: str, pairs: str, flip_average: bool, as_json: bo
 
 @main.command()
 @click.argument("model", default="human")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the checkpoint's metadata as one JSON object (everything but the weights).")
 def info(model: str, as_json: bool) -> None:
     """What a checkpoint holds: architecture, preprocessing, operating points (thresholds with
     their true and false accept rates), training metrics."""
@@ -297,6 +298,17 @@ def info(model: str, as_json: bool) -> None:
     else:
         click.echo("operating points: none measured (an old checkpoint: its one threshold serves "
                    "strict and balanced; `trainer calibrate` measures them)")
+    if payload.get("open_set"):
+        from faces.open_set import DEFAULT_FPIR, GalleryCalibration
+        calibration = GalleryCalibration.from_dict(payload["open_set"])
+        click.echo(f"searches (default fpir {DEFAULT_FPIR}: at most {DEFAULT_FPIR:.0%} of strangers' searches see a "
+                   f"match; stranger statistics from {calibration.pairs:,} pairs of {calibration.data}):")
+        for individuals in GALLERY_SIZES_SHOWN:
+            click.echo(f"  {individuals:>9,} individuals: threshold {calibration.threshold(DEFAULT_FPIR, individuals):.4f}"
+                       f"   (fpir 0.01: {calibration.threshold(0.01, individuals):.4f})")
+    else:
+        click.echo("searches: no stranger statistics (calibrated before them), so searches use the per-pair "
+                   "strict threshold; `trainer calibrate` measures them")
     click.echo(f"preprocess: {readable_fields(payload['preprocess'])}")
     if payload.get("flip_average"):
         click.echo("flip averaging: each face is embedded with its mirror image and the two averaged")
@@ -304,6 +316,10 @@ def info(model: str, as_json: bool) -> None:
         click.echo(f"trained with: {training.get('command')}")
         if training.get("metrics"):
             click.echo(f"last epoch metrics: {readable_fields(training['metrics'])}")
+
+
+# Gallery sizes `trainer info` shows the search threshold for.
+GALLERY_SIZES_SHOWN = (10, 100, 1_000, 10_000, 100_000)
 
 
 def readable_fields(fields: dict) -> str:

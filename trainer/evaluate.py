@@ -90,8 +90,10 @@ def stranger_distances(embeddings: np.ndarray, labels: np.ndarray,
 
 
 # Galleries drawn from the calibration identities to see how a stranger's nearest face
-# behaves as a gallery grows: sizes up to half the images, this many draws of each.
+# behaves as a gallery grows: this many draws of each size.
 GALLERY_DRAWS = 12
+# The largest drawn gallery holds this share of the images; the rest are its probes.
+GALLERY_SHARE = 0.5
 GALLERY_FPIRS = (0.01, 0.02, 0.05, 0.1, 0.2)
 # The stored curve keeps FAR levels with at least this many stranger pairs under them.
 TAIL_MIN_PAIRS = 10
@@ -125,7 +127,7 @@ def drawn_galleries(distances: np.ndarray, labels: np.ndarray, seed: int = 0) ->
     identities = np.unique(labels)
     members = {identity: np.flatnonzero(labels == identity) for identity in identities}
     points = []
-    for size in np.unique(np.geomspace(16, max(17, len(labels) // 2), 7).astype(int)):
+    for size in np.unique(np.geomspace(16, max(17, int(len(labels) * GALLERY_SHARE)), 7).astype(int)):
         nearest, individuals = [], []
         for _ in range(GALLERY_DRAWS):
             order = rng.permutation(identities)
@@ -161,7 +163,7 @@ def gallery_calibration(embeddings: np.ndarray, labels: np.ndarray, data: str = 
     # Each pair seen from both of its probes, less that probe's shift.
     corrected = np.concatenate([(distances[first, second] - shifts[first])[pairs],
                                 (distances[first, second] - shifts[second])[pairs]])
-    curve = far_curve(corrected)
+    curve = {**far_curve(corrected), "pairs": int(pairs.sum())}   # distinct pairs, each seen twice
     shift_sample = [float(v) for v in np.quantile(shifts, (np.arange(SHIFT_SAMPLES) + 0.5) / SHIFT_SAMPLES)]
     points = drawn_galleries(distances, labels, seed)
 

@@ -73,9 +73,10 @@ def create_app(config: dict | None = None) -> Flask:
     # OPTIONS gets the JSON 405 of any other method a route does not take.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
 
-    from . import accesslog, api, errors, pages, security
+    from . import accesslog, api, errors, individuals, pages, security
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(individuals.blueprint)
     errors.register(app)
     security.register(app)
     accesslog.register(app)

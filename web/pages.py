@@ -8,7 +8,7 @@ from flask import Blueprint, abort, current_app, render_template, request
 from faces.imaging import ImageError
 
 from .engine import EngineUnavailable, gallery_image, gallery_stats, get_engine, indexed_model
-from .thumbnails import thumbnail_jpeg
+from .thumbnails import PHOTO_PIXELS, thumbnail_jpeg
 
 blueprint = Blueprint("pages", __name__)
 
@@ -24,6 +24,19 @@ def index():
                            max_k=config["MAX_K"], model=indexed_model(), species_words=SPECIES_WORDS)
 
 
+@blueprint.get("/people")
+def people():
+    """People & pets: the individuals as a grid of cover faces (filled in by people.js)."""
+    return render_template("people.html", model=indexed_model(), species_words=SPECIES_WORDS)
+
+
+@blueprint.get("/people/<int:individual_id>")
+def individual(individual_id: int):
+    """One individual's faces with their photos: rename, move a face out, forget."""
+    return render_template("individual.html", individual_id=individual_id, model=indexed_model(),
+                           species_words=SPECIES_WORDS)
+
+
 @blueprint.get("/status")
 def status():
     try:
@@ -36,12 +49,23 @@ def status():
 @blueprint.get("/thumb/<int:image_id>")
 def thumbnail(image_id: int):
     """The thumbnail of gallery image `image_id`; its file path comes from the database."""
+    return _gallery_jpeg(image_id, whole=False)
+
+
+@blueprint.get("/photo/<int:image_id>")
+def photo(image_id: int):
+    """The whole photo a gallery face was found in, at most PHOTO_PIXELS on its long side."""
+    return _gallery_jpeg(image_id, whole=True)
+
+
+def _gallery_jpeg(image_id: int, whole: bool):
     row = gallery_image(get_engine(), image_id)
     if row is None:
         abort(404, f"no gallery image {image_id}")
     try:
         modified_ns = os.stat(row.path).st_mtime_ns
-        jpeg = thumbnail_jpeg(row.path, modified_ns, row.box)
+        jpeg = (thumbnail_jpeg(row.path, modified_ns, None, PHOTO_PIXELS) if whole
+                else thumbnail_jpeg(row.path, modified_ns, row.box))
     except (OSError, ImageError):
         abort(404, f"gallery image {image_id} is no longer readable")
     response = current_app.response_class(jpeg, mimetype="image/jpeg")

@@ -20,7 +20,8 @@ from werkzeug.exceptions import BadRequest, Unauthorized
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 HOST_HEADER = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?")
-OPEN_ENDPOINTS = ("pages.index", "static")     # the page shell, which holds no gallery data
+# The page shells, which hold no gallery data (their scripts fetch it with the key).
+OPEN_ENDPOINTS = ("pages.index", "pages.people", "pages.individual", "static")
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

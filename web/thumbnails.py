@@ -12,17 +12,19 @@ from functools import lru_cache
 from faces.imaging import load_image
 
 THUMBNAIL_PIXELS = 160
+PHOTO_PIXELS = 640        # a whole gallery photo, on an individual's page
 # Context kept around a stored face box, as a fraction of the box's size on each side.
 FACE_MARGIN = 0.25
 
 
 @lru_cache(maxsize=2048)
-def thumbnail_jpeg(path: str, modified_ns: int, box: tuple[int, int, int, int] | None) -> bytes:
+def thumbnail_jpeg(path: str, modified_ns: int, box: tuple[int, int, int, int] | None,
+                   pixels: int = THUMBNAIL_PIXELS) -> bytes:
     """`modified_ns` is part of the cache key so that a replaced file is not served stale."""
     image = load_image(path)
     if box is not None:
         image = image.crop(_with_margin(box, image.size))
-    image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+    image.thumbnail((pixels, pixels))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()

@@ -27,5 +27,5 @@ def read_image_upload(upload: FileStorage | None, max_bytes: int) -> bytes:
     if not data:
         raise BadRequest("empty file (0 bytes)")
     if image_format(data) is None:
-        raise UnsupportedMediaType(f"not an image: upload a {ACCEPTED_FORMATS} photo")
+        raise UnsupportedMediaType(f"not an image (judged by its content); upload a {ACCEPTED_FORMATS} photo")
     return data

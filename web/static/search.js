@@ -15,6 +15,8 @@ const photo = document.getElementById("photo");
 const faceBoxes = document.getElementById("face-boxes");
 const summary = document.getElementById("summary");
 const operatingPoint = document.getElementById("operating-point");
+const timings = document.getElementById("timings");
+const inView = document.getElementById("in-view");
 const facesList = document.getElementById("faces");
 const faceTemplate = document.getElementById("face-template");
 const matchTemplate = document.getElementById("match-template");
@@ -116,7 +118,8 @@ async function search(file, box) {
     button.disabled = false;
   }
   if (!response.ok || payload === null) {
-    showMessage((payload && payload.error) || `The search failed (HTTP ${response.status}).`, true);
+    const reason = (payload && payload.error) || `the server answered HTTP ${response.status}`;
+    showMessage(`Could not search ${file.name || "this photo"}: ${reason}.`, true);
     return;
   }
   await photoLoaded;
@@ -129,6 +132,10 @@ function showResults(payload) {
   faceBoxes.replaceChildren();
   facesList.replaceChildren();
   operatingPoint.hidden = true;
+  timings.textContent = describeTimings(payload.timings_ms);
+  timings.hidden = !timings.textContent;
+  inView.hidden = true;
+  results.classList.remove("is-compact");
   results.hidden = false;
   stopBox();
   lastFaces = faces;
@@ -153,6 +160,38 @@ function showResults(payload) {
   bringIntoView();
 }
 
+// How long the server took: its own timings, in words (the API's timings_ms).
+function describeTimings(parts) {
+  if (!parts) return "";
+  const names = { detect: "finding faces", embed: "embedding", search: "searching" };
+  const shown = Object.keys(names).filter((key) => typeof parts[key] === "number");
+  if (shown.length === 0) return "";
+  const total = shown.reduce((sum, key) => sum + parts[key], 0);
+  const ms = (value) => (value >= 1000 ? `${(value / 1000).toFixed(2)} s` : `${Math.round(value)} ms`);
+  return `Searched in ${ms(total)} (` + shown.map((key) => `${names[key]} ${ms(parts[key])}`).join(", ") + ").";
+}
+
+// On a phone, once the faces scroll under the pinned photo, the photo shrinks to itself and
+// one line saying which face's matches are in view; that face's box is marked on the photo.
+const phone = window.matchMedia("(max-width: 47.99rem)");
+function followFaces() {
+  const faces = [...facesList.children];
+  if (results.hidden || faces.length === 0) return;
+  const compact = phone.matches && boxEditor.hidden &&
+    facesList.getBoundingClientRect().top < photo.closest(".photo").getBoundingClientRect().bottom;
+  results.classList.toggle("is-compact", compact);
+  const pinnedBottom = phone.matches ? photo.closest(".photo").getBoundingClientRect().bottom : 0;
+  const current = faces.findIndex((face) => face.getBoundingClientRect().bottom > pinnedBottom + 40);
+  const number = current === -1 ? faces.length : current + 1;
+  faceBoxes.querySelectorAll(".face-box").forEach((box) => {
+    box.classList.toggle("is-current", compact && box.getAttribute("href") === `#face-${number}`);
+  });
+  inView.hidden = !compact;
+  inView.textContent = compact ? `Face ${number} of ${faces.length}: its matches are below.` : "";
+}
+window.addEventListener("scroll", followFaces, { passive: true });
+window.addEventListener("resize", followFaces);
+
 // On a phone the form fills the first screen: when the first face's section starts low in
 // the window, bring the results up to its top (the photo then stays there, sticky, above
 // the faces; see style.css).
@@ -161,6 +200,7 @@ function bringIntoView() {
   if (first.getBoundingClientRect().top > window.innerHeight * 0.6) {
     results.scrollIntoView({ block: "start" });
   }
+  followFaces();
 }
 
 // Boxes are in the photo's pixels; percentages keep them in place at any displayed size.
@@ -243,6 +283,7 @@ function startBox(box) {
   boxTool.start(box || (first ? first.box : null));
   boxEditor.hidden = false;
   boxButton.hidden = true;
+  followFaces();      // the pinned photo shows its box controls again while a box is drawn
 }
 
 function stopBox() {
@@ -276,6 +317,12 @@ function matchItem(match) {
   showThumb(item.querySelector(".thumb"), match.id);
   item.querySelector(".thumb").alt = identity;
   item.querySelector(".identity").textContent = identity;
+  if (match.individual) {
+    // The individual this gallery face belongs to (People & pets), once the gallery is grouped.
+    const link = item.querySelector(".individual-link");
+    link.href = form.dataset.individualUrl.replace(/0$/, String(match.individual));
+    link.hidden = false;
+  }
   item.querySelector(".similarity").textContent = `similarity ${match.similarity.toFixed(2)}`;
   item.querySelector(".distance").textContent = `distance ${match.distance.toFixed(3)}`;
   item.querySelector(".badge").textContent = match.match ? `✓ ${STRENGTH[match.strength] || "match"}` : "not a match";
