@@ -1,7 +1,7 @@
 """The embedding pipeline: files in, face embeddings out, in batches.
 
 DataLoader worker processes read each file once (hashing the bytes), decode it with
-faces.imaging.load_image, find its faces with the faces.detection detector and crop them
+faces.imaging.load_image, find its faces with the faces.detectors detector and crop them
 with the model's Preprocess; the main process runs the model on whole batches. So decoding
 overlaps the model, and only a few batches are ever in memory.
 """
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from faces.checkpoint import FaceModel
-from faces.detection import finds_faces, get_detector
+from faces.detectors import finds_faces, get_detector
 from faces.imaging import ImageError, Preprocess, load_image, read_image_file
 
 from .config import available_cores, default_workers

@@ -3,7 +3,7 @@
 The writer (indexer.writer) stays one process: it plans the files against the database and
 writes rows and vectors in the same crash-safe order as ever. Only the work per image moves:
 a Ray Dataset of the files to embed goes through `FaceEmbedder` actors, each loading the
-index's model once and running faces.imaging / faces.detection / the network on its batches,
+index's model once and running faces.imaging / faces.detectors / the network on its batches,
 and the writer takes the (results, vectors) batches back as from the local pipeline
 (indexer.embedding.embed_files), in the files' order.
 

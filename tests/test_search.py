@@ -91,10 +91,22 @@ def test_identify_known_and_unknown(engine):
     assert stranger["matches"][0]["distance"] > THRESHOLD
 
 
+def test_queries_use_the_detector_the_index_was_built_with(workspace):
+    """The index (built with 'none': crops) is queried with crops unless a query says otherwise."""
+    engine = QueryEngine(workspace["index"])
+    assert engine.pipeline.detector_name == "none"
+    whole = engine.query(GROUP_PHOTO, k=1)
+    assert whole["detector"] == "none" and [face["found_by"] for face in whole["faces"]] == ["whole image"]
+    detected = engine.query(GROUP_PHOTO, k=1, detector="hog")
+    assert detected["detector"] == "hog" and len(detected["faces"]) == 6
+    with pytest.raises(SearchError, match="unknown detector"):
+        engine.query(GROUP_PHOTO, detector="no-such")
+
+
 def test_group_photo_is_searched_face_by_face(workspace):
-    engine = QueryEngine(workspace["index"])          # human model: detector auto
+    engine = QueryEngine(workspace["index"], detector="auto")     # human model: auto is hog
     result = engine.query(GROUP_PHOTO, k=3)
-    assert result["detector"] == "auto" and len(result["faces"]) == 6
+    assert result["detector"] == "hog" and len(result["faces"]) == 6
     assert [face["box"][0] for face in result["faces"]] == sorted(face["box"][0] for face in result["faces"])
     assert all(len(face["matches"]) == 3 for face in result["faces"])
     assert result["image"] == {"width": 1200, "height": 630}
