@@ -4,6 +4,8 @@ A detector takes an upright RGB PIL image and returns `Face`s, left to right, ea
 the model's `Preprocess` wants (landmarks.py: dlib's 5-point landmarks, then an LFW-style
 image or dlib's face chip).
 
+- `blazeface` (blazeface.py, blazeface_net.py): human faces, MediaPipe's BlazeFace ported to
+  PyTorch; small (from about 24 px) and tilted (to 45 degrees) ones too; batched.
 - `hog` (hog.py): human faces, dlib's HOG detector.
 - `dog` (dog.py): dog faces, facesearch's own small network; the default for dog models.
 - `none` (whole.py): the whole image is the face (already-cropped galleries: LFW, DogFaceNet).
@@ -25,6 +27,11 @@ def _hog(alignment, size):
     return HogDetector(alignment, size)
 
 
+def _blazeface(alignment, size):
+    from .blazeface import BlazeFaceDetector     # torch and its network load with it
+    return BlazeFaceDetector(alignment, size)
+
+
 def _dog(alignment, size):
     from .dog import DogFaceDetector     # its network loads with it
     return DogFaceDetector(alignment, size)
@@ -36,7 +43,7 @@ def _none(alignment, size):
 
 
 # name -> factory(alignment, size); "auto" is resolved to one of these first.
-FACTORIES = {"hog": _hog, "dog": _dog, "none": _none}
+FACTORIES = {"blazeface": _blazeface, "hog": _hog, "dog": _dog, "none": _none}
 DEFAULT_HUMAN_DETECTOR = "hog"
 DEFAULT_DOG_DETECTOR = "dog"
 # Every name a user may give: the detectors and "auto".
