@@ -119,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "images"))
     parser.add_argument("--scenes", type=int, default=40)
+    parser.add_argument("--people", type=int, default=0, help="only the first N test people (0: all)")
     parser.add_argument("--no-face-photos", type=int, default=0, help="held-out LFW photos to check for 'no face' (0: all)")
     parser.add_argument("--choose", action="store_true", help="score thresholds on training people's scenes")
     parser.add_argument("--skip-face-recognition", action="store_true")
@@ -143,7 +144,8 @@ def main() -> None:
                               "by_size": by_size}))
         return
 
-    scenes, with_two = make_scenes(root, roles["test"], roles["train"], args.scenes, seed=2)
+    test_people = roles["test"][:args.people] if args.people else roles["test"]
+    scenes, with_two = make_scenes(root, test_people, roles["train"], args.scenes, seed=2)
     gallery_paths = [path for p in with_two for path in list_images(root / p)[1:]]
     gallery_people = np.array([path.parent.name for path in gallery_paths])
     gallery = model.embed_cropped([load_image(p) for p in gallery_paths])
@@ -191,7 +193,7 @@ def main() -> None:
         report["blazeface_speed_vs_face_recognition"] = round(
             report["blazeface"]["images_per_s"] / report["face_recognition_hog_upsampled_once"]["images_per_s"], 2)
     if not args.skip_no_face:
-        photos = [path for p in roles["test"] for path in list_images(root / p)]
+        photos = [path for p in test_people for path in list_images(root / p)]
         if args.no_face_photos:
             photos = photos[:args.no_face_photos]
         missing = {name: 0 for name in ("blazeface", "hog")}

@@ -122,7 +122,8 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
 @click.option("--model", help="Bundled model (human, dog) or checkpoint path; default: the index's "
                               "own, or human for a new index.")
 @click.option("--detector", callback=lambda ctx, param, value: known_detector(value),
-              help="'hog' finds and aligns every human face in each photo (one entry per face); "
+              help="'blazeface' (small and tilted faces too) or 'hog' (dlib) finds and aligns every "
+                   "human face in each photo (one entry per face); "
                    "'dog' finds dog faces; 'none' takes the whole image as the face (cropped "
                    "galleries such as LFW and DogFaceNet); 'auto' is the model's default: hog for "
                    "human models, dog for dog models. The index records the one it was built "

@@ -55,7 +55,7 @@ class FaceEmbedder:
         items = [WorkItem(os.fsdecode(path), None if identity is None else os.fsdecode(identity))
                  for path, identity in zip(batch["path"], batch["identity"])]
         crops = FaceCrops(items, self.model.preprocess, self.detector)
-        faces = collate([crops[i] for i in range(len(items))])     # as a local build's loader does
+        faces = collate(crops.__getitems__(list(range(len(items)))))   # as a local build's loader does
         vectors = (self.model.embed_tensor(faces.crops) if len(faces.crops)
                    else np.empty((0, self.model.embedding_dim), np.float32))
         rows_vectors, offset = [], 0

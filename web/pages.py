@@ -15,8 +15,8 @@ blueprint = Blueprint("pages", __name__)
 # How the page names one and many of what an index holds (search.js reads it from the page).
 SPECIES_WORDS = {"human": ["person", "people"], "dog": ["dog", "dogs"], "other": ["individual", "individuals"]}
 # The detectors the page offers for each species, and how it names them.
-DETECTOR_CHOICES = {"human": ["hog", "none"], "dog": ["dog", "none"]}
-DETECTOR_NAMES = {"hog": "the HOG face detector", "dog": "the dog face detector",
+DETECTOR_CHOICES = {"human": ["blazeface", "hog", "none"], "dog": ["dog", "none"]}
+DETECTOR_NAMES = {"blazeface": "the BlazeFace face detector", "hog": "the HOG face detector", "dog": "the dog face detector",
                   "none": "the whole photo as the face"}
 
 

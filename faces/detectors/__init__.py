@@ -48,7 +48,9 @@ DEFAULT_HUMAN_DETECTOR = "hog"
 DEFAULT_DOG_DETECTOR = "dog"
 # Every name a user may give: the detectors and "auto".
 DETECTORS = ("auto", *FACTORIES)
-DETECTOR_HELP = ("Face detector: 'hog' finds and aligns human faces (dlib's HOG); 'dog' finds "
+DETECTOR_HELP = ("Face detector: 'blazeface' finds and aligns human faces, small and tilted ones "
+                 "too (MediaPipe's BlazeFace in PyTorch); 'hog' finds and aligns human faces "
+                 "(dlib's HOG); 'dog' finds "
                  "dog faces (trained here on DogFaceNet); 'none' takes the whole image as the "
                  "face (already-cropped pictures such as LFW and DogFaceNet); 'auto' is hog for "
                  "human models and dog for dog models.")
