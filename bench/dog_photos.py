@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from faces.checkpoint import load_model                              # noqa: E402
-from faces.dogfaces import DogFaceDetector, Square, cut_square, square_iou  # noqa: E402
+from faces.detectors.dog import DogFaceDetector, Square, cut_square, square_iou  # noqa: E402
 from search.engine import FacePipeline                                 # noqa: E402
 from trainer.composites import ImageSource, people_by_role, photo_with_a_face  # noqa: E402
 from trainer.data import group_by_identity, scan_identities, split_identities  # noqa: E402

@@ -156,7 +156,7 @@ class FaceModel:
     def embed_cropped(self, images, batch_size: int = 64) -> np.ndarray:
         """Pictures that are each one face crop (LFW, DogFaceNet), aligned as the model asks
         (the 'none' detector), -> float32 N x D unit vectors."""
-        from .detection import get_detector
+        from .detectors import get_detector
         face_of = get_detector("none", self.preprocess)
         return self.embed_images([face_of(image)[0].image for image in images], batch_size)
 

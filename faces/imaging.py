@@ -200,7 +200,7 @@ class Preprocess:
     """How a face crop becomes a model input.
 
     alignment: how the face detector turns a face into the model's face image (see
-    faces.detection): 'lfw' frames it as an LFW image, 'dlib_chip' cuts dlib's face chip.
+    faces.detectors): 'lfw' frames it as an LFW image, 'dlib_chip' cuts dlib's face chip.
     crop: fraction of the (square-padded) face image kept around its centre before
     resizing. LFW images hold the face in roughly the central half; DogFaceNet's aligned
     crops and dlib's chips are the face already (crop 1.0).
@@ -250,3 +250,16 @@ class Preprocess:
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside `folder`, sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_name(p))
+
+
+def resolve_data_root(root: str | os.PathLike) -> Path:
+    """The folder whose sub-folders are identities. Accepts a dataset's top folder too
+    (`lfw/` for `lfw/images/<name>/`), as long as it holds an `images/` folder and no images."""
+    from .errors import DataError
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    images = root / "images"
+    if images.is_dir() and not list_images(root) and any(p.is_dir() for p in images.iterdir()):
+        return images
+    return root

@@ -69,10 +69,11 @@ def embedding_options(command):
 
 
 def known_detector(name: str | None) -> str | None:
-    # Checked when the command runs, so detectors added to faces.detection later are accepted.
-    from faces.detection import DETECTORS    # numpy and Pillow: not for --help
-    if name is not None and name not in DETECTORS:
-        raise click.BadParameter(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}",
+    # Checked when the command runs, so detectors added to faces.detectors later are accepted.
+    from faces.detectors import FACTORIES    # numpy and Pillow: not for --help
+    names = ("auto", *FACTORIES)
+    if name is not None and name not in names:
+        raise click.BadParameter(f"unknown detector {name!r}; choose from {', '.join(names)}",
                                  param_hint="--detector")
     return name
 
@@ -121,10 +122,13 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
 @click.option("--model", help="Bundled model (human, dog) or checkpoint path; default: the index's "
                               "own, or human for a new index.")
 @click.option("--detector", callback=lambda ctx, param, value: known_detector(value),
-              help="'auto' finds and aligns every human face in each photo (one entry per face); "
-                   "'none' takes the whole image as the face: use it for cropped galleries such as "
-                   "LFW, and it is the only choice for dogs. Default: the index's own; for a new "
-                   "index auto with a human model, none with a dog model.")
+              help="'blazeface' (small and tilted faces too) or 'hog' (dlib) finds and aligns every "
+                   "human face in each photo (one entry per face); "
+                   "'dog' finds dog faces; 'none' takes the whole image as the face (cropped "
+                   "galleries such as LFW and DogFaceNet); 'auto' is the model's default: hog for "
+                   "human models, dog for dog models. The index records the one it was built "
+                   "with and queries use it unless told otherwise. Default: the index's own; "
+                   "for a new index, auto.")
 @index_option
 @click.option("--index-type", type=click.Choice(("auto",) + INDEX_TYPES), default="auto", show_default=True,
               help="auto: exact (flat) search, switching to a trained IVF index for large galleries. "

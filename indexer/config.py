@@ -29,7 +29,7 @@ def available_cores() -> int:
 
 def default_workers(finds_faces: bool) -> int:
     """Decoding worker processes for a build; `finds_faces`: each image goes through dlib's
-    detector or landmarks (faces.detection.finds_faces).
+    detector or landmarks (faces.detectors.finds_faces).
 
     Detecting builds keep one core for the model in the main process and give the rest (up
     to 8) to detection: on 2 cores one detecting worker beside the model built 500 LFW photos

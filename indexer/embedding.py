@@ -1,7 +1,7 @@
 """The embedding pipeline: files in, face embeddings out, in batches.
 
 DataLoader worker processes read each file once (hashing the bytes), decode it with
-faces.imaging.load_image, find its faces with the faces.detection detector and crop them
+faces.imaging.load_image, find its faces with the faces.detectors detector and crop them
 with the model's Preprocess; the main process runs the model on whole batches. So decoding
 overlaps the model, and only a few batches are ever in memory.
 """
@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from faces.checkpoint import FaceModel
-from faces.detection import finds_faces, get_detector
+from faces.detectors import finds_faces, get_detector
 from faces.imaging import ImageError, Preprocess, load_image, read_image_file
 
 from .config import available_cores, default_workers
@@ -59,28 +59,47 @@ class FaceCrops(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[ImageResult, torch.Tensor | None]:
-        item = self.items[i]
-        result = ImageResult(item.path, item.identity)
-        try:
-            data = read_image_file(item.path)
-        except ImageError as error:
-            result.skip_reason = error.reason
-            return result, None
-        result.file_size = len(data)
-        result.sha256 = hashlib.sha256(data).hexdigest()
-        try:
-            image = load_image(data, name=item.path)
-        except ImageError as error:
-            result.skip_reason = error.reason
-            return result, None
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[ImageResult, torch.Tensor | None]]:
+        """A whole batch at once (DataLoader's batched fetch): every photo is read, then the
+        detector sees them together, so one that batches its network (blazeface) runs it
+        across photos."""
+        results, images = [], []
+        for i in indices:
+            item = self.items[i]
+            result = ImageResult(item.path, item.identity)
+            results.append(result)
+            images.append(None)
+            try:
+                data = read_image_file(item.path)
+            except ImageError as error:
+                result.skip_reason = error.reason
+                continue
+            result.file_size = len(data)
+            result.sha256 = hashlib.sha256(data).hexdigest()
+            try:
+                images[-1] = load_image(data, name=item.path)
+            except ImageError as error:
+                result.skip_reason = error.reason
         if self._detector is None:
             self._detector = get_detector(self.detector_name, self.preprocess)
-        faces = self._detector(image)
-        if not faces:
-            result.skip_reason = "no face found"
-            return result, None
-        result.boxes = [tuple(int(v) for v in face.box) if face.box is not None else None for face in faces]
-        return result, torch.stack([self.preprocess.to_uint8(face.image) for face in faces])
+        readable = [n for n, image in enumerate(images) if image is not None]
+        found = dict(zip(readable, self._detector.detect_many([images[n] for n in readable]))
+                     if hasattr(self._detector, "detect_many")
+                     else ((n, self._detector(images[n])) for n in readable))
+        samples = []
+        for n, result in enumerate(results):
+            faces = found.get(n)
+            if faces is None:
+                samples.append((result, None))
+            elif not faces:
+                result.skip_reason = "no face found"
+                samples.append((result, None))
+            else:
+                result.boxes = [tuple(int(v) for v in face.box) if face.box is not None else None for face in faces]
+                samples.append((result, torch.stack([self.preprocess.to_uint8(face.image) for face in faces])))
+        return samples
 
 
 def collate(samples: list[tuple[ImageResult, torch.Tensor | None]]) -> Batch:

@@ -151,7 +151,7 @@ class Gallery:
 
     @property
     def detector(self) -> str:
-        """The faces.detection detector the gallery's faces were cropped with; queries need the same."""
+        """The faces.detectors detector the gallery's faces were cropped with; queries need the same."""
         return self.model.detector
 
     def check_model(self, model: FaceModel) -> None:

@@ -3,7 +3,7 @@
 The writer (indexer.writer) stays one process: it plans the files against the database and
 writes rows and vectors in the same crash-safe order as ever. Only the work per image moves:
 a Ray Dataset of the files to embed goes through `FaceEmbedder` actors, each loading the
-index's model once and running faces.imaging / faces.detection / the network on its batches,
+index's model once and running faces.imaging / faces.detectors / the network on its batches,
 and the writer takes the (results, vectors) batches back as from the local pipeline
 (indexer.embedding.embed_files), in the files' order.
 
@@ -55,7 +55,7 @@ class FaceEmbedder:
         items = [WorkItem(os.fsdecode(path), None if identity is None else os.fsdecode(identity))
                  for path, identity in zip(batch["path"], batch["identity"])]
         crops = FaceCrops(items, self.model.preprocess, self.detector)
-        faces = collate([crops[i] for i in range(len(items))])     # as a local build's loader does
+        faces = collate(crops.__getitems__(list(range(len(items)))))   # as a local build's loader does
         vectors = (self.model.embed_tensor(faces.crops) if len(faces.crops)
                    else np.empty((0, self.model.embedding_dim), np.float32))
         rows_vectors, offset = [], 0

@@ -34,10 +34,9 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
-from trainer.data import resolve_data_root
-from faces.detection import default_detector, get_detector
+from faces.detectors import concrete_name
 from faces.errors import readable
-from faces.imaging import not_regular_reason, os_error_reason
+from faces.imaging import not_regular_reason, os_error_reason, resolve_data_root
 
 from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
 from .gallery import gallery_size
@@ -166,7 +165,8 @@ class IndexWriter:
             if self.model_record is None and not create:
                 raise IndexMissingError(f"no index at {self.index_dir} (nothing indexed yet): "
                                         "run `indexer build GALLERY` first")
-            if self.model_record is not None and detector and detector != self.model_record.detector:
+            if (self.model_record is not None and detector
+                    and concrete_name(detector, self.model_record.species) != self.model_record.detector):
                 raise ModelMismatchError(
                     f"{self.index_dir} was built with detector {self.model_record.detector!r}, not "
                     f"{detector!r}: faces cropped differently do not compare; use another --index")
@@ -206,8 +206,8 @@ class IndexWriter:
         record = self.model_record
         model = load_model(self.requested_model or (record.source if record else DEFAULT_MODEL))
         if record is None:
-            detector = self.requested_detector or default_detector(model.species)
-            get_detector(detector)    # an unknown name fails here, before anything is written
+            # Recorded by its concrete name ('auto' resolved), so queries use the very same one.
+            detector = concrete_name(self.requested_detector, model.species)   # an unknown name fails here
             record = ModelRecord(name=model.name, source=model_source(self.requested_model or DEFAULT_MODEL),
                                  sha256=model.sha256, embedding_dim=model.embedding_dim,
                                  species=model.species, threshold=model.threshold, detector=detector)

@@ -11,7 +11,7 @@ import click
 
 from faces import clitools
 from faces.clitools import Count, FriendlyGroup, print_json, setup_logging
-from faces.detection import DETECTOR_HELP, DETECTORS
+from faces.detectors import DETECTOR_HELP, DETECTORS
 from faces.errors import readable
 from faces.imaging import ImageError
 from faces.thresholds import DEFAULT_OPERATING_POINT, PER_PAIR_THRESHOLD_HELP, THRESHOLD_HELP
@@ -22,7 +22,9 @@ MODEL_HELP = ("Model name (human, dog) or checkpoint path. Default: the model th
 
 index_option = click.option("--index", type=click.Path(file_okay=False), help=INDEX_HELP)
 model_option = click.option("--model", help=MODEL_HELP)
-detector_option = click.option("--detector", type=click.Choice(list(DETECTORS)), help=DETECTOR_HELP)
+detector_option = click.option("--detector", type=click.Choice(list(DETECTORS)),
+                               help=DETECTOR_HELP + " Default: the one the index was built with "
+                                                    "(verify: auto); the answer says which was used.")
 k_option = click.option("-k", "--k", "k", default=10, show_default=True, type=Count(1),
                         help="Gallery neighbours per face.")
 threshold_option = click.option("--threshold", default=DEFAULT_OPERATING_POINT, show_default=True,
@@ -66,9 +68,10 @@ absolute_paths_option = click.option("--absolute-paths", is_flag=True,
 def main(verbose: bool) -> None:
     """Reverse image search for faces (human and dog) in a gallery index built by `indexer`.
 
-    Each face found in the photo is searched separately. Human faces are found and aligned
-    by dlib's detector, dog faces by facesearch's own ('dog'); --box X0,Y0,X1,Y1 searches
-    the face in a box you give instead. A photo without a face says so.
+    Each face found in the photo is searched separately, found by the detector the index
+    was built with unless --detector names another (human faces: 'hog'; dog faces:
+    facesearch's own 'dog'; 'none': the photo is the face); --box X0,Y0,X1,Y1 searches the
+    face in a box you give instead. A photo without a face says so.
     """
     setup_logging(verbose)
     if not verbose:
@@ -254,7 +257,7 @@ def _engine_answer(command, options, index, model, detector):
 
 def _parse_box(text):
     """--box's text as a box, or None; a malformed one is a usage error before anything loads."""
-    from faces.detection import parse_box
+    from faces.detectors import parse_box
     if text is None:
         return None
     try:

@@ -36,6 +36,7 @@ answers {"same", "distance", "similarity", "threshold", "operating_point", "mode
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
-from faces.detection import Face, box_inside, default_detector, get_detector
+from faces.detectors import Detector, Face, box_inside, concrete_name, get_detector, resolve_detector
 from faces.errors import readable
 from faces.imaging import load_image
 from faces.open_set import MatchRule
@@ -65,30 +66,49 @@ class Photo:
 
 
 class FacePipeline:
-    """A model and its face detector: photo in, faces and embeddings out."""
+    """A model and its face detector: photo in, faces and embeddings out.
+
+    `detector` is the default ('auto' or None: the species' own); each call may name
+    another, made once and kept (a web server's threads share them)."""
 
     def __init__(self, model: FaceModel, detector: str | None = None):
         self.model = model
-        self.detector_name = detector or default_detector(model.species)
-        self.detector = get_detector(self.detector_name, model.preprocess)
+        self.detector_name = concrete_name(detector, model.species)
+        self._detectors: dict[str, Detector] = {}
+        self._detectors_lock = threading.Lock()
+        self.detector = self.get_detector(self.detector_name)
+
+    def get_detector(self, name: str | None = None) -> Detector:
+        """The named detector (None: this pipeline's default), aligning as the model asks."""
+        name = self.detector_name if name in (None, "") else concrete_name(name, self.model.species)
+        with self._detectors_lock:
+            if name not in self._detectors:
+                self._detectors[name] = get_detector(name, self.model.preprocess, self.model.species)
+            return self._detectors[name]
+
+    def detector_used(self, name: str | None) -> str:
+        """The concrete name of the detector a call with `name` uses (ValueError when unknown)."""
+        return self.detector_name if name in (None, "") else concrete_name(name, self.model.species)
 
     @classmethod
     def load(cls, model: str | os.PathLike = DEFAULT_MODEL, detector: str | None = None,
              device: str | None = None) -> "FacePipeline":
         return cls(load_model(model, device), detector)
 
-    def read(self, source: Source, name: str | None = None, box=None) -> Photo:
-        """The photo's faces and embeddings: those the detector finds, or, given a `box`
-        (x0, y0, x1, y1 in the photo's pixels), the one face in it."""
+    def read(self, source: Source, name: str | None = None, box=None, detector: str | None = None) -> Photo:
+        """The photo's faces and embeddings: those the detector finds (`detector`: a name,
+        default this pipeline's), or, given a `box` (x0, y0, x1, y1 in the photo's pixels),
+        the one face in it."""
+        finder = self.get_detector(detector)
         image = source if isinstance(source, Image.Image) else load_image(source, name=name)
         started = time.perf_counter()
         if box is not None:
             try:
-                faces = [self.detector.in_box(image, box_inside(box, image.size))]
+                faces = [finder.in_box(image, box_inside(box, image.size))]
             except ValueError as error:
                 raise SearchError(f"{_label(source, name)}: {error}") from None
         else:
-            faces = self.detector(image)
+            faces = finder(image)
         detected = time.perf_counter()
         embeddings = self.model.embed_images([face.image for face in faces])
         embedded = time.perf_counter()
@@ -135,6 +155,9 @@ class QueryEngine:
     index: index folder (default: $FACESEARCH_INDEX, else ./facesearch-index).
     model: bundled name or checkpoint path; default the one the index records. Either way
     it must be the very model the index was built with (same sha256).
+    detector: the default detector of queries; None uses the one the index was built with
+    (so a gallery of crops, built with 'none', is queried with crops), 'auto' the species'
+    default. Each query may still name another.
     """
 
     def __init__(self, index: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
@@ -143,7 +166,9 @@ class QueryEngine:
         started = time.perf_counter()
         self.gallery = Gallery.open(index)
         index_loaded = time.perf_counter()
-        self.pipeline = FacePipeline(self._load_index_model(model, device), detector)
+        face_model = self._load_index_model(model, device)
+        self.pipeline = FacePipeline(face_model, resolve_detector(detector, self.gallery.detector,
+                                                                  face_model.species))
         self.load_timings_ms = {"index": _ms(index_loaded - started),
                                 "model": _ms(time.perf_counter() - index_loaded)}
 
@@ -166,22 +191,27 @@ class QueryEngine:
 
     def query(self, source: Source, k: int = 10, name: str | None = None,
               threshold: str | float | None = None, absolute_paths: bool = False, box=None,
-              fpir: float | str | None = None) -> dict:
+              fpir: float | str | None = None, detector: str | None = None) -> dict:
         """The k nearest gallery faces of every face in the photo (or of the one face in
         `box`). `match` is decided by the gallery's rule (match_rule): at most `fpir` of the
         searches by people not in the gallery see any match (default 5%), or, given
-        `threshold` (strict, balanced or a distance), per pair."""
+        `threshold` (strict, balanced or a distance), per pair. `detector` finds the faces
+        (default the engine's: the index's own)."""
         if k < 1:
             raise SearchError(f"k must be at least 1 (got {k})")
         rule = self.match_rule(fpir, threshold)   # a bad value fails before any work
-        photo = self.pipeline.read(source, name, box)
+        try:
+            used = self.pipeline.detector_used(detector)
+        except ValueError as error:
+            raise SearchError(str(error)) from None
+        photo = self.pipeline.read(source, name, box, used)
         started = time.perf_counter()
         hits = self.gallery.search(photo.embeddings, k) if photo.faces else []
         photo.timings_ms["search"] = _ms(time.perf_counter() - started)
         result = {
             "image": {"width": photo.width, "height": photo.height},
             "model": self.model.name, "species": self.model.species, "threshold": rule.threshold,
-            "decision": rule.describe(), "detector": self.pipeline.detector_name,
+            "decision": rule.describe(), "detector": used,
             "faces": [{"box": list(face.box) if face.box else None, "score": face.score,
                        "found_by": face.found_by,
                        "matches": [self._match(hit, rule, absolute_paths) for hit in face_hits]}
@@ -191,8 +221,7 @@ class QueryEngine:
         for face in result["faces"]:
             face.update(decide(face["matches"]))
         if not photo.faces:
-            result["message"] = no_face_message(_label(source, name), self.model.species,
-                                                self.pipeline.detector_name)
+            result["message"] = no_face_message(_label(source, name), self.model.species, used)
         return result
 
     def _match(self, hit: dict, rule: MatchRule, absolute_path: bool) -> dict:
@@ -206,10 +235,10 @@ class QueryEngine:
 
     def identify(self, source: Source, k: int = 10, name: str | None = None,
                  threshold: str | float | None = None, absolute_paths: bool = False, box=None,
-                 fpir: float | str | None = None) -> dict:
+                 fpir: float | str | None = None, detector: str | None = None) -> dict:
         """The query itself: every face's answer (`decide`) is already in it. Kept as its own
         call for `search identify` and the clients that name it."""
-        return self.query(source, k, name, threshold, absolute_paths, box, fpir)
+        return self.query(source, k, name, threshold, absolute_paths, box, fpir, detector)
 
     def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
                threshold: str | float | None = None, boxes: tuple = (None, None)) -> dict:

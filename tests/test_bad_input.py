@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from faces.checkpoint import save_checkpoint
-from faces.detection import get_detector
+from faces.detectors import get_detector
 from faces.errors import readable
 from faces.imaging import ImageError, Preprocess, image_format, load_image
 from faces.models import EmbeddingNet

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from conftest import LFW, SHARED_DATA
-from faces.detection import DlibDetector, bundled_dlib_model, get_detector
+from faces.detectors import get_detector
+from faces.detectors.hog import HogDetector as DlibDetector
+from faces.detectors.landmarks import bundled_dlib_model
 from faces.errors import ModelError
 from faces.imaging import load_image
 from faces.models import add_prev

@@ -1,4 +1,4 @@
-"""The dog face detector ('dog', faces/dogfaces.py) with its bundled weights, and the face
+"""The dog face detector ('dog', faces/detectors/dog.py) with its bundled weights, and the face
 box a user gives (`--box`, the API's `box`), on real DogFaceNet and LFW pictures.
 
 The detector trained on `trainer split`'s training dogs (seed 0); these tests use the other
@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from faces.detection import default_detector, get_detector, parse_box
-from faces.dogfaces import Square, cut_square, square_iou
+from faces.detectors import default_detector, get_detector, parse_box
+from faces.detectors.dog import Square, cut_square, square_iou
 from trainer.composites import ImageSource, paste, people_by_role, photo_with_a_face
 from trainer.data import group_by_identity, scan_identities, split_identities
 from trainer.dog_detector import no_dog_pictures
@@ -68,7 +68,7 @@ def _as_tuple(square: Square):
 
 
 def test_dog_models_default_to_the_dog_detector():
-    assert default_detector("dog") == "dog" and default_detector("human") == "auto"
+    assert default_detector("dog") == "dog" and default_detector("human") == "hog"
 
 
 def test_held_out_faces_in_photos_are_found(detector, held_out_dogs, held_out_people):
@@ -121,7 +121,18 @@ def dog_index(tmp_path_factory, held_out_dogs) -> dict:
 @pytest.fixture(scope="module")
 def dog_engine(dog_index):
     from search.engine import QueryEngine
-    return QueryEngine(dog_index["index"])
+    return QueryEngine(dog_index["index"], detector="dog")     # photos, not the index's crops
+
+
+def test_crop_gallery_is_queried_with_crops_unless_told(dog_index, held_out_dogs):
+    """Built with --detector none, the index is queried as it was built: a gallery photo finds
+    itself at distance 0 (the dog detector's recut square found it at 0.243)."""
+    from search.engine import QueryEngine
+    engine = QueryEngine(dog_index["index"])
+    dog = dog_index["dogs"][0]
+    result = engine.query(held_out_dogs[dog][1], k=1)
+    assert result["detector"] == "none"
+    assert result["faces"][0]["matches"][0]["distance"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_dog_photo_query_says_how_each_face_was_found(dog_engine, dog_index, held_out_dogs, held_out_people):
@@ -202,8 +213,11 @@ def test_api_box_field(dog_index, held_out_dogs):
     boxed = post(box="0,0,224,224", k="1")
     assert boxed.status_code == 200
     assert [f["found_by"] for f in boxed.get_json()["faces"]] == ["box"]
-    detected = post(k="1").get_json()
+    whole = post(k="1").get_json()          # the index was built with 'none': its default
+    assert whole["detector"] == "none" and [f["found_by"] for f in whole["faces"]] == ["whole image"]
+    detected = post(k="1", detector="dog").get_json()
     assert detected["detector"] == "dog" and [f["found_by"] for f in detected["faces"]] == ["detector"]
+    assert "unknown detector" in post(detector="cat").get_json()["error"]
     assert post(box="1,2,three,4").status_code == 400
     assert "outside" in post(box="300,300,400,400").get_json()["error"]
 
@@ -211,7 +225,7 @@ def test_api_box_field(dog_index, held_out_dogs):
 def test_trainer_train_dog_detector_writes_a_detector_that_loads(tmp_path):
     """The training command end to end, tiny: windows from scenes, training, the threshold
     chosen on no-dog pictures, a checkpoint the 'dog' detector loads."""
-    from faces.dogfaces import DogFaceDetector
+    from faces.detectors.dog import DogFaceDetector
     from trainer.cli import main as trainer_cli
     dogs = tmp_path / "dogs"
     dogs.mkdir()
@@ -282,7 +296,7 @@ def test_browser_dog_page_finds_the_face_says_when_none_and_searches_a_drawn_box
         page.set_input_files("#image-input", files=[{"name": "dog.png", "mimeType": "image/png",
                                                      "buffer": png_bytes(scene.image)}])
         page.wait_for_selector("#faces .face", timeout=30_000)
-        assert page.inner_text("#faces .found-by") == "Found by the face detector."
+        assert page.inner_text("#faces .found-by") == "Found by the face detector (dog)."
         page.click("#box-button")                     # starts on the detected face
         x0, y0, x1, y1 = box_value(page)
         assert square_iou(scene.faces[0], Square((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0)) >= 0.5

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from faces.detection import (ALIGNED_SIZE, LFW_LANDMARKS, DlibDetector, Face, align,
-                           default_detector, get_detector)
+from faces.detectors import Face, default_detector, get_detector
+from faces.detectors.hog import HogDetector as DlibDetector
+from faces.detectors.landmarks import ALIGNED_SIZE, LFW_LANDMARKS, align
 from faces.imaging import load_image
 
 from conftest import GROUP_PHOTO, LFW
@@ -107,7 +108,7 @@ def test_whole_image_detector_and_defaults():
     image = Image.new("RGB", (224, 224))
     [face] = get_detector("none")(image)
     assert face.image is image and face.box is None
-    assert default_detector("human") == "auto"
+    assert default_detector("human") == "hog"
     assert default_detector("dog") == "dog"
     with pytest.raises(ValueError, match="unknown detector"):
         get_detector("mtcnn")

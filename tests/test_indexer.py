@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import faces.detection
+import faces.detectors
 from indexer import Gallery, IndexBusyError, IndexMissingError, ModelMismatchError
 from indexer import store as store_module
 from indexer.config import DATABASE_FILE, INDEX_ENV_VAR, VECTORS_FILE, resolve_index_dir
@@ -23,7 +23,7 @@ from indexer.lock import IndexLock
 from indexer.store import FaissStore
 from indexer.writer import IndexWriter
 from faces.checkpoint import load_model, save_checkpoint
-from faces.detection import Face
+from faces.detectors import Face
 from faces.imaging import Preprocess, load_image
 from faces.models import EmbeddingNet
 
@@ -219,7 +219,7 @@ class TwoHalves:
 
 
 def test_one_row_per_detected_face_with_its_box(gallery, open_writer, tmp_path, monkeypatch):
-    monkeypatch.setitem(faces.detection.DETECTORS, "halves", TwoHalves)
+    monkeypatch.setitem(faces.detectors.FACTORIES, "halves", TwoHalves)
     with open_writer(detector="halves") as writer:
         report = writer.build(gallery)
     assert (report.images_added, report.faces_added) == (13, 26)
@@ -320,7 +320,7 @@ def test_database_at_first_revision_upgrades_without_losing_rows(tmp_path):
                        "VALUES (?, 'cd', ?, 10, 'dog', '2026-01-01 00:00:00', 'indexed')",
                        [(f"/g/rex/{i}.jpg", "rex") for i in range(5)])
     engine = open_database(database)
-    assert current_revision(engine) == head_revision() == "0005"
+    assert current_revision(engine) == head_revision() == "0006"
     engine.dispose()
     with sqlite3.connect(database) as db:
         rows = db.execute("SELECT id, path, identity, cluster FROM images ORDER BY id").fetchall()
@@ -351,7 +351,7 @@ def test_processes_opening_an_old_database_at_once_all_see_it_upgraded(tmp_path)
     outcomes = [results.get(timeout=60) for _ in processes]
     for process in processes:
         process.join()
-    assert outcomes == ["0005"] * 4
+    assert outcomes == ["0006"] * 4
 
 
 def test_real_index_downgraded_to_first_revision_opens_upgraded(gallery, open_writer, tmp_path):
@@ -362,7 +362,7 @@ def test_real_index_downgraded_to_first_revision_opens_upgraded(gallery, open_wr
     assert current_revision(engine) == "0001"
     engine.dispose()
     with Gallery.open(tmp_path / "index") as view:     # opening upgrades
-        assert current_revision(view.engine) == "0005"
+        assert current_revision(view.engine) == "0006"
         assert view.stats()["faces"] == 13
         probe = gallery / "person_02" / "person_02_0004.jpg"
         assert view.search(embed_file(view, probe), k=1)[0][0]["path"] == str(probe)

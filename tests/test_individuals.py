@@ -199,15 +199,15 @@ def test_unusable_names_are_refused_in_one_line(library, name, problem):
 def test_individuals_migration_down_and_up_keeps_faces(library):
     database = library["index"] / DATABASE_FILE
     engine = create_sqlite_engine(database)
-    downgrade(engine, "0004")
-    assert current_revision(engine) == "0004"
+    downgrade(engine, "0005")
+    assert current_revision(engine) == "0005"
     engine.dispose()
     with sqlite3.connect(database) as db:
         assert "individual" not in [c[1] for c in db.execute("PRAGMA table_info(images)")]
         assert "individuals" not in [t[0] for t in db.execute("SELECT name FROM sqlite_master")]
         assert db.execute("SELECT count(*) FROM images").fetchone() == (12,)
     engine = open_database(database)
-    assert current_revision(engine) == "0005"
+    assert current_revision(engine) == "0006"
     engine.dispose()
     assert listing(library) == []            # grouped again by the next `indexer cluster`
     code, output = indexer(library, "cluster", "--threshold", "balanced")

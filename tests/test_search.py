@@ -91,10 +91,22 @@ def test_identify_known_and_unknown(engine):
     assert stranger["matches"][0]["distance"] > THRESHOLD
 
 
+def test_queries_use_the_detector_the_index_was_built_with(workspace):
+    """The index (built with 'none': crops) is queried with crops unless a query says otherwise."""
+    engine = QueryEngine(workspace["index"])
+    assert engine.pipeline.detector_name == "none"
+    whole = engine.query(GROUP_PHOTO, k=1)
+    assert whole["detector"] == "none" and [face["found_by"] for face in whole["faces"]] == ["whole image"]
+    detected = engine.query(GROUP_PHOTO, k=1, detector="hog")
+    assert detected["detector"] == "hog" and len(detected["faces"]) == 6
+    with pytest.raises(SearchError, match="unknown detector"):
+        engine.query(GROUP_PHOTO, detector="no-such")
+
+
 def test_group_photo_is_searched_face_by_face(workspace):
-    engine = QueryEngine(workspace["index"])          # human model: detector auto
+    engine = QueryEngine(workspace["index"], detector="auto")     # human model: auto is hog
     result = engine.query(GROUP_PHOTO, k=3)
-    assert result["detector"] == "auto" and len(result["faces"]) == 6
+    assert result["detector"] == "hog" and len(result["faces"]) == 6
     assert [face["box"][0] for face in result["faces"]] == sorted(face["box"][0] for face in result["faces"])
     assert all(len(face["matches"]) == 3 for face in result["faces"])
     assert result["image"] == {"width": 1200, "height": 630}
@@ -106,7 +118,7 @@ def test_photo_bytes_and_no_face(engine, workspace):
     assert as_bytes["faces"][0]["matches"][0]["identity"] == "Aaron_Peirsol"
     blank = workspace["root"] / "blank.png"
     Image.new("RGB", (320, 240), (90, 140, 200)).save(blank)
-    result = QueryEngine(workspace["index"]).query(blank)
+    result = QueryEngine(workspace["index"], detector="hog").query(blank)
     assert result["faces"] == [] and "no face found" in result["message"]
 
 
@@ -240,7 +252,7 @@ def test_cli_many_photos_and_folders_as_json_lines(workspace):
 def test_cli_no_face_is_an_answer(workspace):
     blank = workspace["root"] / "blank.jpg"
     Image.new("RGB", (320, 240), (200, 180, 160)).save(blank)
-    result = run_cli("query", blank, "--index", workspace["index"])
+    result = run_cli("query", blank, "--index", workspace["index"], "--detector", "hog")
     assert result.exit_code == 0 and "no face found" in result.output
 
 

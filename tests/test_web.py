@@ -239,19 +239,19 @@ def lead(client) -> str:
 def test_search_page_wording_follows_the_index(client, tmp_path, identity_folders):
     assert lead(client) == ("This gallery holds people. Upload a photo of one or more people: each face found "
                             "in it is compared with the gallery, and you can draw a box around a face it missed.")
-    # A dog index built from face crops (--detector none); searched with the dog detector.
+    # A dog index built from face crops (--detector none) is searched as it was built: crops.
     model = tmp_path / "dog.pt"
     save_checkpoint(model, EmbeddingNet("small", 128), Preprocess(64, 1.0), "dog", THRESHOLD)
     index = tmp_path / "dog-index"
     built = CliRunner().invoke(indexer_cli, ["build", str(identity_folders), "--index", str(index), "--model",
                                              str(model), "--detector", "none", "--workers", "0", "--no-progress"])
     assert built.exit_code == 0, built.output
-    dogs = create_app({"INDEX": str(index), "TESTING": True}).test_client()
-    assert lead(dogs) == ("This gallery holds dogs. Upload a photo of one or more dogs: each face found in it is "
-                          "compared with the gallery, and you can draw a box around a face it missed.")
-    cropped = create_app({"INDEX": str(index), "DETECTOR": "none", "TESTING": True}).test_client()
+    cropped = create_app({"INDEX": str(index), "TESTING": True}).test_client()
     assert lead(cropped) == ("This gallery holds dogs. Upload a photo of a dog, cropped to the face: the whole "
                              "photo is compared with the gallery.")
+    dogs = create_app({"INDEX": str(index), "DETECTOR": "dog", "TESTING": True}).test_client()
+    assert lead(dogs) == ("This gallery holds dogs. Upload a photo of one or more dogs: each face found in it is "
+                          "compared with the gallery, and you can draw a box around a face it missed.")
     nothing = create_app({"INDEX": str(tmp_path / "no-index"), "TESTING": True}).test_client()
     assert lead(nothing) == "Upload a photo. Each face in it is compared with the gallery."
 

@@ -221,7 +221,7 @@ def split(data: str, out: str, choose_fraction: float, test_fraction: float, see
 def train_dog_detector(dogs: str, people: str, out: str, scenes: int, epochs: int, batch_size: int,
                        lr: float, max_false_rate: float, check_scenes: int, check_pictures: int, init: str | None,
                        hard_negatives: int, seed: int, as_json: bool) -> None:
-    """Train the dog face detector ('dog' detector, faces/dogfaces.py) on dog faces pasted
+    """Train the dog face detector ('dog' detector, faces/detectors/dog.py) on dog faces pasted
     into made-up scenes (trainer/composites.py). CPU: about 20 minutes with the defaults.
     Copy OUT/dog-detector.pt to faces/bundled/ to ship it."""
     from faces.imaging import list_images

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from faces.dogfaces import WINDOW, Square, cut_square, square_iou
+from faces.detectors.dog import WINDOW, Square, cut_square, square_iou
 
 FACE_SIDE = 224                    # DogFaceNet's crop size
 

@@ -14,8 +14,8 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from faces.errors import DataError, ImageError
-from faces.detection import get_detector
-from faces.imaging import Preprocess, list_images, load_image
+from faces.detectors import get_detector
+from faces.imaging import Preprocess, list_images, load_image, resolve_data_root  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +24,6 @@ log = logging.getLogger(__name__)
 class Sample:
     path: Path
     identity: str
-
-
-def resolve_data_root(root: str | os.PathLike) -> Path:
-    """The folder whose sub-folders are identities. Accepts a dataset's top folder too
-    (`lfw/` for `lfw/images/<name>/`), as long as it holds an `images/` folder and no images."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
-    images = root / "images"
-    if images.is_dir() and not list_images(root) and any(p.is_dir() for p in images.iterdir()):
-        return images
-    return root
 
 
 def scan_identities(root: str | os.PathLike) -> list[Sample]:

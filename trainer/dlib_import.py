@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from faces.checkpoint import FaceModel, file_sha256, save_checkpoint
-from faces.detection import bundled_dlib_model
+from faces.detectors.landmarks import bundled_dlib_model
 from faces.errors import ModelError
 from faces.imaging import Preprocess
 from faces.models import DlibResNet, EmbeddingNet

@@ -2,7 +2,7 @@
 
 1. Windows: scenes of training dogs pasted onto backgrounds (trainer/composites.py), cut into
    48 px windows labelled face, part of a face (regression only) or background.
-2. The network (faces.dogfaces.build_network) learns a face score (binary cross-entropy on
+2. The network (faces.detectors.dog.build_network) learns a face score (binary cross-entropy on
    faces and background) and the offsets from each window to its face (smooth L1 on faces
    and parts). Optionally it starts from an earlier detector (`init`) and first collects
    that detector's mistakes as hard negatives (`hard_negative_pictures`): what it still
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from faces.dogfaces import WINDOW, DogFaceDetector, build_network, cut_square, pixels_to_input, square_iou
+from faces.detectors.dog import WINDOW, DogFaceDetector, build_network, cut_square, pixels_to_input, square_iou
 from .composites import ImageSource, fill, make_scene, make_windows
 
 log = logging.getLogger(__name__)

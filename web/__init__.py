@@ -5,8 +5,9 @@ and can be overridden by the `config` mapping (Flask's upper-case keys):
 
     INDEX          index folder (FACESEARCH_INDEX; default: the indexer's default)
     MODEL          model name or checkpoint path (FACESEARCH_MODEL; default: the index's own)
-    DETECTOR       face detector, auto or none (FACESEARCH_DETECTOR; default: the engine's
-                   choice for the model's species)
+    DETECTOR       the default face detector of searches (FACESEARCH_DETECTOR: hog, dog,
+                   none or auto; default: the one the index was built with); a request's
+                   `detector` field overrides it
     MAX_UPLOAD_MB  largest accepted upload in megabytes (FACESEARCH_MAX_UPLOAD_MB; default 10)
     SECRET_KEY     Flask's secret key (FACESEARCH_SECRET_KEY; default: random per process)
     ALLOWED_HOSTS  host names the server answers to, others get 400 (FACESEARCH_ALLOWED_HOSTS,

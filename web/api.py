@@ -9,7 +9,7 @@ from werkzeug.exceptions import BadRequest
 
 from faces import clitools
 from faces.errors import ModelError
-from faces.detection import parse_box
+from faces.detectors import parse_box
 from faces.imaging import ImageError
 from search.errors import SearchError
 
@@ -23,17 +23,19 @@ blueprint = Blueprint("api", __name__, url_prefix="/api")
 def search():
     """Multipart form: the photo in `image`, optionally `k` matches per face, `fpir` (the
     share of strangers' searches that may see a match, default 0.05) or a per-pair
-    `threshold` (strict, balanced or a distance) and a `box` "x0,y0,x1,y1" (pixels of the
-    photo) to search the face in instead of detecting.
+    `threshold` (strict, balanced or a distance), a `box` "x0,y0,x1,y1" (pixels of the
+    photo) to search the face in instead of detecting, and the `detector` that finds the
+    faces (default: the one the index was built with; the answer's "detector" says which).
 
     Answers the engine's own result, the JSON of `search query --json` for one photo.
     """
     image = read_image_upload(request.files.get("image"), current_app.config["MAX_UPLOAD_BYTES"])
     k = matches_per_face(request.values.get("k"))
     box = face_box(request.values.get("box"))
+    detector = face_detector(request.values.get("detector"))
     try:
         result = get_engine().query(image, k=k, threshold=request.values.get("threshold") or None, box=box,
-                                    fpir=request.values.get("fpir") or None)
+                                    fpir=request.values.get("fpir") or None, detector=detector)
     except ImageError as error:
         raise BadRequest(f"bad image: {error.reason}") from None
     except (ModelError, SearchError) as error:   # a bad fpir or operating point, a box outside the photo
@@ -70,3 +72,13 @@ def face_box(text: str | None):
         return parse_box(text)
     except ValueError as error:
         raise BadRequest(str(error)) from None
+
+
+def face_detector(text: str | None) -> str | None:
+    """The form's `detector` field: a detector's name, None when absent or empty."""
+    from faces.detectors import DETECTORS
+    if text is None or not text.strip():
+        return None
+    if text.strip() not in DETECTORS:
+        raise BadRequest(f"unknown detector {text.strip()!r}; choose from {', '.join(DETECTORS)}")
+    return text.strip()

@@ -69,7 +69,7 @@ def indexed_model() -> dict | None:
     engine = app.extensions.get(_EXTENSION_KEY)
     if engine is not None:
         return {"species": engine.model.species, "detector": engine.pipeline.detector_name}
-    from faces.detection import default_detector
+    from faces.detectors import resolve_detector
     from indexer.gallery import Gallery
     try:
         model = Gallery.indexed_model(app.config["INDEX"])
@@ -78,8 +78,12 @@ def indexed_model() -> dict | None:
         return None
     if model is None:
         return None
-    return {"species": model["species"],
-            "detector": app.config["DETECTOR"] or default_detector(model["species"])}
+    try:
+        detector = resolve_detector(app.config["DETECTOR"], model["detector"], model["species"])
+    except ValueError as error:
+        log.warning("%s", error)
+        return None
+    return {"species": model["species"], "detector": detector}
 
 
 def gallery_image(engine, image_id: int):

@@ -14,14 +14,21 @@ blueprint = Blueprint("pages", __name__)
 
 # How the page names one and many of what an index holds (search.js reads it from the page).
 SPECIES_WORDS = {"human": ["person", "people"], "dog": ["dog", "dogs"], "other": ["individual", "individuals"]}
+# The detectors the page offers for each species, and how it names them.
+DETECTOR_CHOICES = {"human": ["blazeface", "hog", "none"], "dog": ["dog", "none"]}
+DETECTOR_NAMES = {"blazeface": "the BlazeFace face detector", "hog": "the HOG face detector", "dog": "the dog face detector",
+                  "none": "the whole photo as the face"}
 
 
 @blueprint.get("/")
 def index():
     config = current_app.config
+    model = indexed_model()
+    choices = DETECTOR_CHOICES.get(model["species"], ["none"]) if model else []
     return render_template("search.html", max_upload_bytes=config["MAX_UPLOAD_BYTES"],
                            max_upload_mb=config["MAX_UPLOAD_MB"], default_k=config["DEFAULT_K"],
-                           max_k=config["MAX_K"], model=indexed_model(), species_words=SPECIES_WORDS)
+                           max_k=config["MAX_K"], model=model, species_words=SPECIES_WORDS,
+                           detector_choices=choices, detector_names=DETECTOR_NAMES)
 
 
 @blueprint.get("/people")
@@ -43,7 +50,8 @@ def status():
         engine = get_engine()
     except EngineUnavailable as error:
         return render_template("status.html", stats=None, problem=str(error)), 503
-    return render_template("status.html", stats=gallery_stats(engine), problem=None)
+    return render_template("status.html", stats=gallery_stats(engine), problem=None,
+                           detector=engine.pipeline.detector_name)
 
 
 @blueprint.get("/thumb/<int:image_id>")

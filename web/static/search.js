@@ -7,6 +7,7 @@
 const form = document.getElementById("search-form");
 const input = document.getElementById("image-input");
 const kInput = document.getElementById("k-input");
+const detectorInput = document.getElementById("detector-input");   // absent without an index
 const button = document.getElementById("search-button");
 const dropzone = document.getElementById("dropzone");
 const message = document.getElementById("message");
@@ -103,6 +104,7 @@ async function search(file, box) {
   body.append("image", file);
   body.append("k", kInput.value);
   if (box) body.append("box", box.join(","));
+  if (detectorInput && detectorInput.value) body.append("detector", detectorInput.value);
   const photoLoaded = box ? Promise.resolve() : showPhoto(file);
   showMessage("Searching…", false);
   button.disabled = true;
@@ -155,7 +157,7 @@ function showResults(payload) {
     const number = index + 1;
     const matched = face.matches.some((match) => match.match);
     if (face.box) drawBox(face.box, number, matched);
-    facesList.append(faceItem(face, number, matched, payload.species));
+    facesList.append(faceItem(face, number, matched, payload.species, payload.detector));
   });
   bringIntoView();
 }
@@ -222,12 +224,13 @@ function drawBox([x0, y0, x1, y1], number, matched) {
   faceBoxes.append(box);
 }
 
-function faceItem(face, number, matched, speciesName) {
+function faceItem(face, number, matched, speciesName, detector) {
   const item = faceTemplate.content.firstElementChild.cloneNode(true);
   item.id = `face-${number}`;
   item.querySelector(".face-number").textContent = String(number);
   item.classList.toggle("is-match", matched);
-  item.querySelector(".found-by").textContent = FOUND_BY[face.found_by] || "";
+  item.querySelector(".found-by").textContent =
+    face.found_by === "detector" ? `Found by the face detector (${detector}).` : FOUND_BY[face.found_by] || "";
   if (face.box) {
     // This face's box as the start of a drawn one: move or resize it, then search it.
     const adjust = item.querySelector(".adjust-box");
@@ -247,8 +250,7 @@ function faceItem(face, number, matched, speciesName) {
       `distance ${best.distance.toFixed(3)}).`;
     verdict.classList.add("is-match");
   } else if (best) {
-    verdict.textContent = "No match: no one in the gallery is near enough. " +
-      `The closest faces are shown below; they are probably other ${speciesWords(speciesName)[1]}.`;
+    verdict.textContent = `No match: the nearest faces below are probably other ${speciesWords(speciesName)[1]}.`;
   } else {
     verdict.textContent = "No match: the gallery is empty.";
   }
@@ -272,7 +274,6 @@ function drawCrop(canvas, box, number) {
 }
 
 const FOUND_BY = {
-  detector: "Found by the face detector.",
   box: "The box you drew.",
   "whole image": "The whole photo, taken as the face.",
 };

@@ -1,15 +1,15 @@
 """Individuals: the people and pets that `indexer cluster` groups faces into, with the names
 users give them; images.individual says which one each face belongs to.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-04
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,4 @@
-"""Dog face detection for ordinary photos: the 'dog' detector.
+"""'dog': dog faces in ordinary photos.
 
 No dog face detector can be installed from PyPI or downloaded at run time here, so this one
 is trained in this project (`trainer train-dog-detector`) on DogFaceNet's training dogs
@@ -25,6 +25,8 @@ from importlib import resources
 
 import numpy as np
 from PIL import Image
+
+from .base import Detector, Face, clip_box, left_to_right
 
 WINDOW = 48                 # the network's input side, pixels
 STRIDE = 8                  # pixels between neighbouring windows of the proposal pass
@@ -168,14 +170,14 @@ def non_overlapping(candidates: list[tuple[float, Square]], max_iou: float,
     return kept
 
 
-class DogFaceDetector:
+class DogFaceDetector(Detector):
     """Dog faces in ordinary photos (see the module's doc); each face is cut out upright at
     224 px, framed as DogFaceNet's aligned crops are, for the dog model's own crop and resize."""
 
     name = "dog"
 
     def __init__(self, alignment: str = "lfw", size: int = FACE_CROP_SIZE, model_path=None):
-        # alignment and size are what every detector is built with (faces.detection.get_detector);
+        # alignment and size are what every detector is built with (faces.detectors.get_detector);
         # dog faces have one framing, DogFaceNet's, cut at its 224 px for the model to resize.
         import torch
         self._torch = torch
@@ -244,9 +246,8 @@ class DogFaceDetector:
         return non_overlapping(faces, 0.3)
 
     def face_at(self, image: Image.Image, square: Square, score: float | None, found_by: str):
-        from .detection import Face, _clip_box
         return Face(image=cut_square(image, square, self.crop_size),
-                    box=_clip_box(square.box(), image.size), score=score,
+                    box=clip_box(square.box(), image.size), score=score,
                     angle=round(math.degrees(square.angle), 1), found_by=found_by)
 
     def __call__(self, image: Image.Image) -> list:
@@ -255,7 +256,7 @@ class DogFaceDetector:
         found = [(score, whole if square_iou(square, whole) >= WHOLE_PICTURE_IOU else square)
                  for score, square in self.find(image)]
         faces = [self.face_at(image, square, round(score, 4), "detector") for score, square in found]
-        return sorted(faces, key=lambda face: face.box[0])
+        return left_to_right(faces)
 
     def in_box(self, image: Image.Image, box):
         """The face in a box the user drew: the box's square (centred on it, its longer side),

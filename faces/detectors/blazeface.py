@@ -1,0 +1,275 @@
+"""'blazeface': human faces with MediaPipe's BlazeFace (full-range model, blazeface_net.py),
+run by PyTorch on the CPU (or the GPU when there is one), batched across photos, on a
+pyramid of the photo, then dlib's 5-point landmarks found in each face turned upright.
+
+- The network is fully convolutional, so each pyramid level runs it once on the whole
+  resized photo (padded to a multiple of 32), with one anchor grid per level: no tiles,
+  no seams. It finds faces from about 14 to 200 pixels of its input, turned up to at least
+  45 degrees, so the finest level is scaled for the smallest face looked for
+  (`min_face`) and each next one is 4 times coarser, down to the photo in 256 pixels.
+- The smallest face looked for is `MIN_FACE_PIXELS` (24) in a photo of up to
+  `SMALL_FACE_SIDE` pixels (its longer side), and `MIN_FACE_FRACTION` of the shorter side
+  beyond (40 px in a 4000 x 3000 photo): the finest level's cost grows with the area.
+- Landmarks: BlazeFace's eyes give the face's tilt; the face is cut out upright (at least
+  80 px), dlib's 5-point shape predictor runs on it, and the points are mapped back, so the
+  human model's chip (dlib's `get_face_chip`) is cut exactly as for the HOG detector.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from importlib import resources
+
+import numpy as np
+from PIL import Image
+
+from .base import Box, Detector, Face, clip_box, left_to_right
+from .landmarks import ALIGNED_SIZE, Landmarker
+
+WEIGHTS = "blazeface.pt"
+NETWORK_FACE = 16.0          # pixels: the face size the finest pyramid level gives the smallest face
+MIN_FACE_PIXELS = 24
+MIN_FACE_FRACTION = 1 / 75
+SMALL_FACE_SIDE = 1280
+LEVEL_STEP = 4.0
+COARSEST_SIDE = 256          # the last level: the whole photo in this many pixels
+PROPOSAL_THRESHOLD = 0.4     # a pyramid level's candidates (MediaPipe's own threshold: 0.5)
+SCORE_THRESHOLD = 0.6        # the refined score a face needs (chosen on training people: bench/detection.py --choose)
+REFINE_SIZE = 128            # the second look: each candidate upright in this square ...
+REFINE_FACE = 64.0           # ... this many pixels wide
+NMS_IOU = 0.3
+CONTAINED = 0.6              # a face this much inside a face twice its size is a part of it
+MAX_FACES = 200
+UPRIGHT_MIN_SIDE = 80        # a face is cut out upright at least this large for the landmarks
+LEVEL_TILT = 8.0             # degrees: faces tilted less are given to dlib as they are
+# BlazeFace's box is about 9% larger than the HOG box dlib's landmark model was trained with.
+DLIB_BOX_SCALE = 0.92
+
+
+def _device():
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class BlazeFaceDetector(Detector):
+    """Human faces, small and tilted ones too (see the module's doc)."""
+
+    name = "blazeface"
+
+    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE, threshold: float = SCORE_THRESHOLD,
+                 min_face: float | None = None, device: str | None = None):
+        import torch
+        from .blazeface_net import load_network
+        self._torch = torch
+        self.device = device or _device()
+        with resources.as_file(resources.files("faces") / "bundled" / WEIGHTS) as path:
+            self.net = load_network(path).to(self.device).to(memory_format=torch.channels_last)
+        self.landmarker = Landmarker(alignment, size)
+        self.alignment, self.size = alignment, self.landmarker.size
+        self.threshold, self.min_face = threshold, min_face
+        self._lock = threading.Lock()      # one network run at a time (torch's threads do the rest)
+
+    # --- the pyramid --------------------------------------------------------------------
+
+    def smallest_face(self, width: int, height: int) -> float:
+        if self.min_face is not None:
+            return self.min_face
+        if max(width, height) <= SMALL_FACE_SIDE:
+            return MIN_FACE_PIXELS
+        return max(MIN_FACE_PIXELS, MIN_FACE_FRACTION * min(width, height))
+
+    def levels(self, width: int, height: int) -> list[float]:
+        """Scales of the pyramid, finest first: the finest gives the smallest face NETWORK_FACE
+        pixels (never enlarging more than 2x), the last holds the whole photo in COARSEST_SIDE."""
+        coarsest = min(1.0, COARSEST_SIDE / max(width, height))
+        scale = min(2.0, NETWORK_FACE / self.smallest_face(width, height))
+        scales = []
+        while scale > coarsest * 1.5:
+            scales.append(scale)
+            scale /= LEVEL_STEP
+        return scales + [coarsest]
+
+    @staticmethod
+    def canvas(image: Image.Image, scale: float) -> np.ndarray:
+        """The photo resized by `scale`, as the network's float input (H x W x 3, -1..1),
+        padded with 0 (grey) to multiples of 32."""
+        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        resized = image if (width, height) == image.size else image.resize((width, height), Image.BILINEAR,
+                                                                        reducing_gap=2.0)
+        padded = np.zeros((-(-height // 32) * 32, -(-width // 32) * 32, 3), dtype=np.float32)
+        padded[:height, :width] = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
+        return padded
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self._torch
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device).contiguous(
+            memory_format=torch.channels_last)
+        with self._lock, torch.inference_mode():
+            scores, boxes = self.net(x)
+        return scores.float().cpu().numpy(), boxes.float().cpu().numpy()
+
+    def raw_detections(self, images: list[Image.Image]) -> list[list[tuple[float, np.ndarray, np.ndarray]]]:
+        """Per image: (score, box x0 y0 x1 y1, 6 x 2 keypoints) in its own pixels, overlaps removed."""
+        from .blazeface_net import grid_anchors
+        jobs: dict[tuple[int, int], list[tuple[int, float, np.ndarray]]] = {}
+        for index, image in enumerate(images):
+            for scale in self.levels(*image.size):
+                canvas = self.canvas(image, scale)
+                jobs.setdefault(canvas.shape[:2], []).append((index, scale, canvas))
+        found: list[list] = [[] for _ in images]
+        for (height, width), items in jobs.items():
+            anchors = grid_anchors(height, width)
+            per_batch = max(1, (8 * 256 * 256) // (height * width))
+            for start in range(0, len(items), per_batch):
+                chunk = items[start:start + per_batch]
+                scores, boxes = self._run(np.stack([canvas for _, _, canvas in chunk]))
+                for (index, scale, _), score, box in zip(chunk, scores, boxes):
+                    keep = score >= _logit(PROPOSAL_THRESHOLD)
+                    if not keep.any():
+                        continue
+                    probability = 1.0 / (1.0 + np.exp(-score[keep].astype(np.float64)))
+                    offsets, centres = box[keep], anchors[keep]
+                    centre = centres + offsets[:, :2]
+                    half = offsets[:, 2:4] / 2
+                    corners = np.concatenate([centre - half, centre + half], 1) / scale
+                    keypoints = (offsets[:, 4:].reshape(-1, 6, 2) + centres[:, None, :]) / scale
+                    found[index] += list(zip(probability, corners, keypoints))
+        return self.refine(images, [_non_overlapping(detections) for detections in found])
+
+    def refine(self, images: list[Image.Image], found: list[list]) -> list[list]:
+        """A second look at every candidate at one easy scale: the face cut out upright, at
+        REFINE_FACE pixels in a REFINE_SIZE square, scored again; the face's score is the best
+        one near the middle. Textures a fine pyramid level took for a small face (a sleeve,
+        a hand, hair) lose their score; faces keep theirs."""
+        from .blazeface_net import grid_anchors
+        cuts, owners = [], []
+        for index, (image, detections) in enumerate(zip(images, found)):
+            for number, (_, box, keypoints) in enumerate(detections):
+                cuts.append(self._upright(image, box, keypoints, REFINE_SIZE, REFINE_FACE))
+                owners.append((index, number))
+        if not cuts:
+            return found
+        anchors = grid_anchors(REFINE_SIZE, REFINE_SIZE)
+        middle = np.abs(anchors - REFINE_SIZE / 2).max(1) <= REFINE_FACE / 2
+        rescored: list[list] = [[] for _ in images]
+        for start in range(0, len(cuts), 32):
+            scores, _ = self._run(np.stack(cuts[start:start + 32]))
+            for (index, number), score in zip(owners[start:start + 32], scores):
+                probability = float(1.0 / (1.0 + np.exp(-float(score[middle].max()))))
+                if probability >= self.threshold:
+                    _, box, keypoints = found[index][number]
+                    rescored[index].append((probability, box, keypoints))
+        return rescored
+
+    @staticmethod
+    def _upright(image: Image.Image, box: np.ndarray, keypoints: np.ndarray, size: int, face: float) -> np.ndarray:
+        """The face cut out with its eyes level, `face` pixels wide in a size x size input."""
+        left_eye, right_eye = keypoints[0], keypoints[1]
+        angle = math.atan2(right_eye[1] - left_eye[1], right_eye[0] - left_eye[0])
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        scale = max(box[2] - box[0], box[3] - box[1], 1.0) / face
+        cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+        half = size / 2
+        cut = image.transform((size, size), Image.AFFINE,
+                              (cos, -sin, cx - cos * half + sin * half, sin, cos, cy - sin * half - cos * half),
+                              Image.BILINEAR)
+        return np.asarray(cut, dtype=np.float32) / 127.5 - 1.0
+
+    # --- faces --------------------------------------------------------------------------
+
+    def _landmarks(self, pixels: np.ndarray, image: Image.Image, box: np.ndarray,
+                   keypoints: np.ndarray) -> tuple[np.ndarray, float]:
+        """dlib's 5 landmarks of a detected face in the photo's pixels, and its tilt (degrees)."""
+        left_eye, right_eye = keypoints[0], keypoints[1]       # as seen in the picture
+        tilt = math.degrees(math.atan2(right_eye[1] - left_eye[1], right_eye[0] - left_eye[0]))
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        side = max(box[2] - box[0], box[3] - box[1]) * DLIB_BOX_SCALE
+        if abs(tilt) < LEVEL_TILT and side >= UPRIGHT_MIN_SIDE:
+            half = side / 2
+            return self.landmarker.landmarks(pixels, (cx - half, cy - half, cx + half, cy + half)), tilt
+        # Cut the face out upright (and enlarged when small), find the landmarks, map them back.
+        zoom = max(1.0, UPRIGHT_MIN_SIDE / side)
+        crop = int(math.ceil(side * 2 * zoom))
+        angle = math.radians(tilt)
+        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+        half = crop / 2
+        coefficients = (cos, -sin, cx - cos * half + sin * half, sin, cos, cy - sin * half - cos * half)
+        upright = np.asarray(image.transform((crop, crop), Image.AFFINE, coefficients, Image.BILINEAR))
+        inner = side * zoom / 2
+        points = self.landmarker.landmarks(np.ascontiguousarray(upright),
+                                           (half - inner, half - inner, half + inner, half + inner))
+        a, b, c, d, e, f = coefficients
+        return np.stack([a * points[:, 0] + b * points[:, 1] + c, d * points[:, 0] + e * points[:, 1] + f], 1), tilt
+
+    def faces_of(self, image: Image.Image, detections) -> list[Face]:
+        pixels = np.asarray(image)
+        faces = []
+        for score, box, keypoints in detections:
+            landmarks, tilt = self._landmarks(pixels, image, box, keypoints)
+            faces.append(Face(image=self.landmarker.cut(pixels, image, landmarks),
+                              box=clip_box(box, image.size), score=round(float(score), 4),
+                              landmarks=landmarks, angle=round(tilt, 1)))
+        return left_to_right([face for face in faces if face.box[2] > face.box[0] and face.box[3] > face.box[1]])
+
+    def detect_many(self, images: list[Image.Image]) -> list[list[Face]]:
+        """Many photos at once: their pyramid levels of equal size share network batches."""
+        return [self.faces_of(image, found) for image, found in zip(images, self.raw_detections(images))]
+
+    def __call__(self, image: Image.Image) -> list[Face]:
+        return self.detect_many([image])[0]
+
+    def in_box(self, image: Image.Image, box: Box) -> Face:
+        """The face in a box the user drew, aligned by the landmarks found inside it."""
+        pixels = np.asarray(image)
+        landmarks = self.landmarker.landmarks(pixels, box)
+        return Face(image=self.landmarker.cut(pixels, image, landmarks), box=tuple(box),
+                    landmarks=landmarks, found_by="box")
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of box a with each of boxes b."""
+    x0, y0 = np.maximum(a[0], b[:, 0]), np.maximum(a[1], b[:, 1])
+    x1, y1 = np.minimum(a[2], b[:, 2]), np.minimum(a[3], b[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter + 1e-9)
+
+
+def _non_overlapping(detections: list) -> list:
+    """Best first; each kept face's box, keypoints and score blended with the faces it
+    suppresses (MediaPipe's weighted suppression), so one face seen at two levels is one."""
+    if not detections:
+        return []
+    scores = np.array([d[0] for d in detections])
+    boxes = np.stack([d[1] for d in detections])
+    keypoints = np.stack([d[2] for d in detections])
+    order = list(np.argsort(-scores))
+    kept = []
+    while order and len(kept) < MAX_FACES:
+        best = order[0]
+        overlaps = _iou(boxes[best], boxes[order]) > NMS_IOU
+        group = [order[i] for i in np.nonzero(overlaps)[0]]
+        weights = scores[group][:, None]
+        kept.append((float(scores[best]), (boxes[group] * weights).sum(0) / weights.sum(),
+                     (keypoints[group] * weights[:, :, None]).sum(0) / weights.sum()))
+        order = [order[i] for i in np.nonzero(~overlaps)[0]]
+    return _not_inside_larger(kept)
+
+
+def _not_inside_larger(faces: list) -> list:
+    """Drops a face lying mostly inside a face at least twice its size: an eye or a mouth
+    that a fine pyramid level took for a small face (a face holds no other face)."""
+    def area(box):
+        return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+    def inside(small, large) -> float:
+        width = max(0.0, min(small[2], large[2]) - max(small[0], large[0]))
+        height = max(0.0, min(small[3], large[3]) - max(small[1], large[1]))
+        return width * height / max(area(small), 1e-9)
+    return [face for face in faces
+            if not any(area(other[1]) >= 2 * area(face[1]) and inside(face[1], other[1]) >= CONTAINED
+                       for other in faces if other is not face)]

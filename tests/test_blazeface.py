@@ -1,0 +1,93 @@
+"""The 'blazeface' detector: the PyTorch port against the original TF.js model's outputs,
+recall on a few generated photos of held-out people, EXIF rotation and bad input."""
+from __future__ import annotations
+
+import io
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import LFW, REPO, SHARED_DATA
+from faces.detectors import get_detector
+from faces.detectors.blazeface_net import decode, grid_anchors, load_network
+from faces.imaging import load_image
+
+needs_data = pytest.mark.skipif(not LFW.is_dir(), reason="shared LFW data not present")
+FIXTURE = REPO / "tests" / "data" / "blazeface_tfjs.npz"
+WEIGHTS = REPO / "faces" / "bundled" / "blazeface.pt"
+
+
+class Chip:       # the human model's alignment
+    alignment, input_size = "dlib_chip", 150
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return get_detector("blazeface", Chip())
+
+
+@needs_data
+def test_port_gives_the_original_models_outputs():
+    """tools/blazeface_fixture.py ran the TF.js graph model (pure-JS tfjs) on these inputs."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from blazeface_fixture import equivalence_inputs
+    expected = np.load(FIXTURE)
+    inputs = torch.from_numpy(equivalence_inputs(SHARED_DATA)).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        scores, boxes = load_network(WEIGHTS)(inputs)
+    np.testing.assert_allclose(scores.numpy(), expected["scores"], atol=1e-3)
+    np.testing.assert_allclose(boxes.numpy(), expected["boxes"], atol=1e-2)
+    probability, corners, _ = decode(expected["scores"][0], expected["boxes"][0])
+    assert probability.max() > 0.8                      # the LFW face is found ...
+    x0, y0, x1, y1 = corners[probability.argmax()] * 256
+    assert 60 < (x0 + x1) / 2 < 200 and 60 < (y0 + y1) / 2 < 200    # ... in the middle
+
+
+def test_larger_grid_repeats_the_256_anchors():
+    from faces.detectors.blazeface_net import ANCHORS
+    np.testing.assert_allclose(grid_anchors(256, 256), ANCHORS * 256)
+    assert len(grid_anchors(480, 640)) == (30 * 40 * 2 + 15 * 20 * 6)
+
+
+@needs_data
+def test_small_and_tilted_faces_of_held_out_people_are_found(detector):
+    sys.path.insert(0, str(REPO / "bench"))
+    from detection import make_scenes, matched, people_by_role
+    roles = people_by_role(LFW)
+    scenes, _ = make_scenes(LFW, roles["test"][:120], roles["train"][:50], 2, seed=5)
+    placed = found = 0
+    for scene, truth in scenes:
+        boxes = [face.box for face in detector(scene)]
+        placed += len(truth)
+        found += sum(matched(t, boxes) is not None for t in truth)
+    assert found / placed >= 0.85, f"{found} of {placed}"
+
+
+@needs_data
+def test_exif_rotation_is_honoured_and_finds_the_same_face(detector):
+    upright = Image.open(LFW / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg").convert("RGB")
+    [face] = detector(upright)
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6                                  # "rotate 90 clockwise to display"
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif)
+    [again] = detector(load_image(buffer.getvalue()))
+    assert np.abs(np.array(again.box) - np.array(face.box)).max() <= 6
+
+
+@pytest.mark.parametrize("size,mode", [((1, 1), "RGB"), ((4000, 3), "RGB"), ((3, 2000), "RGB"),
+                                       ((300, 200), "L"), ((300, 200), "CMYK"), ((300, 200), "I;16")])
+def test_odd_pictures_give_no_error(detector, size, mode):
+    picture = Image.new(mode, size)
+    buffer = io.BytesIO()
+    picture.save(buffer, "TIFF" if mode in ("CMYK", "I;16") else "PNG")
+    assert detector(load_image(buffer.getvalue())) == []
+
+
+def test_forty_megapixels_give_no_error(detector):
+    assert detector(Image.new("RGB", (8000, 5000), (90, 120, 150))) == []
