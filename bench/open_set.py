@@ -54,6 +54,7 @@ K = 10                      # `search identify`'s default neighbours
 NEIGHBOURS = 100            # `indexer cluster`'s default
 FRVT_FPIRS = (0.10, 0.05, 0.01)
 RULE_FPIRS = (0.05, 0.01)   # the default, and a stricter ask
+CACHE_CHUNK = 256           # photos embedded and cached together
 
 
 def folder_images(folder: str) -> tuple[list[Path], np.ndarray]:
@@ -62,20 +63,28 @@ def folder_images(folder: str) -> tuple[list[Path], np.ndarray]:
 
 
 def embed_folder(folder: str, encode, key: str, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, identities) of every photo of a folder of identities."""
+    """(embeddings, identities) of every photo of a folder of identities; with a cache, kept
+    a chunk at a time, so a run stopped halfway goes on from there."""
     from tqdm import tqdm
     paths, identities = folder_images(folder)
-    cached = None
-    if cache is not None:
-        digest = hashlib.sha256("\n".join([key, *map(str, paths)]).encode()).hexdigest()[:16]
-        cached = cache / f"{digest}.npy"
-        if cached.is_file():
-            return np.load(cached), identities
-    vectors = encode(tqdm(paths, desc=f"embedding {folder}", unit="img", file=sys.stderr))
-    if cached is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        np.save(cached, vectors)
-    return vectors, identities
+    bar = tqdm(total=len(paths), desc=f"embedding {folder}", unit="img", file=sys.stderr)
+    vectors = []
+    for start in range(0, len(paths), CACHE_CHUNK):
+        chunk = paths[start:start + CACHE_CHUNK]
+        cached = None
+        if cache is not None:
+            digest = hashlib.sha256("\n".join([key, *map(str, chunk)]).encode()).hexdigest()[:16]
+            cached = cache / f"{digest}.npy"
+        if cached is not None and cached.is_file():
+            vectors.append(np.load(cached))
+        else:
+            vectors.append(encode(chunk))
+            if cached is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+                np.save(cached, vectors[-1])
+        bar.update(len(chunk))
+    bar.close()
+    return np.concatenate(vectors), identities
 
 
 def facesearch_encoder(model):
@@ -193,7 +202,6 @@ def main() -> None:
           + ", ".join(f"{name} {len(g):,} faces" for name, g in setup.galleries.items())
           + f" (embedded in {time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
-    rows = []
     for name, gallery in setup.galleries.items():
         size = setup.size(gallery)
         row = {"system": f"facesearch {args.model}", "gallery": name, **size,
@@ -211,7 +219,7 @@ def main() -> None:
                                      strict.threshold)
             row["clusters_strict"] = {"clusters": int(len(set(clusters.tolist()))),
                                       **cluster_scores(setup.identities[gallery], clusters)}
-        rows.append(row)
+        show(row, args.json)
 
     if not args.no_face_recognition and model.species == "human":
         try:
@@ -232,18 +240,19 @@ def main() -> None:
                         return {"match": distance <= tolerance, "strength": "possible"}
                     row[f"tolerance_{tolerance}"] = {"threshold": tolerance,
                                                      **rates(answers(dlib, setup, gallery, within), setup)}
-                rows.append(row)
+                show(row, args.json)
 
     if args.choose:
         choose_embeddings, choose_identities = embed_folder(args.choose, facesearch_encoder(model), model.sha256,
                                                             args.cache)
-        rows.append({"system": f"facesearch {args.model}", "decision scores on": args.choose,
-                     **alternative_scores(choose_embeddings, choose_identities)})
-        rows.append({"system": f"facesearch {args.model}", "decision scores on": args.data,
-                     **alternative_scores(embeddings, identities)})
+        show({"system": f"facesearch {args.model}", "decision scores on": args.choose,
+              **alternative_scores(choose_embeddings, choose_identities)}, args.json)
+        show({"system": f"facesearch {args.model}", "decision scores on": args.data,
+              **alternative_scores(embeddings, identities)}, args.json)
 
-    for row in rows:
-        print(json.dumps(row) if args.json else describe(row))
+
+def show(row: dict, as_json: bool) -> None:
+    print(json.dumps(row) if as_json else describe(row), flush=True)
 
 
 def describe(row: dict) -> str:

@@ -258,10 +258,9 @@ UNKNOWN = "unknown"
 def decide(matches: list[dict]) -> dict:
     """Open-set identification from a face's gallery neighbours (nearest first, each judged
     by the gallery's MatchRule): the identity of the nearest gallery face when it is a
-    match, else "unknown". The nearest-neighbour rule: on held-out people it named as many
-    known people as any alternative measured at the same share of strangers named
-    (bench/open_set.py), and it is what `match` already says, so the name and the badges
-    never disagree."""
+    match, else "unknown". The nearest-neighbour rule: it is what `match` already says, so
+    the name and the badges never disagree, and its threshold is the one the model's
+    stranger statistics calibrate at any gallery size (bench/open_set.py compares others)."""
     if not matches or not matches[0]["match"]:
         return {"identity": UNKNOWN, "distance": matches[0]["distance"] if matches else None,
                 "strength": "no match", "stranger_rate": matches[0].get("stranger_rate") if matches else None,

@@ -62,8 +62,11 @@ def test_build_then_stats_through_the_environment_variable(built, monkeypatch, g
     stats = last_json(output)
     assert code == 0 and (stats["images"], stats["identities"], stats["skipped"]) == (16, 4, 0)
     assert stats["size_bytes"]["vectors"] > 16 * 128 * 4 and stats["index"]["type"] == "flat"
+    # An uncalibrated model: matches per pair, and the stats say how to recalibrate.
+    assert stats["decision"]["rule"] == "per-pair" and "trainer calibrate" in stats["decision"]["message"]
     code, output = run("stats")
     assert code == 0 and "16 images, 16 faces, 4 identities, 0 skipped" in output
+    assert "match: distance <= " in output and "per pair (model" in output
     code, output = run("build", gallery, "--no-progress")      # again: nothing to do
     assert code == 0 and "0 images added" in output and "16 of 16 files unchanged" in output
 

@@ -187,3 +187,25 @@ def test_cli_api_and_page_give_one_answer(calibrated_index, browser, tmp_path):
             assert "of searches for a person who is not in it show any match" in page.inner_text("#operating-point")
         finally:
             page.close()
+
+
+def test_stats_status_page_and_fpir_errors_name_the_rule(calibrated_index):
+    from faces.checkpoint import load_model
+    from indexer.cli import main as indexer_main
+    from search.cli import main as search_main
+    from web import create_app
+    expected = load_model("human", device="cpu").open_set.threshold(DEFAULT_FPIR, 4)
+    code, output = invoke_cli(indexer_main, "stats", "--index", calibrated_index, "--json")
+    decision = last_json(output)["decision"]
+    assert code == 0 and decision["rule"] == "fpir" and decision["individuals"] == 4
+    assert decision["threshold"] == pytest.approx(expected)
+    code, output = invoke_cli(indexer_main, "stats", "--index", calibrated_index)
+    assert f"match: distance <= {expected:.4f}, so that at most 5% of searches by strangers" in output
+    page = create_app({"INDEX": str(calibrated_index), "MODEL": "human", "DETECTOR": "none",
+                       "TESTING": True}).test_client().get("/status").get_data(as_text=True)
+    assert f"distance ≤ {expected:.3f}: at most 5% of searches by people not in the gallery" in page
+    photo = sorted((LFW / "Tony_Blair").iterdir())[0]
+    for bad in ("0", "1.5", "lots"):
+        code, output = invoke_cli(search_main, "identify", photo, "--index", calibrated_index,
+                                  "--detector", "none", "--fpir", bad)
+        assert code == 1 and "strictly between 0 and 1" in output and len(output.strip().splitlines()) == 1
