@@ -42,9 +42,6 @@ CONFIDENT_SHARE = 0.1
 TAIL_FARS = np.logspace(-7, 0, 71)
 # Per-pair false accept rates below this are extrapolation far past any measurement: refused.
 MIN_SUPPORTED_FAR = 1e-10
-FPIR_HELP = ("Share of searches by people NOT in the gallery that may name someone or show any "
-             f"match (false positive identification rate), between 0 and 1; default {DEFAULT_FPIR}. "
-             "The distance threshold follows the gallery's size.")
 
 
 def parse_fpir(value) -> float:
@@ -151,9 +148,9 @@ class MatchRule:
         if not match:
             wording = "no match"
         elif rate is None or self.fpir is None:
-            wording = "possible"
+            wording = "possible"      # nothing to say how rare: a match, no more
         else:
-            wording = "confident" if rate <= CONFIDENT_SHARE * self.fpir else "possible"
+            wording = strength(rate, self.fpir)
         return {"match": bool(match), "strength": wording,
                 "stranger_rate": None if rate is None else float(f"{rate:.3g}")}
 
