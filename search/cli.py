@@ -102,7 +102,8 @@ def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, bo
     def show(photo, result):
         _echo_header(photo, result)
         for number, face in enumerate(result["faces"], 1):
-            click.echo(f"\nface {number}  box {_box(face['box'])}  ({_found_by(face)}): {_verdict(face)}")
+            click.echo(f"\nface {number}{_kind(result, face)}  box {_box(face['box'])}  ({_found_by(face)}): "
+                       f"{_verdict(face)}")
             click.echo(f"  {'rank':>4}  {'distance':>8}  {'similarity':>10}  {'match':<10}  "
                        f"{'identity':<24}  path")
             for rank, m in enumerate(face["matches"], 1):
@@ -140,7 +141,8 @@ def identify(photos, k, fpir, threshold, index, model, detector, absolute_paths,
     def show(photo, result):
         _echo_header(photo, result)
         for number, face in enumerate(result["faces"], 1):
-            click.echo(f"face {number}  box {_box(face['box'])}  ({_found_by(face)}): {_verdict(face)}")
+            click.echo(f"face {number}{_kind(result, face)}  box {_box(face['box'])}  ({_found_by(face)}): "
+                       f"{_verdict(face)}")
 
     options = dict(k=k, threshold=threshold, fpir=fpir, absolute_paths=absolute_paths, box=_parse_box(box))
     _run_photos(photos, _engine_answer("identify", options, index, model, detector), as_json, show)
@@ -336,10 +338,24 @@ def _echo_header(photo, result) -> None:
     if not faces:
         click.echo(result["message"])
         return
+    models = result.get("models") or []
+    if len(models) > 1:      # an index of several models: each species by its own model and rule
+        click.echo(f"{readable(photo)}: {faces} face{'s' * (faces != 1)}")
+        for part in models:
+            click.echo(f"  {part['species']} faces: model {part['model']}, detector {part['detector']}; a match is "
+                       f"distance <= {part['threshold']:.3f}: {rule_in_words(part['decision'])}")
+            if part["decision"].get("message"):
+                click.echo(f"  note: {part['decision']['message']}")
+        return
     click.echo(f"{readable(photo)}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
                f"{result['detector']}; a match is distance <= {result['threshold']:.3f}: {rule_in_words(result['decision'])})")
     if result["decision"].get("message"):
         click.echo(f"note: {result['decision']['message']}")
+
+
+def _kind(result, face) -> str:
+    """' (dog)' after a face's number in an answer of several models; nothing otherwise."""
+    return f" ({face['species']})" if len(result.get("models") or []) > 1 and face.get("species") else ""
 
 
 def rule_in_words(decision: dict) -> str:

@@ -94,7 +94,7 @@ def test_migrations_run_on_postgresql_and_keep_rows_through_text_to_bytea(databa
             "('/g/rex/1.jpg', 'rex', 'dog', now(), 'indexed'), ('/g/café/2.jpg', 'café', 'dog', now(), 'indexed')"))
     engine.dispose()
     engine = open_database(database, lock_dir=tmp_path)          # upgrades to the newest
-    assert current_revision(engine) == head_revision() == "0006"
+    assert current_revision(engine) == head_revision() == "0007"
     columns = {c["name"]: c["type"] for c in inspect(engine).get_columns("images")}
     assert (str(columns["id"]), str(columns["path"]), str(columns["identity"])) == ("BIGINT", "BYTEA", "BYTEA")
     with engine.connect() as connection:
@@ -105,7 +105,7 @@ def test_migrations_run_on_postgresql_and_keep_rows_through_text_to_bytea(databa
     with engine.connect() as connection:
         assert connection.execute(text("SELECT identity FROM images ORDER BY id")).scalars().all() == ["rex", "café"]
     upgrade(engine, "head")
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     engine.dispose()
 
 
@@ -126,7 +126,7 @@ def test_individuals_migration_up_and_down_on_postgresql(database, tmp_path):
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM images")).scalar() == 1
     upgrade(engine, "head")
-    assert current_revision(engine) == "0006" and "individuals" in inspect(engine).get_table_names()
+    assert current_revision(engine) == "0007" and "individuals" in inspect(engine).get_table_names()
     engine.dispose()
 
 
@@ -153,7 +153,7 @@ def test_processes_on_separate_machines_creating_the_schema_at_once_all_see_it(d
     outcomes = [results.get(timeout=120) for _ in processes]
     for process in processes:
         process.join()
-    assert outcomes == ["0006"] * 3
+    assert outcomes == ["0007"] * 3
 
 
 @pytest.fixture(scope="module")

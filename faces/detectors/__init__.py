@@ -70,6 +70,20 @@ def concrete_name(name: str | None, species: str) -> str:
     return name
 
 
+# The species each detector finds faces of; 'none' (the whole image) serves every species.
+DETECTOR_SPECIES = {"blazeface": "human", "hog": "human", "dog": "dog"}
+
+
+def detector_for(name: str | None, species: str) -> str:
+    """The detector a name means for one model among several (an index built with `--models
+    human,dog`): a detector of this species' faces (or 'none') is taken as it is; 'auto',
+    None and a detector of another species' faces leave this model its species' default. So
+    `--detector blazeface` finds the human faces with BlazeFace and the dog faces still with
+    the dog detector."""
+    concrete = concrete_name(name, species)
+    return concrete if DETECTOR_SPECIES.get(concrete, species) == species else default_detector(species)
+
+
 def resolve_detector(asked: str | None, indexed: str | None, species: str) -> str:
     """The detector a query uses: the one asked for, else the index's own, else the
     species' default."""
@@ -97,5 +111,5 @@ def get_detector(name: str = "none", preprocess=None, species: str = "human") ->
 
 
 __all__ = ["Box", "DETECTORS", "DETECTOR_HELP", "Detector", "Face", "FACTORIES", "box_inside",
-           "clip_box", "concrete_name", "default_detector", "finds_faces", "get_detector",
+           "clip_box", "concrete_name", "default_detector", "detector_for", "finds_faces", "get_detector",
            "parse_box", "resolve_detector"]
