@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from faces.checkpoint import FaceModel
-from faces.detectors import finds_faces, get_detector
+from faces.detectors import finds_faces, get_detector, shadowed
 from faces.imaging import ImageError, Preprocess, load_image, read_image_file
 
 from .config import available_cores, default_workers
@@ -179,11 +179,13 @@ def merge_models(species: list[str], streams: list[Iterable[tuple[list[ImageResu
                 if not found:
                     merged.append(parts[0][0])
                     continue
-                first = found[0][1]
-                merged.append(replace(first, boxes=[box for _, result, _ in found for box in result.boxes],
-                                      species=[kind for kind, result, _ in found for _ in result.boxes]))
-                for kind, _, rows in found:
-                    vectors[kind].append(rows)
+                faces = [(kind, box, row) for kind, result, rows in found for box, row in zip(result.boxes, rows)]
+                hidden = shadowed([(kind, box) for kind, box, _ in faces])
+                faces = [face for face, hide in zip(faces, hidden) if not hide]   # another species' face seen again
+                merged.append(replace(found[0][1], boxes=[box for _, box, _ in faces],
+                                      species=[kind for kind, _, _ in faces]))
+                for kind, _, row in faces:
+                    vectors[kind].append(row[None])
             yield merged, {kind: np.concatenate(rows) if rows else np.empty((0, 0), np.float32)
                            for kind, rows in vectors.items()}
     finally:

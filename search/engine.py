@@ -45,7 +45,7 @@ from PIL import Image
 
 from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
 from faces.detectors import (DETECTOR_SPECIES, Detector, Face, box_inside, concrete_name, get_detector,
-                             resolve_detector)
+                             resolve_detector, shadowed)
 from faces.errors import readable
 from faces.imaging import load_image
 from faces.open_set import MatchRule
@@ -269,6 +269,11 @@ class QueryEngine:
                           "matches": [self._match(hit, rule, absolute_paths) for hit in face_hits]}
                 answer.update(decide(answer["matches"]))
                 faces.append(answer)
+        if len(pipelines) > 1:
+            # One spot found by two species' detectors is one face (faces.detectors.shadowed),
+            # as the build decided for the gallery; a box given is answered by every model.
+            hidden = shadowed([(f["species"], f["box"] if f["found_by"] == "detector" else None) for f in faces])
+            faces = [face for face, hide in zip(faces, hidden) if not hide]
         result = {
             "image": {"width": photo.width, "height": photo.height},
             "model": pipelines[0].model.name, "species": pipelines[0].model.species, "threshold": rules[0].threshold,
