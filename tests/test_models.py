@@ -300,3 +300,29 @@ def test_exported_faces_say_their_species(mixed, tmp_path):
     data = np.load(out)
     assert len(data["ids"]) == 14 and sorted(set(data["species"].tolist())) == ["dog", "human"]
     assert (data["species"] == "dog").sum() == 7 and data["embeddings"].shape == (14, 128)
+
+
+def test_api_and_pages_on_a_two_model_index(mixed, tmp_path):
+    from web import create_app
+    client = create_app({"INDEX": str(mixed["index"]), "TESTING": True}).test_client()
+    page = client.get("/").get_data(as_text=True)
+    assert "This gallery holds people and dogs" in page and "the dog face detector for dogs" in page
+    probe = tmp_path / "probe.jpg"
+    side_by_side(photos(LFW / PEOPLE[2])[3], photos(mixed["dogs"][2])[3]).save(probe)
+
+    def search(**form):
+        with open(probe, "rb") as handle:
+            return client.post("/api/search", data={"image": (handle, "probe.jpg"), "k": "2", **form})
+
+    answer = search()
+    assert answer.status_code == 200
+    result = answer.get_json()
+    assert [f["species"] for f in result["faces"]] == ["human", "dog"]
+    assert result["faces"][0]["identity"] == PEOPLE[2]
+    assert result["faces"][1]["matches"][0]["identity"] == f"dog_{mixed['dogs'][2].name}"
+    only_dogs = search(species="dog").get_json()
+    assert [f["species"] for f in only_dogs["faces"]] == ["dog"] and [m["species"] for m in only_dogs["models"]] == ["dog"]
+    refused = search(species="cat")
+    assert refused.status_code == 400 and "finds human, dog faces" in refused.get_json()["error"]
+    status = client.get("/status").get_data(as_text=True)
+    assert 'id="status-models"' in status and "dog for dog faces (7 faces" in status
