@@ -10,13 +10,29 @@ A query answers one JSON-ready dict (the `search query --json` output):
     {"image": {"width", "height"}, "model", "species", "threshold", "detector",
      "decision": {"rule": "fpir" | "per-pair", "threshold", "fpir", "individuals", "faces",
                   "confident_within", "operating_point" (per-pair), "message" (old models)},
+     "models": [{"model", "species", "threshold", "detector", "decision"}, ...],
      "faces": [{"box": [x0, y0, x1, y1] or None, "score",
                 "found_by": "detector" | "box" | "whole image",
+                "species", "model", "threshold",
                 "identity" (or "unknown"), "distance", "strength", "stranger_rate", "reason",
                 "matches": [{"id", "path", "identity", "individual", "distance", "similarity",
                              "match", "strength", "stranger_rate", "box"}, ...]}, ...],
      "message": "no face found ..." (only when there is no face: says to give a box),
      "timings_ms": {"detect", "embed", "search"}}
+
+An index may hold several models, one per species (`indexer build --models human,dog`).
+Then every model's detector looks at the photo, each face is embedded by its own species'
+model and searched among that species' faces only, and its `match` is decided by that
+model's own rule for that species' gallery size (`model.match_rule(individuals, faces,
+fpir, threshold)` with the species' own counts). `"models"` lists each model's "model",
+"species", "detector", "threshold" and "decision", the index's main (first) model first;
+the top-level "model", "species", "threshold", "detector" and "decision" are the main
+model's, exactly as in a one-model index (where "models" holds that one entry). Each face
+says its "species", "model" and "threshold" (the one its matches were judged by); faces
+come model by model, each model's left to right. A spot that two species' detectors both
+call a face is one face, the dog's (faces.detectors.shadowed: the human detectors see a
+face on some dogs' faces), unless it is a box given, which every model answers (`species`
+chooses one). `species` restricts a query to one species' model.
 
 A match's `path` is relative to the gallery folder it was indexed from (the file name alone
 for a file added from elsewhere); `absolute_paths=True` gives the full path instead. Names
