@@ -51,19 +51,19 @@ def check_index(writer: IndexWriter, sample: int = 20, seed: int = 0) -> CheckRe
     embeddings of a random sample equal to freshly computed ones. Changes nothing. With
     several models, each model's store against the rows of its species."""
     report = CheckReport()
-    with Session(writer.engine) as session:
-        rows = session.execute(select(ImageRecord.id, ImageRecord.species, ImageRecord.status)
-                               .where(ImageRecord.status.in_([INDEXED, PENDING]))).all()
-    main = writer.model_record.species
-    report.indexed = sum(1 for row in rows if row.status == INDEXED)
     report.vectors = 0
     comparable_parts = []
     for record in writer.model_records:
         species = record.species
         where = f"{species}: " if writer.several else ""
-        mine = [row for row in rows if (row.species if writer.several else main) == species]
-        indexed = np.array([row.id for row in mine if row.status == INDEXED], dtype=np.int64)
-        pending = np.array([row.id for row in mine if row.status == PENDING], dtype=np.int64)
+        with Session(writer.engine) as session:
+            def ids_of(status):
+                query = select(ImageRecord.id).where(ImageRecord.status == status)
+                if writer.several:           # a one-model index: every row is its model's
+                    query = query.where(ImageRecord.species == species)
+                return np.array(session.scalars(query).all(), dtype=np.int64)
+            indexed, pending = ids_of(INDEXED), ids_of(PENDING)
+        report.indexed += len(indexed)
         path = writer.vectors_path_of(species)
         try:
             if writer.settings.milvus is None and not path.is_file() and len(indexed):

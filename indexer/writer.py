@@ -333,18 +333,18 @@ class IndexWriter:
 
         Returns the ids of indexed rows without a vector, which no crash can cause: that is
         damage, refused here unless `repairing` (check --repair re-embeds them)."""
-        main = self.model_record.species
-        with Session(self.engine) as session:
-            rows = session.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.species, ImageRecord.status)
-                                   .where(ImageRecord.status.in_([PENDING, INDEXED]))).all()
-        species_of = {row.id: (row.species if self.several else main) for row in rows}
-        lost_parts, saved, unsaved = [], [], []
+        def ids_of(session, status: str, species: str) -> np.ndarray:
+            query = select(ImageRecord.id).where(ImageRecord.status == status)
+            if self.several:                     # a one-model index: every row is its model's
+                query = query.where(ImageRecord.species == species)
+            return np.array(session.scalars(query).all(), dtype=np.int64)
+
+        lost_parts, saved, unsaved = [], {}, {}
         for record in self.model_records:
             store = self.store_of(record.species)
             stored = store.ids()
-            mine = [row for row in rows if species_of[row.id] == record.species]
-            indexed = np.array([row.id for row in mine if row.status == INDEXED], dtype=np.int64)
-            pending = np.array([row.id for row in mine if row.status == PENDING], dtype=np.int64)
+            with Session(self.engine) as session:
+                indexed, pending = ids_of(session, INDEXED, record.species), ids_of(session, PENDING, record.species)
             lost = np.setdiff1d(indexed, stored)
             if len(lost) and not repairing:
                 raise IndexCorruptError(f"{self.index_dir}: {len(lost)} indexed images have no vector in "
@@ -356,22 +356,28 @@ class IndexWriter:
                 store.remove(orphans)
                 store.save(self.vectors_path_of(record.species))
                 self._unsaved.discard(record.species)
-            saved.extend(np.intersect1d(pending, stored).tolist())
-            unsaved.extend(np.setdiff1d(pending, stored).tolist())
-        # A file is settled whole: one face left unsaved sends all its pending faces back.
-        redo = {row.path for row in rows if row.id in set(unsaved)}
-        if redo:
-            unsaved = [row.id for row in rows if row.status == PENDING and row.path in redo]
-            saved = [i for i in saved if i not in set(unsaved)]
-        if len(saved) or len(unsaved):
+            saved.update(dict.fromkeys(np.intersect1d(pending, stored).tolist(), record.species))
+            unsaved.update(dict.fromkeys(np.setdiff1d(pending, stored).tolist(), record.species))
+        if self.several and unsaved:
+            # A file is settled whole: one face left unsaved sends all its pending faces back.
+            with Session(self.engine) as session:
+                paths = set()
+                for chunk in batched(list(unsaved), SQL_CHUNK):
+                    paths.update(session.scalars(select(ImageRecord.path).where(ImageRecord.id.in_(chunk))))
+                for chunk in batched(list(paths), SQL_CHUNK):
+                    for row in session.execute(select(ImageRecord.id, ImageRecord.species).where(
+                            ImageRecord.path.in_(chunk), ImageRecord.status == PENDING)):
+                        unsaved[row.id] = row.species
+                        saved.pop(row.id, None)
+        if saved or unsaved:
             log.info("interrupted run: %d faces were saved, %d will be indexed again", len(saved), len(unsaved))
             with Session(self.engine) as session, session.begin():
-                for chunk in batched(saved, SQL_CHUNK):
+                for chunk in batched(list(saved), SQL_CHUNK):
                     session.execute(update(ImageRecord).where(ImageRecord.id.in_(chunk)).values(status=INDEXED))
-                for chunk in batched(unsaved, SQL_CHUNK):
+                for chunk in batched(list(unsaved), SQL_CHUNK):
                     session.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
             for record in self.model_records:        # rows first, then their saved vectors
-                gone = np.array([i for i in unsaved if species_of[i] == record.species], dtype=np.int64)
+                gone = np.array([i for i, kind in unsaved.items() if kind == record.species], dtype=np.int64)
                 if len(gone) and self.store_of(record.species).remove(gone):
                     self._unsaved.add(record.species)
         return np.concatenate(lost_parts) if lost_parts else np.empty(0, np.int64)
