@@ -326,3 +326,33 @@ def test_api_and_pages_on_a_two_model_index(mixed, tmp_path):
     assert refused.status_code == 400 and "finds human, dog faces" in refused.get_json()["error"]
     status = client.get("/status").get_data(as_text=True)
     assert 'id="status-models"' in status and "dog for dog faces (7 faces" in status
+
+
+def test_browser_page_shows_each_face_with_its_kind_and_rule(mixed, tmp_path):
+    """The page on `search serve` of a two-model index: two faces, each saying whose face it
+    is, and each kind's rule (search.js's two-model paths)."""
+    from test_web import CHROMIUM, CHROMIUM_ARGS, running_server
+    if not CHROMIUM.is_file():
+        pytest.skip(f"browser tests need Debian's chromium at {CHROMIUM}")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright")
+    probe = tmp_path / "probe.jpg"
+    side_by_side(photos(LFW / PEOPLE[0])[3], photos(mixed["dogs"][0])[3]).save(probe)
+    served = {"INDEX": str(mixed["index"]), "MODEL": "human", "DETECTOR": "auto"}
+    with running_server(served, tmp_path) as url, playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            assert "This gallery holds people and dogs" in page.inner_text(".lead")
+            page.set_input_files("#image-input", str(probe))
+            page.wait_for_selector("#results:not([hidden]), #message.is-error", timeout=60_000)
+            assert page.inner_text("#summary") == "2 faces found."
+            assert page.locator(".face-box").count() == 2
+            found = page.locator(".found-by").all_inner_texts()
+            assert found == ["A person's face. Found by the face detector (hog).",
+                             "A dog's face. Found by the face detector (dog)."]
+            rule = page.inner_text("#operating-point")
+            assert rule.startswith("People: A match is a gallery face within distance") and " Dogs: A match" in rule
+            assert page.locator(".verdict").first.inner_text().startswith(f"Best match: {PEOPLE[0].replace('_', ' ')}")
+        finally:
+            browser.close()
