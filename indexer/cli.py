@@ -78,6 +78,16 @@ def known_detector(name: str | None) -> str | None:
     return name
 
 
+def _models(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    if not all(names):
+        raise click.BadParameter(f"{value!r}: give model names or checkpoint paths separated by commas, "
+                                 "e.g. human,dog", param_hint="--models")
+    return names
+
+
 def open_writer(index_dir, create=False, **options) -> IndexWriter:
     index_dir = resolve_index_dir(index_dir)
     lock = lock_for_writing(index_dir, create)   # a busy index is refused before torch loads
@@ -121,6 +131,11 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
 @click.argument("gallery", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", help="Bundled model (human, dog) or checkpoint path; default: the index's "
                               "own, or human for a new index.")
+@click.option("--models", metavar="MODEL,MODEL", callback=lambda ctx, param, value: _models(value),
+              help="Several models, one per species, e.g. human,dog: every photo's human faces (found by "
+                   "--detector's human detector, default hog) and dog faces (the dog detector) are each "
+                   "embedded by their own model into one index, one vector store per model; search then "
+                   "finds both kinds. Remembered by the index.")
 @click.option("--detector", callback=lambda ctx, param, value: known_detector(value),
               help="'blazeface' (small and tilted faces too) or 'hog' (dlib) finds and aligns every "
                    "human face in each photo (one entry per face); "
@@ -128,7 +143,8 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
                    "galleries such as LFW and DogFaceNet); 'auto' is the model's default: hog for "
                    "human models, dog for dog models. The index records the one it was built "
                    "with and queries use it unless told otherwise. Default: the index's own; "
-                   "for a new index, auto.")
+                   "for a new index, auto. With --models it is the detector of the models whose "
+                   "species' faces it finds ('none': of all); the others use their own default.")
 @index_option
 @click.option("--index-type", type=click.Choice(("auto",) + INDEX_TYPES), default="auto", show_default=True,
               help="auto: exact (flat) search, switching to a trained IVF index for large galleries. "
@@ -151,6 +167,8 @@ def build(gallery: str, prune: bool, as_json: bool, **options) -> None:
       indexer build GALLERY --store milvus:http://milvus:19530 --db postgresql://me@db/faces
     The index folder remembers both: later commands need neither flag.
     """
+    if options.get("model") and options.get("models"):
+        raise click.UsageError("give --model or --models, not both")
     with open_writer(create=True, **options) as writer:
         show_change(writer.build(gallery, prune=prune), as_json)
 
@@ -190,8 +208,11 @@ def stats(index_dir: str | None, as_json: bool) -> None:
     from .gallery import Gallery
     with Gallery.open(index_dir) as gallery:
         data = gallery.stats()
-        size = gallery.size()
-        data["decision"] = gallery.load_model("cpu").match_rule(size["individuals"], size["faces"]).describe()
+        for record, part in zip(gallery.models, data["models"]):
+            size = gallery.size(record.species if gallery.several else None)
+            part["decision"] = (gallery.load_model("cpu", record.species)
+                                .match_rule(size["individuals"], size["faces"]).describe())
+        data["decision"] = data["models"][0]["decision"]
     if as_json:
         print_json(data)
         return
@@ -207,15 +228,20 @@ def stats(index_dir: str | None, as_json: bool) -> None:
     if data["individuals"]:
         click.echo(f"individuals: {data['individuals']} ({data['named_individuals']} named; `indexer individuals` "
                    "lists them)")
-    click.echo(f"model: {model['name']} ({model['species']}, {model['embedding_dim']}-D, threshold "
-               f"{model['threshold']:.4f}, detector {model['detector']}, sha256 {model['sha256'][:12]})")
-    decision = data["decision"]
-    if decision["rule"] == "fpir":
-        click.echo(f"match: distance <= {decision['threshold']:.4f}, so that at most {decision['fpir']:.0%} of "
-                   f"searches by strangers name someone among its {decision['individuals']:,} individuals "
-                   f"(confident within {decision['confident_within']:.4f}; `search --fpir` asks for another share)")
-    else:
-        click.echo(f"match: distance <= {decision['threshold']:.4f} per pair ({decision['message']})")
+    several = len(data["models"]) > 1
+    for model in data["models"]:
+        click.echo(f"model: {model['name']} ({model['species']}, {model['embedding_dim']}-D, threshold "
+                   f"{model['threshold']:.4f}, detector {model['detector']}, sha256 {model['sha256'][:12]})"
+                   + (f": {model['faces']} faces, {model['index']['vectors']} vectors ({model['index']['type']})"
+                      if several else ""))
+        decision = model["decision"]
+        indent = "  " if several else ""
+        if decision["rule"] == "fpir":
+            click.echo(f"{indent}match: distance <= {decision['threshold']:.4f}, so that at most {decision['fpir']:.0%} "
+                       f"of searches by strangers name someone among its {decision['individuals']:,} individuals "
+                       f"(confident within {decision['confident_within']:.4f}; `search --fpir` asks for another share)")
+        else:
+            click.echo(f"{indent}match: distance <= {decision['threshold']:.4f} per pair ({decision['message']})")
     click.echo(f"index: {index['type']}, {index['vectors']} vectors in {data['store']}; metadata in "
                f"{data['database']}; size on this disk {data['size_bytes']['total'] / 1e6:.1f} MB")
 

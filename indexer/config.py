@@ -13,6 +13,8 @@ DEFAULT_INDEX_DIR = "facesearch-index"
 
 DATABASE_FILE = "gallery.db"      # SQLite: images, model, builds
 VECTORS_FILE = "vectors.faiss"    # FAISS index; its ids are the database's image ids
+# Further models' vectors (`indexer build --models human,dog`): vectors-dog.faiss and so on.
+MORE_VECTORS_FILE = "vectors-{species}.faiss"
 LOCK_FILE = "indexer.lock"        # held (flock) by the one process changing the index
 SETTINGS_FILE = "index.json"      # where store and database live, when not the two files above
 
@@ -21,6 +23,11 @@ INDEX_TYPES = ("flat", "ivf", "hnsw")
 
 # A killed build redoes at most this many faces (or a quarter of the index, if larger).
 DEFAULT_CHECKPOINT_EVERY = 2048
+
+
+def vectors_file(species: str | None = None) -> str:
+    """The FAISS file of a model's vectors: the main model's (species None) is vectors.faiss."""
+    return VECTORS_FILE if species is None else MORE_VECTORS_FILE.format(species=species)
 
 
 def available_cores() -> int:

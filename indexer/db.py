@@ -22,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import (BigInteger, Engine, Float, ForeignKey, Integer, LargeBinary, String, TypeDecorator,
+from sqlalchemy import (BigInteger, Engine, Float, ForeignKey, Index, Integer, LargeBinary, String, TypeDecorator,
                         create_engine, event, select)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -128,9 +128,12 @@ class Individual(Base):
 
 
 class ModelRecord(Base):
-    """The embedding model (and face detector) an index is built with: exactly one row."""
+    """An embedding model (and its face detector) an index is built with: one row per model,
+    at most one per species (migration 0007), in the order `--models` gave them (by id; the
+    first is the index's main model, the only one of an index built with `--model`)."""
 
     __tablename__ = "models"
+    __table_args__ = (Index("ux_models_species", "species", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str]
@@ -159,6 +162,11 @@ class BuildRecord(Base):
     unchanged: Mapped[int] = mapped_column(default=0)   # files already indexed as they are
     index_type: Mapped[str] = mapped_column(String(16))
     vectors: Mapped[int] = mapped_column(BigInteger, default=0)   # vectors in the index afterwards
+
+
+def model_records(session) -> list[ModelRecord]:
+    """The index's models, the main one first (empty before the first build)."""
+    return list(session.scalars(select(ModelRecord).order_by(ModelRecord.id)))
 
 
 def gallery_roots(session) -> list[str]:

@@ -8,15 +8,16 @@ overlaps the model, and only a few batches are ever in memory.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import Iterator
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from faces.checkpoint import FaceModel
-from faces.detectors import finds_faces, get_detector
+from faces.detectors import finds_faces, get_detector, shadowed
 from faces.imaging import ImageError, Preprocess, load_image, read_image_file
 
 from .config import available_cores, default_workers
@@ -38,6 +39,7 @@ class ImageResult:
     file_size: int | None = None
     boxes: list = field(default_factory=list)   # one entry per face: (x0, y0, x1, y1) or None
     skip_reason: str | None = None
+    species: list = field(default_factory=list)  # each face's species (merge_models); empty: the one model's
 
 
 @dataclass
@@ -132,4 +134,63 @@ def embed_files(items: list[WorkItem], model: FaceModel, detector: str, batch_si
                        else np.empty((0, model.embedding_dim), np.float32))
             yield batch.results, vectors
     finally:
+        torch.set_num_threads(threads)
+
+
+def merge_models(species: list[str], streams: list[Iterable[tuple[list[ImageResult], np.ndarray]]]
+                 ) -> Iterator[tuple[list[ImageResult], dict[str, np.ndarray]]]:
+    """One model's, or several models' (results, vectors) batches of the same items, as
+    (results, {species: vectors}): each result holds the faces every model's detector found
+    in the file (`species` says whose each is; `vectors[s]` has a row per face of species s,
+    in the results' order). A file is skipped only when no model found a face in it (or it
+    could not be read: every model says so alike). The streams may batch differently (Ray):
+    items are matched by position."""
+    if len(streams) == 1:
+        for results, vectors in streams[0]:
+            yield results, {species[0]: vectors}
+        return
+    threads = torch.get_num_threads()     # each stream sets and restores it: restored once, here
+    iterators = [iter(stream) for stream in streams]
+    buffers: list[deque] = [deque() for _ in streams]
+    try:
+        while True:
+            for iterator, buffer in zip(iterators, buffers):
+                while not buffer:
+                    batch = next(iterator, None)
+                    if batch is None:
+                        break
+                    results, vectors = batch
+                    offset = 0
+                    for result in results:
+                        buffer.append((result, vectors[offset:offset + len(result.boxes)]))
+                        offset += len(result.boxes)
+            ready = min(len(buffer) for buffer in buffers)
+            if not ready:
+                if any(buffers):
+                    raise RuntimeError("the models' embedding streams gave different numbers of files")
+                return
+            merged, vectors = [], {kind: [] for kind in species}
+            for _ in range(ready):
+                parts = [buffer.popleft() for buffer in buffers]
+                if len({result.path for result, _ in parts}) != 1:
+                    raise RuntimeError("the models' embedding streams gave files in different orders")
+                found = [(kind, result, rows) for kind, (result, rows) in zip(species, parts)
+                         if result.skip_reason is None]
+                if not found:
+                    merged.append(parts[0][0])
+                    continue
+                faces = [(kind, box, row) for kind, result, rows in found for box, row in zip(result.boxes, rows)]
+                hidden = shadowed([(kind, box) for kind, box, _ in faces])
+                faces = [face for face, hide in zip(faces, hidden) if not hide]   # another species' face seen again
+                merged.append(replace(found[0][1], boxes=[box for _, box, _ in faces],
+                                      species=[kind for kind, _, _ in faces]))
+                for kind, _, row in faces:
+                    vectors[kind].append(row[None])
+            yield merged, {kind: np.concatenate(rows) if rows else np.empty((0, 0), np.float32)
+                           for kind, rows in vectors.items()}
+    finally:
+        for iterator in reversed(iterators):
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
         torch.set_num_threads(threads)

@@ -6,6 +6,11 @@
 
 It takes no lock, so it can be open while `indexer build` runs: it sees only committed rows,
 and reloads the vector file when a writer has replaced it.
+
+An index built with several models (`indexer build --models human,dog`) holds one vector
+store per model; `gallery.models` lists them (the main one, `gallery.model`, first), and
+`search`, `size`, `load_model` take the `species` whose faces they are about (default the
+main model's; `size()` without it counts every face).
 """
 from __future__ import annotations
 
@@ -19,9 +24,9 @@ import numpy as np
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 
-from .config import DATABASE_FILE, VECTORS_FILE, existing_index
+from .config import DATABASE_FILE, VECTORS_FILE, existing_index, vectors_file
 from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, Individual, ModelRecord, gallery_roots,
-                 open_database)
+                 model_records, open_database)
 from .errors import IndexMissingError, ModelMismatchError
 from .individuals import names_of
 from .settings import IndexSettings, load_settings
@@ -50,27 +55,30 @@ def similarity_to_distance(similarity: float) -> float:
     return math.sqrt(max(0.0, 2.0 - 2.0 * similarity))
 
 
-def gallery_size(engine) -> dict:
-    """{"faces", "individuals"} of the indexed faces (Gallery.size says what counts)."""
-    indexed = ImageRecord.status == INDEXED
+def gallery_size(engine, species: str | None = None) -> dict:
+    """{"faces", "individuals"} of the indexed faces (Gallery.size says what counts); of one
+    species' faces only, when given (an index of several models)."""
+    indexed = [ImageRecord.status == INDEXED] + ([] if species is None else [ImageRecord.species == species])
     with Session(engine) as session:
-        faces = session.scalar(select(func.count(ImageRecord.id)).where(indexed))
-        named = session.scalar(select(func.count(distinct(ImageRecord.identity))).where(indexed))
-        unnamed = session.scalar(select(func.count(ImageRecord.id)).where(indexed, ImageRecord.identity.is_(None)))
+        faces = session.scalar(select(func.count(ImageRecord.id)).where(*indexed))
+        named = session.scalar(select(func.count(distinct(ImageRecord.identity))).where(*indexed))
+        unnamed = session.scalar(select(func.count(ImageRecord.id)).where(*indexed, ImageRecord.identity.is_(None)))
     return {"faces": int(faces), "individuals": int(named + unnamed)}
 
 
 class Gallery:
-    def __init__(self, index_dir: Path, engine, model: ModelRecord, settings: IndexSettings | None = None):
+    def __init__(self, index_dir: Path, engine, model: ModelRecord | list[ModelRecord],
+                 settings: IndexSettings | None = None):
         self.index_dir = index_dir
         self.engine = engine
-        self.model = model
+        self.models: list[ModelRecord] = list(model) if isinstance(model, list) else [model]
+        self.model = self.models[0]
         self.settings = settings or IndexSettings()
         self.vectors_path = index_dir / VECTORS_FILE
-        self._store: VectorStore | None = None
-        self._store_version = None
+        self._stores: dict[str, VectorStore] = {}
+        self._store_versions: dict[str, object] = {}
         self._roots: list[str] | None = None
-        self._size: tuple[object, dict] | None = None   # (store version, size) of the last count
+        self._sizes: dict[str | None, tuple[object, dict]] = {}   # species -> (store versions, size) last counted
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike | None = None) -> "Gallery":
@@ -79,14 +87,15 @@ class Gallery:
         settings = load_settings(index_dir)
         engine = open_index_database(index_dir, settings)
         with Session(engine, expire_on_commit=False) as session:
-            model = session.scalar(select(ModelRecord))
-        if model is None:
+            models = model_records(session)
+        if not models:
             engine.dispose()
             raise IndexMissingError(f"no index at {index_dir} (nothing indexed yet): "
                                     "run `indexer build GALLERY` first")
-        gallery = cls(index_dir, engine, model, settings)
+        gallery = cls(index_dir, engine, models, settings)
         try:
-            gallery.store      # fail now, not at the first search, if the vectors cannot be read
+            for record in models:
+                gallery.store_of(record.species)   # fail now, not at the first search, if unreadable
         except BaseException:
             gallery.close()
             raise
@@ -94,7 +103,8 @@ class Gallery:
 
     @staticmethod
     def indexed_model(index_dir: str | os.PathLike | None = None) -> dict | None:
-        """{"name", "species", "detector"} of the model an index was built with, read from its
+        """{"name", "species", "detector", "models"} of the model an index was built with (the
+        main one; "models": each model's {"name", "species", "detector"}), read from its
         database alone (no vectors, no model loaded); None when there is no index yet."""
         try:
             index_dir = existing_index(index_dir)
@@ -103,16 +113,16 @@ class Gallery:
         engine = open_index_database(index_dir, load_settings(index_dir))
         try:
             with Session(engine) as session:
-                model = session.scalar(select(ModelRecord))
+                models = [{"name": model.name, "species": model.species, "detector": model.detector}
+                          for model in model_records(session)]
         finally:
             engine.dispose()
-        return None if model is None else {"name": model.name, "species": model.species,
-                                           "detector": model.detector}
+        return {**models[0], "models": models} if models else None
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        for store in self._stores.values():
+            store.close()
+        self._stores = {}
         self.engine.dispose()
 
     def __enter__(self) -> "Gallery":
@@ -122,6 +132,21 @@ class Gallery:
         self.close()
 
     # --- the model --------------------------------------------------------------------
+
+    @property
+    def several(self) -> bool:
+        """Whether the index holds more than one model (one per species)."""
+        return len(self.models) > 1
+
+    def model_of(self, species: str | None = None) -> ModelRecord:
+        """The record of the model of `species` (None: the main model)."""
+        if species is None:
+            return self.model
+        for record in self.models:
+            if record.species == species:
+                return record
+        raise ModelMismatchError(f"{self.index_dir} has no {species} model (it holds "
+                                 f"{', '.join(m.name + ' (' + m.species + ')' for m in self.models)})")
 
     @property
     def model_name(self) -> str:
@@ -155,40 +180,55 @@ class Gallery:
         return self.model.detector
 
     def check_model(self, model: FaceModel) -> None:
-        """Refuse a model other than the one the index was built with."""
-        if model.sha256 != self.model.sha256:
+        """Refuse a model other than the one the index was built with (for its species)."""
+        record = next((r for r in self.models if r.species == model.species), self.model)
+        if model.sha256 != record.sha256:
             raise ModelMismatchError(
-                f"{self.index_dir} was built with model {self.model.name} (sha256 {self.model.sha256[:12]}), "
+                f"{self.index_dir} was built with model {record.name} (sha256 {record.sha256[:12]}), "
                 f"not {model.name} (sha256 {model.sha256[:12]}): query with the index's model")
 
-    def load_model(self, device: str | None = None) -> FaceModel:
-        """The index's own model, checked to be the very file the index was built with."""
+    def load_model(self, device: str | None = None, species: str | None = None) -> FaceModel:
+        """The index's own model (of `species`; None: the main one), checked to be the very
+        file the index was built with."""
         from faces.checkpoint import load_model   # torch: only for callers that embed
-        model = load_model(self.model.source, device=device)
+        model = load_model(self.model_of(species).source, device=device)
         self.check_model(model)
         return model
 
     # --- vectors ----------------------------------------------------------------------
 
+    def vectors_path_of(self, species: str | None = None) -> Path:
+        """A model's FAISS file: vectors.faiss for the main model, vectors-SPECIES.faiss for the others."""
+        record = self.model_of(species)
+        return self.index_dir / vectors_file(None if record is self.model else record.species)
+
     @property
     def store(self) -> VectorStore:
-        """The saved vector index, reloaded whenever a writer has replaced the file; a Milvus
-        collection is live, opened once."""
+        """The main model's vector store (store_of)."""
+        return self.store_of(None)
+
+    def store_of(self, species: str | None = None) -> VectorStore:
+        """A model's saved vector index, reloaded whenever a writer has replaced the file; a
+        Milvus collection is live, opened once."""
+        record = self.model_of(species)
+        key = record.species
+        main = record is self.model
+        path = self.vectors_path_of(key)
         if self.settings.milvus is not None:
-            if self._store is None:
-                self._store = open_store(self.settings, self.vectors_path, self.model.embedding_dim)
-            return self._store
+            if key not in self._stores:
+                self._stores[key] = open_store(self.settings, path, record.embedding_dim, None if main else key)
+            return self._stores[key]
         try:
-            info = os.stat(self.vectors_path)
+            info = os.stat(path)
             version = (info.st_ino, info.st_mtime_ns, info.st_size)
         except FileNotFoundError:
             version = None
-        if self._store is None or version != self._store_version:
-            self._store = (FaissStore.load(self.vectors_path) if version is not None
-                           else FaissStore.create(self.model.embedding_dim))
-            self._store_version = version
+        if key not in self._stores or version != self._store_versions.get(key):
+            self._stores[key] = (FaissStore.load(path) if version is not None
+                                 else FaissStore.create(record.embedding_dim))
+            self._store_versions[key] = version
             self._roots = None        # a writer has run: it may have walked a new gallery folder
-        return self._store
+        return self._stores[key]
 
     def relative_path(self, path: str) -> str:
         """`path` relative to the gallery folder it was indexed from; the file name alone
@@ -199,17 +239,19 @@ class Gallery:
         root = next((r for r in self._roots if path.startswith(r.rstrip(os.sep) + os.sep)), None)
         return os.path.relpath(path, root) if root else os.path.basename(path)
 
-    def search(self, embeddings: np.ndarray, k: int = 10) -> list[list[dict]]:
+    def search(self, embeddings: np.ndarray, k: int = 10, species: str | None = None) -> list[list[dict]]:
         """For each embedding (float32 N x D, unit length), its k nearest gallery faces, best
         first: {id, path, identity, individual, box, similarity, distance} (similarity = cosine,
-        distance = L2; identity is the individual's name when it has one, else the folder's)."""
+        distance = L2; identity is the individual's name when it has one, else the folder's).
+        `species`: among that species' faces, embedded by its model (None: the main model's)."""
+        record = self.model_of(species)
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim == 1:
             embeddings = embeddings[None]
-        if embeddings.shape[1] != self.model.embedding_dim:
+        if embeddings.shape[1] != record.embedding_dim:
             raise ModelMismatchError(f"embeddings have {embeddings.shape[1]} dimensions; the index's "
-                                     f"model {self.model.name} gives {self.model.embedding_dim}")
-        similarities, ids = self.store.search(embeddings, k)
+                                     f"model {record.name} gives {record.embedding_dim}")
+        similarities, ids = self.store_of(species).search(embeddings, k)
         records = self._records(np.unique(ids[ids >= 0]))
         # A name given to an individual is the identity its faces answer to (read afresh on
         # every search, so a rename shows at once); folder identities are the default.
@@ -229,15 +271,19 @@ class Gallery:
             results.append(matches)
         return results
 
-    def size(self) -> dict:
-        """{"faces", "individuals"} the index holds: individuals are the distinct identities,
-        each face without one counting as its own individual (so an unnamed gallery is never
-        taken for a smaller one). The open-set threshold follows this (faces.open_set)."""
-        self.store                          # reloads after a writer has run
-        version = self._store_version if self.settings.milvus is None else object()
-        if self._size is None or self._size[0] != version:
-            self._size = (version, gallery_size(self.engine))
-        return self._size[1]
+    def size(self, species: str | None = None) -> dict:
+        """{"faces", "individuals"} the index holds (of `species`' faces only, when given, in
+        an index of several models): individuals are the distinct identities, each face
+        without one counting as its own individual (so an unnamed gallery is never taken for
+        a smaller one). The open-set threshold follows this (faces.open_set)."""
+        for record in self.models:
+            self.store_of(record.species)          # reloads after a writer has run
+        version = (tuple(self._store_versions.get(r.species) for r in self.models)
+                   if self.settings.milvus is None else object())
+        key = species if self.several else None
+        if key not in self._sizes or self._sizes[key][0] != version:
+            self._sizes[key] = (version, gallery_size(self.engine, key))
+        return self._sizes[key][1]
 
     def _records(self, ids) -> dict[int, ImageRecord]:
         records = {}
@@ -258,21 +304,32 @@ class Gallery:
         with Session(self.engine) as session:
             return session.get(ImageRecord, int(image_id))
 
-    def embeddings(self, batch: int = 10_000):
-        """(records, float32 vectors) of every indexed face, in id order, `batch` at a time."""
-        stored = np.sort(self.store.ids())
-        for start in range(0, len(stored), batch):
-            ids = stored[start:start + batch]
-            records = self._records(ids)
-            kept = np.array([i for i in ids.tolist() if i in records], dtype=np.int64)
-            yield [records[i] for i in kept.tolist()], self.store.vectors(kept)
+    def embeddings(self, batch: int = 10_000, species: str | None = None):
+        """(records, float32 vectors) of every indexed face (of one species' model, when
+        given), model by model (the main one first), in id order, `batch` at a time."""
+        for record in self.models if species is None else [self.model_of(species)]:
+            store = self.store_of(record.species)
+            stored = np.sort(store.ids())
+            for start in range(0, len(stored), batch):
+                ids = stored[start:start + batch]
+                records = self._records(ids)
+                kept = np.array([i for i in ids.tolist() if i in records], dtype=np.int64)
+                yield [records[i] for i in kept.tolist()], store.vectors(kept)
 
     def export(self, out: str | os.PathLike) -> int:
-        """Write ids, paths, identities, boxes, clusters and embeddings of every indexed face
-        to an .npz file (atomically); returns how many."""
-        ids, paths, identities, boxes, clusters, parts = [], [], [], [], [], []
+        """Write ids, paths, identities, species, boxes, clusters and embeddings of every indexed
+        face to an .npz file (atomically); returns how many. An index of several models writes
+        each model's faces in turn (`species` says whose each row is); their embeddings must
+        be of one size."""
+        dims = {record.embedding_dim for record in self.models}
+        if len(dims) > 1:
+            raise ModelMismatchError(f"{self.index_dir}: its models' embeddings differ in size ("
+                                     + ", ".join(f"{m.name}: {m.embedding_dim}" for m in self.models)
+                                     + "), so they cannot share one embeddings array")
+        ids, paths, identities, species, boxes, clusters, parts = [], [], [], [], [], [], []
         for records, vectors in self.embeddings():
             for record in records:
+                species.append(record.species)
                 ids.append(record.id)
                 paths.append(record.path)
                 identities.append(record.identity or "")
@@ -283,7 +340,7 @@ class Gallery:
         temporary = out.with_name(out.name + ".tmp")
         with open(temporary, "wb") as handle:
             np.savez(handle, ids=np.array(ids, dtype=np.int64), paths=np.array(paths, dtype=str),
-                     identities=np.array(identities, dtype=str),
+                     identities=np.array(identities, dtype=str), species=np.array(species, dtype=str),
                      boxes=np.array(boxes, dtype=np.int64).reshape(-1, 4),
                      clusters=np.array(clusters, dtype=np.int64),
                      embeddings=np.concatenate(parts) if parts else np.empty((0, self.embedding_dim), np.float32),
@@ -319,7 +376,15 @@ class Gallery:
                 "model": {"name": self.model.name, "source": self.model.source, "sha256": self.model.sha256,
                           "embedding_dim": self.model.embedding_dim, "species": self.model.species,
                           "threshold": self.model.threshold, "detector": self.model.detector},
-                "index": {"type": self.store.index_type, "vectors": self.store.ntotal},
+                "index": {"type": self.store.index_type,
+                          "vectors": sum(self.store_of(m.species).ntotal for m in self.models)},
+                "models": [{"name": m.name, "source": m.source, "sha256": m.sha256, "embedding_dim": m.embedding_dim,
+                            "species": m.species, "threshold": m.threshold, "detector": m.detector,
+                            "faces": count(indexed, ImageRecord.species == m.species) if self.several
+                            else count(indexed),
+                            "index": {"type": self.store_of(m.species).index_type,
+                                      "vectors": self.store_of(m.species).ntotal}}
+                           for m in self.models],
                 "builds": session.scalar(select(func.count(BuildRecord.id))),
                 "last_build": None if last_build is None else {
                     "kind": last_build.kind, "gallery_root": last_build.gallery_root,
@@ -331,9 +396,9 @@ class Gallery:
         files = [self.index_dir / DATABASE_FILE, self.index_dir / (DATABASE_FILE + "-wal")]
         database_bytes = sum(f.stat().st_size for f in files if f.exists()) if not self.settings.database else 0
         milvus = self.settings.milvus
-        vectors_file = (self.vectors_path if milvus is None
-                        else Path(milvus.uri) if milvus.is_local_file else None)
-        vectors_bytes = disk_bytes(vectors_file) if vectors_file is not None else 0
+        vectors_files = ([self.vectors_path_of(m.species) for m in self.models] if milvus is None
+                         else [Path(milvus.uri)] if milvus.is_local_file else [])
+        vectors_bytes = sum(disk_bytes(path) for path in vectors_files)
         stats["size_bytes"] = {"database": database_bytes, "vectors": vectors_bytes,
                                "total": database_bytes + vectors_bytes}
         return stats

@@ -218,16 +218,19 @@ def _distance(similarity: float) -> float:
     return math.sqrt(max(0.0, 2.0 - 2.0 * similarity))
 
 
-def assign_new_faces(engine, store, threshold: float) -> dict:
+def assign_new_faces(engine, store, threshold: float, species: str | None = None) -> dict:
     """Put every indexed face without an individual into one, once the index has been
     grouped (`indexer cluster`): the individual of its nearest grouped face of the same
     species when `same_individual` says so, else a new one. Faces are taken in id order, so
-    a new face can join one assigned just before it. Returns {"assigned", "new_individuals"}."""
+    a new face can join one assigned just before it. `species`: only faces of this species
+    (an index of several models: `store` holds that species' vectors alone). Returns
+    {"assigned", "new_individuals"}."""
     with Session(engine) as session:
         if not has_individuals(session):
             return {"assigned": 0, "new_individuals": 0}
+        where = [] if species is None else [ImageRecord.species == species]
         rows = session.execute(select(ImageRecord.id, ImageRecord.species).where(
-            ImageRecord.status == INDEXED, ImageRecord.individual.is_(None)).order_by(ImageRecord.id)).all()
+            ImageRecord.status == INDEXED, ImageRecord.individual.is_(None), *where).order_by(ImageRecord.id)).all()
     if not rows:
         return {"assigned": 0, "new_individuals": 0}
     ids = np.array([r.id for r in rows], dtype=np.int64)

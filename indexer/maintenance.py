@@ -34,7 +34,7 @@ class CheckReport:
     vectors: int | None = None       # vectors in the index (None: unreadable)
     sampled: int = 0                 # embeddings re-computed and compared
     problems: list[str] = field(default_factory=list)
-    store_unreadable: bool = False
+    store_unreadable: set[str] = field(default_factory=set)   # species whose vectors cannot be read
     reembed_ids: set[int] = field(default_factory=set)   # rows whose files must be embedded again
 
     @property
@@ -48,43 +48,59 @@ class CheckReport:
 
 def check_index(writer: IndexWriter, sample: int = 20, seed: int = 0) -> CheckReport:
     """Prove that the vector index and the database agree: same ids, same count, and stored
-    embeddings of a random sample equal to freshly computed ones. Changes nothing."""
+    embeddings of a random sample equal to freshly computed ones. Changes nothing. With
+    several models, each model's store against the rows of its species."""
     report = CheckReport()
-    with Session(writer.engine) as session:
-        indexed = np.array(session.scalars(select(ImageRecord.id).where(ImageRecord.status == INDEXED)).all(),
-                           dtype=np.int64)
-        pending = np.array(session.scalars(select(ImageRecord.id).where(ImageRecord.status == PENDING)).all(),
-                           dtype=np.int64)
-    report.indexed = len(indexed)
-    try:
-        if writer.settings.milvus is None and not writer.vectors_path.is_file() and len(indexed):
-            raise IndexCorruptError(f"{writer.vectors_path}: missing, but the database has "
-                                    f"{len(indexed)} indexed faces")
-        stored = writer.store.ids()
-    except IndexCorruptError as error:
-        report.problems.append(str(error))
-        report.store_unreadable = True
-        report.reembed_ids.update(indexed.tolist() + pending.tolist())
+    report.vectors = 0
+    comparable_parts = []
+    for record in writer.model_records:
+        species = record.species
+        where = f"{species}: " if writer.several else ""
+        with Session(writer.engine) as session:
+            def ids_of(status):
+                query = select(ImageRecord.id).where(ImageRecord.status == status)
+                if writer.several:           # a one-model index: every row is its model's
+                    query = query.where(ImageRecord.species == species)
+                return np.array(session.scalars(query).all(), dtype=np.int64)
+            indexed, pending = ids_of(INDEXED), ids_of(PENDING)
+        report.indexed += len(indexed)
+        path = writer.vectors_path_of(species)
+        try:
+            if writer.settings.milvus is None and not path.is_file() and len(indexed):
+                raise IndexCorruptError(f"{path}: missing, but the database has {len(indexed)} indexed faces")
+            stored = writer.store_of(species).ids()
+        except IndexCorruptError as error:
+            report.problems.append(str(error))
+            report.store_unreadable.add(species)
+            report.reembed_ids.update(indexed.tolist() + pending.tolist())
+            continue
+        report.vectors += len(stored)
+        unique, counts = np.unique(stored, return_counts=True)
+        duplicated = unique[counts > 1]
+        missing = np.setdiff1d(indexed, unique)
+        orphans = np.setdiff1d(unique, np.concatenate([indexed, pending]))
+        if len(missing):
+            report.problems.append(f"{where}{len(missing)} indexed faces have no vector in the index: "
+                                   f"ids {_some(missing)}")
+        if len(orphans):
+            report.problems.append(f"{where}{len(orphans)} vectors in the index have no database row: "
+                                   f"ids {_some(orphans)}")
+        if len(duplicated):
+            report.problems.append(f"{where}{len(duplicated)} ids are in the index more than once: "
+                                   f"ids {_some(duplicated)}")
+        if len(pending):
+            report.problems.append(f"{where}{len(pending)} faces are pending from an interrupted run: "
+                                   f"ids {_some(pending)} (the next build or --repair settles them)")
+        if len(stored) != len(indexed) + len(np.intersect1d(pending, unique)):
+            report.problems.append(f"{where}count: the index holds {len(stored)} vectors, the database "
+                                   f"{len(indexed)} indexed faces")
+        report.reembed_ids.update(missing.tolist() + duplicated.tolist() + np.setdiff1d(pending, unique).tolist())
+        comparable_parts.append(np.setdiff1d(np.intersect1d(indexed, unique), duplicated))
+    if report.store_unreadable:
+        if len(report.store_unreadable) == len(writer.model_records):
+            report.vectors = None
         return report
-    report.vectors = len(stored)
-    unique, counts = np.unique(stored, return_counts=True)
-    duplicated = unique[counts > 1]
-    missing = np.setdiff1d(indexed, unique)
-    orphans = np.setdiff1d(unique, np.concatenate([indexed, pending]))
-    if len(missing):
-        report.problems.append(f"{len(missing)} indexed faces have no vector in the index: ids {_some(missing)}")
-    if len(orphans):
-        report.problems.append(f"{len(orphans)} vectors in the index have no database row: ids {_some(orphans)}")
-    if len(duplicated):
-        report.problems.append(f"{len(duplicated)} ids are in the index more than once: ids {_some(duplicated)}")
-    if len(pending):
-        report.problems.append(f"{len(pending)} faces are pending from an interrupted run: ids {_some(pending)} "
-                               "(the next build or --repair settles them)")
-    if len(stored) != len(indexed) + len(np.intersect1d(pending, unique)):
-        report.problems.append(f"count: the index holds {len(stored)} vectors, the database "
-                               f"{len(indexed)} indexed faces")
-    report.reembed_ids.update(missing.tolist() + duplicated.tolist() + np.setdiff1d(pending, unique).tolist())
-    comparable = np.setdiff1d(np.intersect1d(indexed, unique), duplicated)
+    comparable = np.concatenate(comparable_parts) if comparable_parts else np.empty(0, np.int64)
     if sample and len(comparable):
         chosen = np.random.default_rng(seed).choice(comparable, min(sample, len(comparable)), replace=False)
         _compare_sample(writer, chosen, report)
@@ -93,41 +109,48 @@ def check_index(writer: IndexWriter, sample: int = 20, seed: int = 0) -> CheckRe
 
 def _compare_sample(writer: IndexWriter, ids: np.ndarray, report: CheckReport) -> None:
     try:
-        model = writer.face_model()
+        models = writer.face_models()
     except (ModelError, ModelMismatchError) as error:
         report.problems.append(f"cannot re-compute embeddings: {error}")
         return
     with Session(writer.engine) as session:
         chosen = list(session.scalars(select(ImageRecord).where(ImageRecord.id.in_(ids.tolist()))))
-    faces_by_path: dict[str, list[ImageRecord]] = defaultdict(list)
-    for record in chosen:
-        faces_by_path[record.path].append(record)
-    items = [WorkItem(path, records[0].identity) for path, records in faces_by_path.items()]
-    for results, vectors in embed_files(items, model, writer.model_record.detector, workers=0):
-        offset = 0
-        for result in results:
-            fresh = dict(zip(result.boxes, vectors[offset:offset + len(result.boxes)]))
-            offset += len(result.boxes)
-            for record in faces_by_path[result.path]:
-                report.sampled += 1
-                if result.skip_reason is not None:
-                    report.problems.append(f"{record.path}: indexed, but now {result.skip_reason}")
-                    report.reembed_ids.add(record.id)
-                elif result.sha256 != record.sha256:
-                    report.problems.append(f"{record.path}: changed on disk since it was indexed "
-                                           "(`indexer build` or `indexer add` updates it)")
-                    report.reembed_ids.add(record.id)
-                elif record.box not in fresh:
-                    report.problems.append(f"id {record.id} ({record.path}): the detector no longer finds "
-                                           f"the face at {record.box}")
-                    report.reembed_ids.add(record.id)
-                else:
-                    stored = writer.store.vectors([record.id])[0]
-                    similarity = float(stored @ fresh[record.box])
-                    if similarity < 1 - EMBEDDING_TOLERANCE:
-                        report.problems.append(f"id {record.id} ({record.path}): stored embedding differs "
-                                               f"from a fresh one (cosine similarity {similarity:.4f})")
+    main = writer.model_record.species
+    for model_record in writer.model_records:
+        species = model_record.species
+        faces_by_path: dict[str, list[ImageRecord]] = defaultdict(list)
+        for record in chosen:
+            if (record.species if writer.several else main) == species:
+                faces_by_path[record.path].append(record)
+        if not faces_by_path:
+            continue
+        store = writer.store_of(species)
+        items = [WorkItem(path, records[0].identity) for path, records in faces_by_path.items()]
+        for results, vectors in embed_files(items, models[species], model_record.detector, workers=0):
+            offset = 0
+            for result in results:
+                fresh = dict(zip(result.boxes, vectors[offset:offset + len(result.boxes)]))
+                offset += len(result.boxes)
+                for record in faces_by_path[result.path]:
+                    report.sampled += 1
+                    if result.skip_reason is not None:
+                        report.problems.append(f"{record.path}: indexed, but now {result.skip_reason}")
                         report.reembed_ids.add(record.id)
+                    elif result.sha256 != record.sha256:
+                        report.problems.append(f"{record.path}: changed on disk since it was indexed "
+                                               "(`indexer build` or `indexer add` updates it)")
+                        report.reembed_ids.add(record.id)
+                    elif record.box not in fresh:
+                        report.problems.append(f"id {record.id} ({record.path}): the detector no longer finds "
+                                               f"the face at {record.box}")
+                        report.reembed_ids.add(record.id)
+                    else:
+                        stored = store.vectors([record.id])[0]
+                        similarity = float(stored @ fresh[record.box])
+                        if similarity < 1 - EMBEDDING_TOLERANCE:
+                            report.problems.append(f"id {record.id} ({record.path}): stored embedding differs "
+                                                   f"from a fresh one (cosine similarity {similarity:.4f})")
+                            report.reembed_ids.add(record.id)
 
 
 def repair_index(writer: IndexWriter, found: CheckReport) -> ChangeReport:
@@ -135,8 +158,8 @@ def repair_index(writer: IndexWriter, found: CheckReport) -> ChangeReport:
     without rows, and re-embed (from their files) every face whose vector is missing, doubled,
     stale or wrong. An unreadable vector file is rebuilt from all the files."""
     report = ChangeReport("repair")
-    if found.store_unreadable:
-        writer.empty_store()
+    for species in found.store_unreadable:
+        writer.empty_store(species)
     broken = _files_of(writer, found.reembed_ids)      # before reconcile, which drops pending rows
     broken.update(_files_of(writer, writer.reconcile(repairing=True).tolist()))
     with Session(writer.engine) as session:
@@ -172,7 +195,9 @@ def cluster_gallery(writer: IndexWriter, threshold: str | float | None = None, n
     from .clustering import cluster_faces, cluster_scores
     from .individuals import store_grouping
 
-    point = writer.face_model().operating_point(threshold)
+    models = writer.face_models()
+    points = {record.species: models[record.species].operating_point(threshold) for record in writer.model_records}
+    point = dict(points[writer.model_record.species])
     writer.reconcile()
     with Session(writer.engine) as session:
         records = list(session.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.identity,
@@ -180,13 +205,28 @@ def cluster_gallery(writer: IndexWriter, threshold: str | float | None = None, n
                                        .where(ImageRecord.status == INDEXED).order_by(ImageRecord.id)))
     ids = np.array([r.id for r in records], dtype=np.int64)
     labels = np.zeros(len(ids), dtype=np.int64)
-    vectors = writer.store.vectors(ids) if len(ids) else np.empty((0, writer.store.dim), np.float32)
-    if len(ids) >= 2:
-        similarities, found = writer.store.search(vectors, min(neighbours + 1, len(ids)))
-        position = {image_id: i for i, image_id in enumerate(ids.tolist())}
-        rows = np.array([[position.get(i, -1) for i in row] for row in found.tolist()], dtype=np.int64)
-        distances = np.sqrt(np.clip(2.0 - 2.0 * similarities, 0.0, None))
-        labels = cluster_faces(rows, distances, point["threshold"])
+    dim = max(record.embedding_dim for record in writer.model_records)
+    vectors = np.zeros((len(ids), dim), np.float32)
+    main = writer.model_record.species
+    # Each species apart: its own store, its own model's threshold; labels never shared.
+    next_label = 0
+    for model_record in writer.model_records:
+        species = model_record.species
+        mine = np.array([i for i, r in enumerate(records) if (r.species if writer.several else main) == species],
+                        dtype=np.int64)
+        if not len(mine):
+            continue
+        store = writer.store_of(species)
+        vectors[mine, :store.dim] = store.vectors(ids[mine])
+        part = np.zeros(len(mine), dtype=np.int64)
+        if len(mine) >= 2:
+            similarities, found = store.search(vectors[mine, :store.dim], min(neighbours + 1, len(mine)))
+            position = {image_id: i for i, image_id in enumerate(ids[mine].tolist())}
+            rows = np.array([[position.get(i, -1) for i in row] for row in found.tolist()], dtype=np.int64)
+            distances = np.sqrt(np.clip(2.0 - 2.0 * similarities, 0.0, None))
+            part = cluster_faces(rows, distances, points[species]["threshold"])
+        labels[mine] = part + next_label
+        next_label = int(labels[mine].max()) + 1
     with Session(writer.engine) as session, session.begin():
         session.execute(update(ImageRecord).values(cluster=None))
         for chunk in batched(list(zip(ids.tolist(), labels.tolist())), SQL_CHUNK):
@@ -198,6 +238,10 @@ def cluster_gallery(writer: IndexWriter, threshold: str | float | None = None, n
     summary = {"faces": len(ids), "clusters": len(sizes), "singletons": sum(1 for n in sizes.values() if n == 1),
                "largest": [n for _, n in sizes.most_common(5)], "threshold": point.pop("threshold"),
                "operating_point": point, "neighbours": neighbours, "individuals": individuals}
+    if writer.several:
+        summary["models"] = [{"model": r.name, "species": r.species, "threshold": points[r.species]["threshold"],
+                              "faces": sum(1 for f in records if f.species == r.species)}
+                             for r in writer.model_records]
     named = [(r.identity, label) for r, label in zip(records, labels.tolist()) if r.identity is not None]
     if named:
         summary["against_identities"] = {"faces": len(named), **cluster_scores(*zip(*named))}

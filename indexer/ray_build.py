@@ -17,6 +17,7 @@ still runs torch on one thread, so actors x 1 thread = the cores.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -88,6 +89,18 @@ def _start_ray():
             if attempt == attempts:
                 raise RayBuildError(f"Ray cluster {address or '(local)'}: cannot start or connect ({error})") from None
             log.warning("local Ray did not start (%s); trying once more", error)
+
+
+@contextlib.contextmanager
+def ray_session():
+    """Ray started (or joined) once around a build's embedding streams (one per model), and
+    stopped afterwards if started here: a stream then neither starts nor stops Ray itself."""
+    ray, started_here = _start_ray()
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def embed_files_on_ray(items: list[WorkItem], model_source: str, model_sha256: str, dim: int, detector: str,

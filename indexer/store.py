@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -67,11 +68,15 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(settings, vectors_path: Path, dim: int) -> VectorStore:
+def open_store(settings, vectors_path: Path, dim: int, species: str | None = None) -> VectorStore:
     """The index's vector store as its settings (indexer.settings) name it: the FAISS file at
-    `vectors_path` (empty if there is none yet), or the Milvus collection (made if missing)."""
+    `vectors_path` (empty if there is none yet), or the Milvus collection (made if missing).
+    `species`: a further model's store (not the main one's), in Milvus the collection
+    COLLECTION_<species>."""
     location = settings.milvus
     if location is not None:
+        if species is not None:
+            location = replace(location, collection=f"{location.collection}_{species}")
         from .milvus_store import MilvusStore     # pymilvus: only for indexes that use it
         return MilvusStore.open(location, dim)
     return FaissStore.load(vectors_path) if vectors_path.is_file() else FaissStore.create(dim)

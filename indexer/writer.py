@@ -34,16 +34,16 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
-from faces.detectors import concrete_name
+from faces.detectors import DETECTOR_SPECIES, concrete_name, detector_for
 from faces.errors import readable
 from faces.imaging import not_regular_reason, os_error_reason, resolve_data_root
 
-from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE
+from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE, vectors_file
 from .gallery import gallery_size
-from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, open_database,
-                 utc_now)
-from .embedding import ImageResult, WorkItem, embed_files
-from .errors import IndexCorruptError, IndexMissingError, ModelMismatchError
+from .db import (INDEXED, PENDING, SKIPPED, BuildRecord, ImageRecord, ModelRecord, gallery_roots, model_records,
+                 open_database, utc_now)
+from .embedding import ImageResult, WorkItem, embed_files, merge_models
+from .errors import IndexCorruptError, IndexerError, IndexMissingError, ModelMismatchError
 from .lock import IndexLock, lock_for_writing
 from .scan import GalleryFile, identity_of, walk_gallery
 from .settings import IndexSettings, save_settings, settings_for_writer
@@ -128,13 +128,19 @@ class IndexWriter:
     """The index at `index_dir`, opened for changes (and locked) until `close()`."""
 
     def __init__(self, index_dir: str | os.PathLike, *, create: bool = False, model: str | None = None,
-                 detector: str | None = None, index_type: str = "auto", batch_size: int = 64,
+                 models: list[str] | None = None, detector: str | None = None, index_type: str = "auto", batch_size: int = 64,
                  workers: int | None = None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
                  progress: bool = True, lock: IndexLock | None = None, store: str | None = None,
                  database: str | None = None, build_engine: str = "local"):
         """`lock`: this index's lock_for_writing, when the caller took it already. `store`
         and `database`: --store and --db (indexer.settings), for a new index. `build_engine`
-        (--engine): 'local' embeds in this process, 'ray' over Ray Data (indexer.ray_build)."""
+        (--engine): 'local' embeds in this process, 'ray' over Ray Data (indexer.ray_build).
+        `models` (--models): several models, one per species, for a new index; every face
+        found by each model's detector is embedded by that model into its own vector store
+        (the first model's is the main one: vectors.faiss, the Milvus collection's own name;
+        the others' vectors-SPECIES.faiss, COLLECTION_SPECIES). `model` is one model."""
+        if model and models:
+            raise IndexerError("give --model or --models, not both")
         if index_type not in INDEX_TYPES + ("auto",):
             raise ValueError(f"unknown index type {index_type!r}")
         if build_engine not in ("local", "ray"):
@@ -142,14 +148,15 @@ class IndexWriter:
         self.index_dir = Path(index_dir)
         self.database_path = self.index_dir / DATABASE_FILE
         self.vectors_path = self.index_dir / VECTORS_FILE
-        self.requested_model, self.requested_detector = model, detector
+        self.requested_models = list(models) if models else [model] if model else None
+        self.requested_detector = detector
         self.index_type = index_type
         self.batch_size, self.workers, self.progress = batch_size, workers, progress
         self.checkpoint_every = checkpoint_every
-        self._face_model: FaceModel | None = None
+        self._face_models: dict[str, FaceModel] = {}      # by species, in the models' order
         self.build_engine = build_engine
-        self._store: VectorStore | None = None
-        self._unsaved = False         # the in-memory index differs from the saved one
+        self._stores: dict[str, VectorStore] = {}         # by species, opened on first use
+        self._unsaved: set[str] = set()   # species whose in-memory index differs from the saved one
         self._since_checkpoint = 0
         self.lock = lock or lock_for_writing(self.index_dir, create)
         try:
@@ -161,15 +168,16 @@ class IndexWriter:
             if is_new and self.settings != IndexSettings():
                 save_settings(self.index_dir, self.settings)    # only once database and store answer
             with Session(self.engine) as session:
-                self.model_record: ModelRecord | None = session.scalar(select(ModelRecord))
-            if self.model_record is None and not create:
+                self.model_records: list[ModelRecord] = model_records(session)
+            if not self.model_records and not create:
                 raise IndexMissingError(f"no index at {self.index_dir} (nothing indexed yet): "
                                         "run `indexer build GALLERY` first")
-            if (self.model_record is not None and detector
-                    and concrete_name(detector, self.model_record.species) != self.model_record.detector):
-                raise ModelMismatchError(
-                    f"{self.index_dir} was built with detector {self.model_record.detector!r}, not "
-                    f"{detector!r}: faces cropped differently do not compare; use another --index")
+            for record in self.model_records if detector else ():
+                if self._detector_asked(detector, record) not in (None, record.detector):
+                    raise ModelMismatchError(
+                        f"{self.index_dir} was built with detector {record.detector!r}"
+                        + (f" for its {record.species} model" if self.several else "")
+                        + f", not {detector!r}: faces cropped differently do not compare; use another --index")
         except BaseException:
             self.close()
             raise
@@ -177,93 +185,213 @@ class IndexWriter:
     # --- opening ----------------------------------------------------------------------
 
     @property
+    def model_record(self) -> ModelRecord | None:
+        """The main model's record (the only one of a one-model index); None before the first build."""
+        return self.model_records[0] if self.model_records else None
+
+    @property
+    def several(self) -> bool:
+        """Whether the index holds more than one model (`--models`)."""
+        return len(self.model_records) > 1
+
+    def _detector_asked(self, detector: str | None, record: ModelRecord) -> str | None:
+        """The detector `detector` means for this model: in a one-model index any detector;
+        among several, only one of its species' faces (or 'none'); else None (not for it)."""
+        if not self.several:
+            return concrete_name(detector, record.species)
+        concrete = concrete_name(detector, record.species)
+        return concrete if DETECTOR_SPECIES.get(concrete, record.species) == record.species else None
+
+    def record_of(self, species: str) -> ModelRecord:
+        for record in self.model_records:
+            if record.species == species:
+                return record
+        raise ModelMismatchError(f"{self.index_dir} has no {species} model")
+
+    def vectors_path_of(self, species: str) -> Path:
+        """The FAISS file of a model's vectors: vectors.faiss for the main model."""
+        return self.index_dir / vectors_file(None if species == self.model_records[0].species else species)
+
+    def store_of(self, species: str) -> VectorStore:
+        """A model's vector index, opened on first use (IndexCorruptError if unreadable)."""
+        if species not in self._stores:
+            record = self.record_of(species)
+            main = record is self.model_records[0]
+            self._stores[species] = open_store(self.settings, self.vectors_path_of(species), record.embedding_dim,
+                                               None if main else species)
+        return self._stores[species]
+
+    def set_store(self, species: str, store: VectorStore) -> None:
+        current = self._stores.get(species)
+        if current is not None and current is not store:
+            current.close()
+        self._stores[species] = store
+        self._unsaved.add(species)
+
+    @property
     def store(self) -> VectorStore:
-        """The vector index, opened on first use (IndexCorruptError if unreadable)."""
-        if self._store is None:
-            self._store = open_store(self.settings, self.vectors_path, self.model_record.embedding_dim)
-        return self._store
+        """The main model's vector index (the only one of a one-model index)."""
+        return self.store_of(self.model_record.species)
 
     @store.setter
     def store(self, store: VectorStore) -> None:
-        if self._store is not None and self._store is not store:
-            self._store.close()
-        self._store = store
-        self._unsaved = True
+        self.set_store(self.model_record.species, store)
 
-    def empty_store(self) -> None:
-        """Start the vectors afresh (repairing an unreadable FAISS file): an empty FAISS index,
-        or the Milvus collection emptied."""
+    def empty_store(self, species: str | None = None) -> None:
+        """Start a model's vectors afresh (repairing an unreadable FAISS file): an empty FAISS
+        index, or the Milvus collection emptied. `species` None: the main model's."""
+        species = species or self.model_record.species
         if self.settings.milvus is None:
-            self.store = FaissStore.create(self.model_record.embedding_dim)
+            self.set_store(species, FaissStore.create(self.record_of(species).embedding_dim))
         else:
-            self.store.remove(self.store.ids())
-            self._unsaved = True
+            store = self.store_of(species)
+            store.remove(store.ids())
+            self._unsaved.add(species)
 
     def face_model(self) -> FaceModel:
-        """The index's model, loaded on first use; a different model is refused."""
-        if self._face_model is not None:
-            return self._face_model
-        record = self.model_record
-        model = load_model(self.requested_model or (record.source if record else DEFAULT_MODEL))
-        if record is None:
-            # Recorded by its concrete name ('auto' resolved), so queries use the very same one.
-            detector = concrete_name(self.requested_detector, model.species)   # an unknown name fails here
-            record = ModelRecord(name=model.name, source=model_source(self.requested_model or DEFAULT_MODEL),
-                                 sha256=model.sha256, embedding_dim=model.embedding_dim,
-                                 species=model.species, threshold=model.threshold, detector=detector)
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                session.add(record)
-            self.model_record = record
-        elif model.sha256 != record.sha256:
-            what = ("the model file has changed since" if not self.requested_model
-                    else f"model {model.name} (sha256 {model.sha256[:12]}) is not the one")
+        """The index's main model, loaded on first use (face_models)."""
+        self.face_models()
+        return self._face_models[self.model_record.species]
+
+    def face_models(self) -> dict[str, FaceModel]:
+        """The index's models by species (main first), loaded on first use; for a new index,
+        the requested ones (default human) are recorded. A different model is refused."""
+        if self._face_models:
+            return self._face_models
+        if not self.model_records:
+            self._record_new_models()
+            return self._face_models
+        records = self.model_records
+        names = ",".join(record.name for record in records)
+        if self.requested_models is not None and len(self.requested_models) != len(records):
             raise ModelMismatchError(
-                f"{self.index_dir}: {what} the index was built with {record.name} "
-                f"(sha256 {record.sha256[:12]}); embeddings of different models cannot be mixed: "
-                "build a separate index with --index DIR")
-        elif self.requested_model and model_source(self.requested_model) != record.source:
+                f"{self.index_dir} was built with {'models' if len(records) > 1 else 'model'} {names}, not "
+                f"{','.join(self.requested_models)}: give --models {names} (or no model), or build a "
+                "separate index with --index DIR")
+        requested = {}
+        for name in self.requested_models or ():
+            loaded = load_model(name)
+            requested[loaded.species] = (name, loaded)
+        moved = []
+        for record in records:
+            if requested and record.species not in requested:
+                raise ModelMismatchError(f"{self.index_dir}: no {record.species} model among "
+                                         f"{','.join(self.requested_models)}; the index was built with {names}")
+            asked, model = requested.get(record.species) or (None, None)
+            model = model or load_model(record.source)
+            if model.sha256 != record.sha256:
+                what = ("the model file has changed since" if not asked
+                        else f"model {model.name} (sha256 {model.sha256[:12]}) is not the one")
+                raise ModelMismatchError(
+                    f"{self.index_dir}: {what} the index was built with {record.name} "
+                    f"(sha256 {record.sha256[:12]}); embeddings of different models cannot be mixed: "
+                    "build a separate index with --index DIR")
+            if asked and model_source(asked) != record.source:
+                record.source = model_source(asked)
+                moved.append(record)
+            self._face_models[record.species] = model
+        if moved:
             # The same model file found somewhere else: remember where, for search and web.
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                record.source = model_source(self.requested_model)
-                session.merge(record)
-        self._face_model = model
-        return model
+                for record in moved:
+                    session.merge(record)
+        return self._face_models
+
+    def _record_new_models(self) -> None:
+        sources = self.requested_models or [DEFAULT_MODEL]
+        models = [load_model(source) for source in sources]
+        seen: dict[str, str] = {}
+        for source, model in zip(sources, models):
+            if model.species in seen:
+                raise ModelMismatchError(f"--models {','.join(sources)}: {seen[model.species]} and {source} are "
+                                         f"both {model.species} models; an index holds one model per species")
+            if len(models) > 1 and not model.species.isidentifier():
+                raise ModelMismatchError(f"--models: {source}'s species {model.species!r} cannot name a vector "
+                                         "store (letters, digits and _ only)")
+            seen[model.species] = source
+        records = []
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            for source, model in zip(sources, models):
+                # Recorded by its concrete name ('auto' resolved), so queries use the very same one.
+                detector = (detector_for(self.requested_detector, model.species) if len(models) > 1
+                            else concrete_name(self.requested_detector, model.species))  # unknown: fails here
+                record = ModelRecord(name=model.name, source=model_source(source), sha256=model.sha256,
+                                     embedding_dim=model.embedding_dim, species=model.species,
+                                     threshold=model.threshold, detector=detector)
+                session.add(record)
+                session.flush()          # ids in the order given: the first is the main model
+                records.append(record)
+        self.model_records = records
+        self._face_models = {model.species: model for model in models}
 
     def reconcile(self, repairing: bool = False) -> np.ndarray:
         """Bring database and saved index together after an interrupted writer (see module doc).
 
+        With several models each model's rows are compared with its own store; a file whose
+        faces were saved in one store but not yet in another is indexed again whole (its
+        saved faces' rows are deleted too), so no file is left with some of its faces.
+
         Returns the ids of indexed rows without a vector, which no crash can cause: that is
         damage, refused here unless `repairing` (check --repair re-embeds them)."""
-        stored = self.store.ids()
-        with Session(self.engine) as session:
-            pending = np.array(session.scalars(select(ImageRecord.id).where(ImageRecord.status == PENDING)).all(),
-                               dtype=np.int64)
-            indexed = np.array(session.scalars(select(ImageRecord.id).where(ImageRecord.status == INDEXED)).all(),
-                               dtype=np.int64)
-        lost = np.setdiff1d(indexed, stored)
-        if len(lost) and not repairing:
-            raise IndexCorruptError(f"{self.index_dir}: {len(lost)} indexed images have no vector in "
-                                    f"{self.vectors_path.name}; run `indexer check --repair`")
-        orphans = np.setdiff1d(stored, np.concatenate([pending, indexed]))
-        if len(orphans):
-            log.info("removing %d vectors whose rows were deleted by an interrupted run", len(orphans))
-            self.store.remove(orphans)
-            self.store.save(self.vectors_path)
-            self._unsaved = False
-        saved, unsaved = np.intersect1d(pending, stored), np.setdiff1d(pending, stored)
-        if len(saved) or len(unsaved):
+        def ids_of(session, status: str, species: str) -> np.ndarray:
+            query = select(ImageRecord.id).where(ImageRecord.status == status)
+            if self.several:                     # a one-model index: every row is its model's
+                query = query.where(ImageRecord.species == species)
+            return np.array(session.scalars(query).all(), dtype=np.int64)
+
+        lost_parts, saved, unsaved = [], {}, {}
+        for record in self.model_records:
+            store = self.store_of(record.species)
+            stored = store.ids()
+            with Session(self.engine) as session:
+                indexed, pending = ids_of(session, INDEXED, record.species), ids_of(session, PENDING, record.species)
+            lost = np.setdiff1d(indexed, stored)
+            if len(lost) and not repairing:
+                raise IndexCorruptError(f"{self.index_dir}: {len(lost)} indexed images have no vector in "
+                                        f"{self._store_name(record.species)}; run `indexer check --repair`")
+            lost_parts.append(lost)
+            orphans = np.setdiff1d(stored, np.concatenate([pending, indexed]))
+            if len(orphans):
+                log.info("removing %d vectors whose rows were deleted by an interrupted run", len(orphans))
+                store.remove(orphans)
+                store.save(self.vectors_path_of(record.species))
+                self._unsaved.discard(record.species)
+            saved.update(dict.fromkeys(np.intersect1d(pending, stored).tolist(), record.species))
+            unsaved.update(dict.fromkeys(np.setdiff1d(pending, stored).tolist(), record.species))
+        if self.several and unsaved:
+            # A file is settled whole: one face left unsaved sends all its pending faces back.
+            with Session(self.engine) as session:
+                paths = set()
+                for chunk in batched(list(unsaved), SQL_CHUNK):
+                    paths.update(session.scalars(select(ImageRecord.path).where(ImageRecord.id.in_(chunk))))
+                for chunk in batched(list(paths), SQL_CHUNK):
+                    for row in session.execute(select(ImageRecord.id, ImageRecord.species).where(
+                            ImageRecord.path.in_(chunk), ImageRecord.status == PENDING)):
+                        unsaved[row.id] = row.species
+                        saved.pop(row.id, None)
+        if saved or unsaved:
             log.info("interrupted run: %d faces were saved, %d will be indexed again", len(saved), len(unsaved))
             with Session(self.engine) as session, session.begin():
-                for chunk in batched(saved.tolist(), SQL_CHUNK):
+                for chunk in batched(list(saved), SQL_CHUNK):
                     session.execute(update(ImageRecord).where(ImageRecord.id.in_(chunk)).values(status=INDEXED))
-                for chunk in batched(unsaved.tolist(), SQL_CHUNK):
+                for chunk in batched(list(unsaved), SQL_CHUNK):
                     session.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
-        return lost
+            for record in self.model_records:        # rows first, then their saved vectors
+                gone = np.array([i for i, kind in unsaved.items() if kind == record.species], dtype=np.int64)
+                if len(gone) and self.store_of(record.species).remove(gone):
+                    self._unsaved.add(record.species)
+        return np.concatenate(lost_parts) if lost_parts else np.empty(0, np.int64)
+
+    def _store_name(self, species: str) -> str:
+        if self.settings.milvus is not None:
+            collection = self.settings.milvus.collection
+            return f"collection {collection if species == self.model_record.species else collection + '_' + species}"
+        return self.vectors_path_of(species).name
 
     def close(self) -> None:
-        if getattr(self, "_store", None) is not None:
-            self._store.close()
-            self._store = None
+        for store in getattr(self, "_stores", {}).values():
+            store.close()
+        self._stores = {}
         if getattr(self, "engine", None) is not None:
             self.engine.dispose()
         self.lock.release()
@@ -280,7 +408,7 @@ class IndexWriter:
         """Index every new or changed image under `gallery`; with `prune`, forget deleted ones."""
         root = os.path.abspath(resolve_data_root(gallery))
         report = ChangeReport("build", gallery_root=root)
-        self.face_model()        # refuse a mismatched model before looking at any file
+        self.face_models()       # refuse a mismatched model before looking at any file
         self.reconcile()
         plan = Plan()
         for chunk in batched(walk_gallery(root), SQL_CHUNK):
@@ -297,7 +425,7 @@ class IndexWriter:
     def add(self, files: Iterable[str | os.PathLike], identity: str | None = None) -> ChangeReport:
         """Index the given files (again, if they changed)."""
         report = ChangeReport("add")
-        self.face_model()
+        self.face_models()
         self.reconcile()
         roots = self._gallery_roots()
         gallery_files = []
@@ -404,7 +532,7 @@ class IndexWriter:
                                                       for i, name in plan.identity_updates.items()])
             report.identities_updated = len(plan.identity_updates)
         if plan.skips:
-            self._insert(plan.skips, np.empty((0, self.store.dim), np.float32), report)
+            self._insert(plan.skips, {}, report)
         self.index_items(plan.items, report)
 
     def index_items(self, items: list[WorkItem], report: ChangeReport) -> None:
@@ -419,20 +547,40 @@ class IndexWriter:
                 bar.update(len(results))
                 bar.set_postfix(skipped=report.skipped, refresh=False)
                 # The interval grows with the index, so snapshot writes stay O(N) in total.
-                if self._since_checkpoint >= max(self.checkpoint_every, self.store.ntotal // 4):
+                if self._since_checkpoint >= max(self.checkpoint_every, self._vectors_total() // 4):
                     self.checkpoint()
 
-    def _embedded(self, items: list[WorkItem]):
-        """(results, vectors) batches of `items`: in this process, or over Ray (--engine ray)."""
-        model = self.face_model()
-        if self.build_engine == "ray":
-            from .ray_build import embed_files_on_ray     # Ray: only for builds that use it
-            return embed_files_on_ray(items, self.model_record.source, model.sha256, model.embedding_dim,
-                                      self.model_record.detector, self.batch_size, actors=self.workers)
-        return embed_files(items, model, self.model_record.detector, self.batch_size, self.workers)
+    def _vectors_total(self) -> int:
+        return sum(self.store_of(record.species).ntotal for record in self.model_records)
 
-    def _insert(self, results: list[ImageResult], vectors: np.ndarray, report: ChangeReport) -> None:
-        common = {"species": self.model_record.species, "added_at": utc_now()}
+    def _embedded(self, items: list[WorkItem]):
+        """(results, {species: vectors}) batches of `items`: in this process, or over Ray
+        (--engine ray). With several models every photo goes through each model's detector
+        and model, and each result lists its faces of every species (embedding.merge_models)."""
+        models = self.face_models()
+        streams = []
+        if self.build_engine == "ray":
+            from .ray_build import embed_files_on_ray, ray_session     # Ray: only for builds that use it
+            session = ray_session()
+            for record in self.model_records:
+                model = models[record.species]
+                streams.append(embed_files_on_ray(items, record.source, model.sha256, model.embedding_dim,
+                                                  record.detector, self.batch_size, actors=self.workers))
+        else:
+            session = None
+            for record in self.model_records:
+                streams.append(embed_files(items, models[record.species], record.detector, self.batch_size,
+                                           self.workers))
+        species = [record.species for record in self.model_records]
+        if session is None:
+            return merge_models(species, streams)
+        return _within(session, merge_models(species, streams))
+
+    def _insert(self, results: list[ImageResult], vectors: dict[str, np.ndarray], report: ChangeReport) -> None:
+        """Rows for `results` (faces pending, skipped files), then each species' vectors
+        (rows of `vectors[species]`: that species' faces in the results' order) into its store."""
+        main = self.model_record.species
+        common = {"species": main, "added_at": utc_now()}
         skipped, faces = [], []
         for result in results:
             row = {**common, "path": result.path, "sha256": result.sha256, "identity": result.identity,
@@ -442,9 +590,10 @@ class IndexWriter:
                 skipped.append({**row, "status": SKIPPED, "skip_reason": result.skip_reason})
                 continue
             report.images_added += 1
-            for box in result.boxes:
+            for box, kind in zip(result.boxes, result.species or [main] * len(result.boxes)):
                 x0, y0, x1, y1 = box if box is not None else (None,) * 4
-                faces.append({**row, "status": PENDING, "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1})
+                faces.append({**row, "species": kind, "status": PENDING,
+                              "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1})
         # Core inserts (one statement per kind of row): the ORM's unit of work would cost
         # more per batch than the model does.
         with self.engine.begin() as connection:
@@ -452,50 +601,68 @@ class IndexWriter:
                 connection.execute(insert(ImageRecord), skipped)
             ids = list(connection.scalars(insert(ImageRecord).returning(ImageRecord.id, sort_by_parameter_order=True),
                                           faces)) if faces else []
-        self.store.add(ids, vectors)
+        by_species: dict[str, list[int]] = defaultdict(list)
+        for face_id, face in zip(ids, faces):
+            by_species[face["species"]].append(face_id)
+        for kind, kind_ids in by_species.items():
+            self.store_of(kind).add(kind_ids, vectors[kind])
+            self._unsaved.add(kind)
         report.faces_added += len(ids)
         self._since_checkpoint += len(ids)
-        self._unsaved = self._unsaved or bool(ids)
 
     def delete_rows(self, ids: list[int]) -> None:
         """Delete rows (committed first), then their vectors (saved at the next checkpoint)."""
         if not ids:
             return
+        main = self.model_record.species
+        by_species: dict[str, list[int]] = defaultdict(list)
         with Session(self.engine) as session, session.begin():
             for chunk in batched(ids, SQL_CHUNK):
+                if self.several:
+                    for row in session.execute(select(ImageRecord.id, ImageRecord.species)
+                                               .where(ImageRecord.id.in_(chunk))):
+                        by_species[row.species].append(row.id)
                 session.execute(delete(ImageRecord).where(ImageRecord.id.in_(chunk)))
-        if self.store.remove(np.array(ids, dtype=np.int64)):
-            self._unsaved = True
+        if not self.several:
+            by_species[main] = list(ids)
+        for record in self.model_records:
+            chosen = by_species.get(record.species)
+            if chosen and self.store_of(record.species).remove(np.array(chosen, dtype=np.int64)):
+                self._unsaved.add(record.species)
 
     def checkpoint(self, final: bool = False) -> None:
-        """Save the index atomically, then mark the rows it now holds as indexed."""
-        if final and self.store.ntotal:
-            target = (auto_index_type(self.store.index_type, self.store.ntotal) if self.index_type == "auto"
-                      else self.index_type)
-            if target != self.store.index_type:
-                log.info("converting the index from %s to %s (%d vectors)", self.store.index_type, target,
-                         self.store.ntotal)
-                self.store = self.store.converted(target)
+        """Save every changed store atomically, then mark the rows they now hold as indexed."""
+        for record in self.model_records:
+            store = self.store_of(record.species)
+            if final and store.ntotal:
+                target = (auto_index_type(store.index_type, store.ntotal) if self.index_type == "auto"
+                          else self.index_type)
+                if target != store.index_type:
+                    log.info("converting the %s index from %s to %s (%d vectors)", record.species,
+                             store.index_type, target, store.ntotal)
+                    self.set_store(record.species, store.converted(target))
         if not self._unsaved:
             return
-        self.store.save(self.vectors_path)
+        for record in self.model_records:
+            if record.species in self._unsaved:
+                self.store_of(record.species).save(self.vectors_path_of(record.species))
         with Session(self.engine) as session, session.begin():
             session.execute(update(ImageRecord).where(ImageRecord.status == PENDING).values(status=INDEXED))
-        self._unsaved = False
+        self._unsaved.clear()
         self._since_checkpoint = 0
 
     def finish(self, report: ChangeReport) -> ChangeReport:
         """Final snapshot, and the run recorded in the builds table if it changed anything."""
         self.checkpoint(final=True)
         self._settle_individuals(report)
-        report.index_type, report.vectors = self.store.index_type, self.store.ntotal
+        report.index_type, report.vectors = self.store.index_type, self._vectors_total()
         report.seconds = round(time.perf_counter() - report._clock, 3)
         if report.changed:
             with Session(self.engine) as session, session.begin():
                 session.add(BuildRecord(kind=report.kind, gallery_root=report.gallery_root, started_at=report.started_at,
                                         finished_at=utc_now(), added=report.faces_added, removed=report.removed,
                                         skipped=report.skipped, unchanged=report.unchanged,
-                                        index_type=self.store.index_type, vectors=self.store.ntotal))
+                                        index_type=self.store.index_type, vectors=self._vectors_total()))
         return report
 
     def _settle_individuals(self, report: ChangeReport) -> None:
@@ -504,11 +671,14 @@ class IndexWriter:
         leaves faces merely unassigned, which the next run assigns."""
         from .individuals import assign_new_faces, drop_empty
         if report.faces_added:
-            size = gallery_size(self.engine)
-            threshold = self.face_model().match_rule(size["individuals"], size["faces"]).threshold
-            done = assign_new_faces(self.engine, self.store, threshold)
-            report.individuals_joined = done["assigned"] - done["new_individuals"]
-            report.individuals_new = done["new_individuals"]
+            # Each species among its own faces, by its own model's rule for its own gallery size.
+            for record in self.model_records:
+                species = record.species if self.several else None
+                size = gallery_size(self.engine, species)
+                threshold = self.face_models()[record.species].match_rule(size["individuals"], size["faces"]).threshold
+                done = assign_new_faces(self.engine, self.store_of(record.species), threshold, species)
+                report.individuals_joined += done["assigned"] - done["new_individuals"]
+                report.individuals_new += done["new_individuals"]
         if report.removed:
             with Session(self.engine) as session, session.begin():
                 drop_empty(session)
@@ -516,3 +686,9 @@ class IndexWriter:
     def _gallery_roots(self) -> list[str]:
         with Session(self.engine) as session:
             return gallery_roots(session)
+
+
+def _within(context, iterator):
+    """`iterator`'s items, with `context` (a context manager) entered around all of them."""
+    with context:
+        yield from iterator

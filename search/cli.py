@@ -57,6 +57,10 @@ box_option = click.option("--box", metavar="X0,Y0,X1,Y1",
                           help="Search the face in this box (pixels of the photo: left, top, right, "
                                "bottom) instead of the faces the detector finds: for a face it "
                                "missed, or to choose one. Applies to every photo given.")
+species_option = click.option("--species", metavar="SPECIES",
+                              help="In an index of several models (indexer build --models human,dog): "
+                                   "look for this species' faces only (default: every species'); with "
+                                   "--box, which model's face the box holds.")
 absolute_paths_option = click.option("--absolute-paths", is_flag=True,
                                      help="Show gallery files by their full path (default: relative to "
                                           "the gallery folder they were indexed from).")
@@ -89,12 +93,14 @@ def main(verbose: bool) -> None:
 @detector_option
 @absolute_paths_option
 @box_option
+@species_option
 @click.option("--server", metavar="URL",
               help="Ask a running `search serve` at URL (e.g. http://127.0.0.1:8000) instead of "
                    "loading the model and index here: no start-up cost per call. Sends "
                    "$FACESEARCH_API_KEY when set; the server's index, model and detector answer.")
 @lines_option
-def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, box, server, as_json) -> None:
+def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, box, species, server,
+          as_json) -> None:
     """The K nearest gallery faces of every face in each of PHOTOS (files, or folders of
     images), and whether each is a match: as near as at most --fpir of strangers' searches
     come in a gallery of this size (confident: a tenth of that).
@@ -102,7 +108,8 @@ def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, bo
     def show(photo, result):
         _echo_header(photo, result)
         for number, face in enumerate(result["faces"], 1):
-            click.echo(f"\nface {number}  box {_box(face['box'])}  ({_found_by(face)}): {_verdict(face)}")
+            click.echo(f"\nface {number}{_kind(result, face)}  box {_box(face['box'])}  ({_found_by(face)}): "
+                       f"{_verdict(face)}")
             click.echo(f"  {'rank':>4}  {'distance':>8}  {'similarity':>10}  {'match':<10}  "
                        f"{'identity':<24}  path")
             for rank, m in enumerate(face["matches"], 1):
@@ -111,13 +118,13 @@ def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, bo
 
     if server:
         for name, value in (("--index", index), ("--model", model), ("--detector", detector),
-                            ("--absolute-paths", absolute_paths)):
+                            ("--absolute-paths", absolute_paths), ("--species", species)):
             if value:
                 raise click.UsageError(f"{name} is the server's to choose; leave it out with --server")
         answer = _server_answer(server, k, threshold, box, fpir)
     else:
         answer = _engine_answer("query", dict(k=k, threshold=threshold, fpir=fpir, absolute_paths=absolute_paths,
-                                              box=_parse_box(box)), index, model, detector)
+                                              box=_parse_box(box), species=species), index, model, detector)
     _run_photos(photos, answer, as_json, show)
 
 
@@ -131,8 +138,9 @@ def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, bo
 @detector_option
 @absolute_paths_option
 @box_option
+@species_option
 @lines_option
-def identify(photos, k, fpir, threshold, index, model, detector, absolute_paths, box, as_json) -> None:
+def identify(photos, k, fpir, threshold, index, model, detector, absolute_paths, box, species, as_json) -> None:
     """Who is in each of PHOTOS (files, or folders of images): for each face, the identity of
     its nearest gallery face when that face is a match (as near as at most --fpir of
     strangers' searches come in a gallery of this size), else "unknown".
@@ -140,9 +148,11 @@ def identify(photos, k, fpir, threshold, index, model, detector, absolute_paths,
     def show(photo, result):
         _echo_header(photo, result)
         for number, face in enumerate(result["faces"], 1):
-            click.echo(f"face {number}  box {_box(face['box'])}  ({_found_by(face)}): {_verdict(face)}")
+            click.echo(f"face {number}{_kind(result, face)}  box {_box(face['box'])}  ({_found_by(face)}): "
+                       f"{_verdict(face)}")
 
-    options = dict(k=k, threshold=threshold, fpir=fpir, absolute_paths=absolute_paths, box=_parse_box(box))
+    options = dict(k=k, threshold=threshold, fpir=fpir, absolute_paths=absolute_paths, box=_parse_box(box),
+                   species=species)
     _run_photos(photos, _engine_answer("identify", options, index, model, detector), as_json, show)
 
 
@@ -248,9 +258,14 @@ def _engine_answer(command, options, index, model, detector):
     from indexer.config import existing_index
     existing_index(index)     # a missing index is said before torch loads
     from .engine import QueryEngine
+    from .errors import SearchError
     _one_torch_thread()
     engine = QueryEngine(index, model=model, detector=detector)
-    engine.match_rule(options["fpir"], options["threshold"])   # a bad --fpir or --threshold fails once, here
+    try:
+        # A bad --fpir, --threshold or --species fails once, here.
+        engine.match_rule(options["fpir"], options["threshold"], options.get("species"))
+    except SearchError as error:
+        raise click.UsageError(str(error)) from None
     method = getattr(engine, command)
     return lambda photo: method(photo, name=photo, **options)
 
@@ -336,10 +351,24 @@ def _echo_header(photo, result) -> None:
     if not faces:
         click.echo(result["message"])
         return
+    models = result.get("models") or []
+    if len(models) > 1:      # an index of several models: each species by its own model and rule
+        click.echo(f"{readable(photo)}: {faces} face{'s' * (faces != 1)}")
+        for part in models:
+            click.echo(f"  {part['species']} faces: model {part['model']}, detector {part['detector']}; a match is "
+                       f"distance <= {part['threshold']:.3f}: {rule_in_words(part['decision'])}")
+            if part["decision"].get("message"):
+                click.echo(f"  note: {part['decision']['message']}")
+        return
     click.echo(f"{readable(photo)}: {faces} face{'s' * (faces != 1)} (model {result['model']}, detector "
                f"{result['detector']}; a match is distance <= {result['threshold']:.3f}: {rule_in_words(result['decision'])})")
     if result["decision"].get("message"):
         click.echo(f"note: {result['decision']['message']}")
+
+
+def _kind(result, face) -> str:
+    """' (dog)' after a face's number in an answer of several models; nothing otherwise."""
+    return f" ({face['species']})" if len(result.get("models") or []) > 1 and face.get("species") else ""
 
 
 def rule_in_words(decision: dict) -> str:

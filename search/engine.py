@@ -10,13 +10,29 @@ A query answers one JSON-ready dict (the `search query --json` output):
     {"image": {"width", "height"}, "model", "species", "threshold", "detector",
      "decision": {"rule": "fpir" | "per-pair", "threshold", "fpir", "individuals", "faces",
                   "confident_within", "operating_point" (per-pair), "message" (old models)},
+     "models": [{"model", "species", "threshold", "detector", "decision"}, ...],
      "faces": [{"box": [x0, y0, x1, y1] or None, "score",
                 "found_by": "detector" | "box" | "whole image",
+                "species", "model", "threshold",
                 "identity" (or "unknown"), "distance", "strength", "stranger_rate", "reason",
                 "matches": [{"id", "path", "identity", "individual", "distance", "similarity",
                              "match", "strength", "stranger_rate", "box"}, ...]}, ...],
      "message": "no face found ..." (only when there is no face: says to give a box),
      "timings_ms": {"detect", "embed", "search"}}
+
+An index may hold several models, one per species (`indexer build --models human,dog`).
+Then every model's detector looks at the photo, each face is embedded by its own species'
+model and searched among that species' faces only, and its `match` is decided by that
+model's own rule for that species' gallery size (`model.match_rule(individuals, faces,
+fpir, threshold)` with the species' own counts). `"models"` lists each model's "model",
+"species", "detector", "threshold" and "decision", the index's main (first) model first;
+the top-level "model", "species", "threshold", "detector" and "decision" are the main
+model's, exactly as in a one-model index (where "models" holds that one entry). Each face
+says its "species", "model" and "threshold" (the one its matches were judged by); faces
+come model by model, each model's left to right. A spot that two species' detectors both
+call a face is one face, the dog's (faces.detectors.shadowed: the human detectors see a
+face on some dogs' faces), unless it is a box given, which every model answers (`species`
+chooses one). `species` restricts a query to one species' model.
 
 A match's `path` is relative to the gallery folder it was indexed from (the file name alone
 for a file added from elsewhere); `absolute_paths=True` gives the full path instead. Names
@@ -44,7 +60,8 @@ import numpy as np
 from PIL import Image
 
 from faces.checkpoint import DEFAULT_MODEL, FaceModel, load_model
-from faces.detectors import Detector, Face, box_inside, concrete_name, get_detector, resolve_detector
+from faces.detectors import (DETECTOR_SPECIES, Detector, Face, box_inside, concrete_name, get_detector,
+                             resolve_detector, shadowed)
 from faces.errors import readable
 from faces.imaging import load_image
 from faces.open_set import MatchRule
@@ -71,8 +88,11 @@ class FacePipeline:
     `detector` is the default ('auto' or None: the species' own); each call may name
     another, made once and kept (a web server's threads share them)."""
 
-    def __init__(self, model: FaceModel, detector: str | None = None):
+    def __init__(self, model: FaceModel, detector: str | None = None, among_several: bool = False):
+        """`among_several`: one of an index's several models, so a detector named for another
+        species' faces (the human 'blazeface' for the dog model) leaves this one its default."""
         self.model = model
+        self.among_several = among_several
         self.detector_name = concrete_name(detector, model.species)
         self._detectors: dict[str, Detector] = {}
         self._detectors_lock = threading.Lock()
@@ -80,7 +100,7 @@ class FacePipeline:
 
     def get_detector(self, name: str | None = None) -> Detector:
         """The named detector (None: this pipeline's default), aligning as the model asks."""
-        name = self.detector_name if name in (None, "") else concrete_name(name, self.model.species)
+        name = self.detector_used(name)
         with self._detectors_lock:
             if name not in self._detectors:
                 self._detectors[name] = get_detector(name, self.model.preprocess, self.model.species)
@@ -88,7 +108,12 @@ class FacePipeline:
 
     def detector_used(self, name: str | None) -> str:
         """The concrete name of the detector a call with `name` uses (ValueError when unknown)."""
-        return self.detector_name if name in (None, "") else concrete_name(name, self.model.species)
+        if name in (None, ""):
+            return self.detector_name
+        concrete = concrete_name(name, self.model.species)
+        if self.among_several and DETECTOR_SPECIES.get(concrete, self.model.species) != self.model.species:
+            return self.detector_name
+        return concrete
 
     @classmethod
     def load(cls, model: str | os.PathLike = DEFAULT_MODEL, detector: str | None = None,
@@ -150,14 +175,16 @@ class FacePipeline:
 
 
 class QueryEngine:
-    """A gallery index with its model and detector, loaded once and reused for every query.
+    """A gallery index with its model(s) and detector(s), loaded once and reused for every query.
 
     index: index folder (default: $FACESEARCH_INDEX, else ./facesearch-index).
     model: bundled name or checkpoint path; default the one the index records. Either way
-    it must be the very model the index was built with (same sha256).
+    it must be the very model the index was built with (same sha256); in an index of
+    several models it stands for the index's model of its species.
     detector: the default detector of queries; None uses the one the index was built with
     (so a gallery of crops, built with 'none', is queried with crops), 'auto' the species'
-    default. Each query may still name another.
+    default. Each query may still name another. In an index of several models a detector
+    is for the models whose species' faces it finds ('none': all); the others keep theirs.
     """
 
     def __init__(self, index: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
@@ -166,62 +193,115 @@ class QueryEngine:
         started = time.perf_counter()
         self.gallery = Gallery.open(index)
         index_loaded = time.perf_counter()
-        face_model = self._load_index_model(model, device)
-        self.pipeline = FacePipeline(face_model, resolve_detector(detector, self.gallery.detector,
-                                                                  face_model.species))
+        several = self.gallery.several
+        try:
+            self.pipelines = []
+            for record, face_model in zip(self.gallery.models, self._load_index_models(model, device)):
+                chosen = detector
+                if several and detector not in (None, "", "auto"):
+                    concrete = concrete_name(detector, face_model.species)    # an unknown name fails here
+                    if DETECTOR_SPECIES.get(concrete, face_model.species) != face_model.species:
+                        chosen = None          # another species' detector: this model keeps its own
+                self.pipelines.append(FacePipeline(face_model, resolve_detector(chosen, record.detector,
+                                                                                face_model.species),
+                                                   among_several=several))
+        except BaseException:
+            self.gallery.close()
+            raise
+        self.pipeline = self.pipelines[0]
         self.load_timings_ms = {"index": _ms(index_loaded - started),
                                 "model": _ms(time.perf_counter() - index_loaded)}
 
     @property
     def model(self) -> FaceModel:
+        """The index's main model (the only one of a one-model index)."""
         return self.pipeline.model
 
-    def _load_index_model(self, model, device) -> FaceModel:
-        if model is None:
-            return self.gallery.load_model(device)
-        loaded = load_model(model, device)
-        self.gallery.check_model(loaded)     # another model's embeddings do not compare
-        return loaded
+    @property
+    def species(self) -> list[str]:
+        """The species the index's models find, the main one first."""
+        return [pipeline.model.species for pipeline in self.pipelines]
 
-    def match_rule(self, fpir: float | str | None = None, threshold: str | float | None = None) -> MatchRule:
+    def _load_index_models(self, model, device) -> list[FaceModel]:
+        loaded = None
+        if model is not None:
+            loaded = load_model(model, device)
+            self.gallery.check_model(loaded)     # another model's embeddings do not compare
+        return [loaded if loaded is not None and loaded.species == record.species
+                else self.gallery.load_model(device, record.species)
+                for record in self.gallery.models]
+
+    def _pipelines(self, species: str | None) -> list[FacePipeline]:
+        if species in (None, ""):
+            return self.pipelines
+        chosen = [p for p in self.pipelines if p.model.species == species]
+        if not chosen:
+            raise SearchError(f"species {species!r}: this index finds {', '.join(self.species)} faces")
+        return chosen
+
+    def match_rule(self, fpir: float | str | None = None, threshold: str | float | None = None,
+                   species: str | None = None) -> MatchRule:
         """What decides `match` in this gallery now (faces.checkpoint.FaceModel.match_rule):
-        the threshold for `fpir` (default 5%) at the gallery's size, or a per-pair `threshold`."""
-        size = self.gallery.size()
-        return self.model.match_rule(size["individuals"], size["faces"], fpir, threshold)
+        the threshold for `fpir` (default 5%) at the gallery's size, or a per-pair `threshold`.
+        `species`: for that species' model and its faces alone (default the main model's;
+        in an index of several models each species has its own rule)."""
+        pipeline = self._pipelines(species)[0]
+        size = self.gallery.size(pipeline.model.species if self.gallery.several else None)
+        return pipeline.model.match_rule(size["individuals"], size["faces"], fpir, threshold)
 
     def query(self, source: Source, k: int = 10, name: str | None = None,
               threshold: str | float | None = None, absolute_paths: bool = False, box=None,
-              fpir: float | str | None = None, detector: str | None = None) -> dict:
+              fpir: float | str | None = None, detector: str | None = None, species: str | None = None) -> dict:
         """The k nearest gallery faces of every face in the photo (or of the one face in
         `box`). `match` is decided by the gallery's rule (match_rule): at most `fpir` of the
         searches by people not in the gallery see any match (default 5%), or, given
         `threshold` (strict, balanced or a distance), per pair. `detector` finds the faces
-        (default the engine's: the index's own)."""
+        (default the engine's: the index's own). In an index of several models every
+        model's detector looks at the photo and each face is searched among its own
+        species' faces with its own model's rule (`species`: only that one's)."""
         if k < 1:
             raise SearchError(f"k must be at least 1 (got {k})")
-        rule = self.match_rule(fpir, threshold)   # a bad value fails before any work
+        pipelines = self._pipelines(species)
+        rules = [self.match_rule(fpir, threshold, p.model.species) for p in pipelines]   # bad values fail first
         try:
-            used = self.pipeline.detector_used(detector)
+            used = [p.detector_used(detector) for p in pipelines]
         except ValueError as error:
             raise SearchError(str(error)) from None
-        photo = self.pipeline.read(source, name, box, used)
-        started = time.perf_counter()
-        hits = self.gallery.search(photo.embeddings, k) if photo.faces else []
-        photo.timings_ms["search"] = _ms(time.perf_counter() - started)
+        image = source if isinstance(source, Image.Image) or len(pipelines) == 1 else load_image(source, name=name)
+        faces, timings = [], {"detect": 0.0, "embed": 0.0, "search": 0.0}
+        for pipeline, rule, detector_name in zip(pipelines, rules, used):
+            photo = pipeline.read(image, name, box, detector_name)
+            started = time.perf_counter()
+            kind = pipeline.model.species
+            hits = (self.gallery.search(photo.embeddings, k, kind if self.gallery.several else None)
+                    if photo.faces else [])
+            photo.timings_ms["search"] = _ms(time.perf_counter() - started)
+            for key in timings:
+                timings[key] = round(timings[key] + photo.timings_ms[key], 2)
+            for face, face_hits in zip(photo.faces, hits):
+                answer = {"box": list(face.box) if face.box else None, "score": face.score,
+                          "found_by": face.found_by, "species": kind, "model": pipeline.model.name,
+                          "threshold": rule.threshold,
+                          "matches": [self._match(hit, rule, absolute_paths) for hit in face_hits]}
+                answer.update(decide(answer["matches"]))
+                faces.append(answer)
+        if len(pipelines) > 1:
+            # One spot found by two species' detectors is one face (faces.detectors.shadowed),
+            # as the build decided for the gallery; a box given is answered by every model.
+            hidden = shadowed([(f["species"], f["box"] if f["found_by"] == "detector" else None) for f in faces])
+            faces = [face for face, hide in zip(faces, hidden) if not hide]
         result = {
             "image": {"width": photo.width, "height": photo.height},
-            "model": self.model.name, "species": self.model.species, "threshold": rule.threshold,
-            "decision": rule.describe(), "detector": used,
-            "faces": [{"box": list(face.box) if face.box else None, "score": face.score,
-                       "found_by": face.found_by,
-                       "matches": [self._match(hit, rule, absolute_paths) for hit in face_hits]}
-                      for face, face_hits in zip(photo.faces, hits)],
-            "timings_ms": photo.timings_ms,
+            "model": pipelines[0].model.name, "species": pipelines[0].model.species, "threshold": rules[0].threshold,
+            "decision": rules[0].describe(), "detector": used[0],
+            "models": [{"model": p.model.name, "species": p.model.species, "threshold": rule.threshold,
+                        "decision": rule.describe(), "detector": detector_name}
+                       for p, rule, detector_name in zip(pipelines, rules, used)],
+            "faces": faces,
+            "timings_ms": timings,
         }
-        for face in result["faces"]:
-            face.update(decide(face["matches"]))
-        if not photo.faces:
-            result["message"] = no_face_message(_label(source, name), self.model.species, used)
+        if not faces:
+            result["message"] = no_face_message(_label(source, name), [p.model.species for p in pipelines], used)
         return result
 
     def _match(self, hit: dict, rule: MatchRule, absolute_path: bool) -> dict:
@@ -235,20 +315,30 @@ class QueryEngine:
 
     def identify(self, source: Source, k: int = 10, name: str | None = None,
                  threshold: str | float | None = None, absolute_paths: bool = False, box=None,
-                 fpir: float | str | None = None, detector: str | None = None) -> dict:
+                 fpir: float | str | None = None, detector: str | None = None, species: str | None = None) -> dict:
         """The query itself: every face's answer (`decide`) is already in it. Kept as its own
         call for `search identify` and the clients that name it."""
-        return self.query(source, k, name, threshold, absolute_paths, box, fpir, detector)
+        return self.query(source, k, name, threshold, absolute_paths, box, fpir, detector, species)
 
     def verify(self, a: Source, b: Source, names: tuple[str | None, str | None] = (None, None),
-               threshold: str | float | None = None, boxes: tuple = (None, None)) -> dict:
-        return self.pipeline.verify(a, b, names, threshold, boxes)
+               threshold: str | float | None = None, boxes: tuple = (None, None),
+               species: str | None = None) -> dict:
+        """1:1, with the main model (or the index's model of `species`)."""
+        return self._pipelines(species)[0].verify(a, b, names, threshold, boxes)
 
 
-def no_face_message(label: str, species: str, detector: str) -> str:
-    """What to tell a user whose photo shows no face: what was looked for, and what to do."""
-    face = "dog face" if species == "dog" else "face"
-    return (f"no {face} found in {label} (detector {detector}); if there is one, give its box "
+def no_face_message(label: str, species: str | list[str], detector: str | list[str]) -> str:
+    """What to tell a user whose photo shows no face: what was looked for, and what to do
+    (`species` and `detector`: one, or a list for an index of several models)."""
+    kinds = [species] if isinstance(species, str) else list(species)
+    detectors = [detector] if isinstance(detector, str) else list(detector)
+    if len(kinds) == 1:
+        face = "dog face" if kinds[0] == "dog" else "face"
+        looked = f"detector {detectors[0]}"
+    else:
+        face = " or ".join(kinds) + " face"
+        looked = "detectors " + ", ".join(detectors)
+    return (f"no {face} found in {label} ({looked}); if there is one, give its box "
             f"(search query --box x0,y0,x1,y1, or draw it on the web page)")
 
 

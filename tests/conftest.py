@@ -68,3 +68,17 @@ def fresh_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "fresh.pt"
     save_checkpoint(path, EmbeddingNet("small", 128), Preprocess(64, 1.0), "human", 0.5)
     return path
+
+
+@pytest.fixture(scope="module")
+def fresh_dog_checkpoint(tmp_path_factory) -> Path:
+    """An untrained small network (64 px) of species dog: with fresh_checkpoint, the two
+    models of a quick two-model index (`indexer build --models HUMAN.pt,DOG.pt`)."""
+    import torch
+    from faces.checkpoint import save_checkpoint
+    from faces.imaging import Preprocess
+    from faces.models import EmbeddingNet
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("model") / "fresh-dog.pt"
+    save_checkpoint(path, EmbeddingNet("small", 128), Preprocess(64, 1.0), "dog", 0.5)
+    return path

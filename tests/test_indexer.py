@@ -320,7 +320,7 @@ def test_database_at_first_revision_upgrades_without_losing_rows(tmp_path):
                        "VALUES (?, 'cd', ?, 10, 'dog', '2026-01-01 00:00:00', 'indexed')",
                        [(f"/g/rex/{i}.jpg", "rex") for i in range(5)])
     engine = open_database(database)
-    assert current_revision(engine) == head_revision() == "0006"
+    assert current_revision(engine) == head_revision() == "0007"
     engine.dispose()
     with sqlite3.connect(database) as db:
         rows = db.execute("SELECT id, path, identity, cluster FROM images ORDER BY id").fetchall()
@@ -351,7 +351,7 @@ def test_processes_opening_an_old_database_at_once_all_see_it_upgraded(tmp_path)
     outcomes = [results.get(timeout=60) for _ in processes]
     for process in processes:
         process.join()
-    assert outcomes == ["0006"] * 4
+    assert outcomes == ["0007"] * 4
 
 
 def test_real_index_downgraded_to_first_revision_opens_upgraded(gallery, open_writer, tmp_path):
@@ -362,7 +362,7 @@ def test_real_index_downgraded_to_first_revision_opens_upgraded(gallery, open_wr
     assert current_revision(engine) == "0001"
     engine.dispose()
     with Gallery.open(tmp_path / "index") as view:     # opening upgrades
-        assert current_revision(view.engine) == "0006"
+        assert current_revision(view.engine) == "0007"
         assert view.stats()["faces"] == 13
         probe = gallery / "person_02" / "person_02_0004.jpg"
         assert view.search(embed_file(view, probe), k=1)[0][0]["path"] == str(probe)

@@ -207,7 +207,7 @@ def test_individuals_migration_down_and_up_keeps_faces(library):
         assert "individuals" not in [t[0] for t in db.execute("SELECT name FROM sqlite_master")]
         assert db.execute("SELECT count(*) FROM images").fetchone() == (12,)
     engine = open_database(database)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     engine.dispose()
     assert listing(library) == []            # grouped again by the next `indexer cluster`
     code, output = indexer(library, "cluster", "--threshold", "balanced")

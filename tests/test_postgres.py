@@ -94,7 +94,7 @@ def test_migrations_run_on_postgresql_and_keep_rows_through_text_to_bytea(databa
             "('/g/rex/1.jpg', 'rex', 'dog', now(), 'indexed'), ('/g/café/2.jpg', 'café', 'dog', now(), 'indexed')"))
     engine.dispose()
     engine = open_database(database, lock_dir=tmp_path)          # upgrades to the newest
-    assert current_revision(engine) == head_revision() == "0006"
+    assert current_revision(engine) == head_revision() == "0007"
     columns = {c["name"]: c["type"] for c in inspect(engine).get_columns("images")}
     assert (str(columns["id"]), str(columns["path"]), str(columns["identity"])) == ("BIGINT", "BYTEA", "BYTEA")
     with engine.connect() as connection:
@@ -105,7 +105,7 @@ def test_migrations_run_on_postgresql_and_keep_rows_through_text_to_bytea(databa
     with engine.connect() as connection:
         assert connection.execute(text("SELECT identity FROM images ORDER BY id")).scalars().all() == ["rex", "café"]
     upgrade(engine, "head")
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     engine.dispose()
 
 
@@ -126,7 +126,7 @@ def test_individuals_migration_up_and_down_on_postgresql(database, tmp_path):
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM images")).scalar() == 1
     upgrade(engine, "head")
-    assert current_revision(engine) == "0006" and "individuals" in inspect(engine).get_table_names()
+    assert current_revision(engine) == "0007" and "individuals" in inspect(engine).get_table_names()
     engine.dispose()
 
 
@@ -153,7 +153,7 @@ def test_processes_on_separate_machines_creating_the_schema_at_once_all_see_it(d
     outcomes = [results.get(timeout=120) for _ in processes]
     for process in processes:
         process.join()
-    assert outcomes == ["0006"] * 3
+    assert outcomes == ["0007"] * 3
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +207,46 @@ def test_an_unreachable_database_is_one_line_naming_it(tmp_path, checkpoint):
                        "--no-progress", "--db", url)
     assert code == 1 and output.startswith(f"Error: {url}: cannot open the database (") and "Traceback" not in output
     assert not (tmp_path / "index" / "index.json").exists()       # nothing remembered from a failed start
+
+
+def test_one_model_per_species_migration_up_and_down_on_postgresql(database, tmp_path):
+    engine = open_database(database, lock_dir=tmp_path)
+    model = ("INSERT INTO models (name, source, sha256, embedding_dim, species, threshold, detector, added_at) "
+             "VALUES ('{0}', '{0}', 'x', 128, '{1}', 0.5, 'none', now())")
+    with engine.begin() as connection:
+        connection.execute(text(model.format("human", "human")))
+        connection.execute(text(model.format("dog", "dog")))
+    with pytest.raises(Exception, match="ux_models_species"):       # one model per species
+        with engine.begin() as connection:
+            connection.execute(text(model.format("dog2", "dog")))
+    downgrade(engine, "0006")
+    assert "ux_models_species" not in [i["name"] for i in inspect(engine).get_indexes("models")]
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM models")).scalar() == 2
+    upgrade(engine, "head")
+    assert current_revision(engine) == "0007"
+    assert [(i["name"], i["unique"]) for i in inspect(engine).get_indexes("models")] == [("ux_models_species", True)]
+    engine.dispose()
+
+
+def test_a_two_model_index_with_its_metadata_on_postgresql(database, tmp_path, checkpoint, fresh_dog_checkpoint):
+    """Two models (an untrained human and dog network; --detector none, so each crop is a face
+    of each) share one PostgreSQL database, each with its own FAISS file."""
+    gallery = write_identity_folders(tmp_path / "gallery", identities=3, per_identity=3)
+    index = tmp_path / "index"
+    code, output = run(indexer_main, "build", gallery, "--models", f"{checkpoint},{fresh_dog_checkpoint}",
+                       "--index", index, "--detector", "none", "--workers", 0, "--no-progress", "--json",
+                       "--db", database)
+    assert code == 0 and last_json(output)["faces_added"] == 18 and last_json(output)["vectors"] == 18, output
+    assert sorted(p.name for p in index.glob("vectors*")) == ["vectors-dog.faiss", "vectors.faiss"]
+    probe = gallery / "person_01" / "person_01_0002.jpg"
+    code, output = run(search_main, "query", probe, "--index", index, "-k", 1, "--json")
+    result = last_json(output)
+    assert code == 0 and [f["species"] for f in result["faces"]] == ["human", "dog"]
+    assert all(f["matches"][0]["path"] == "person_01/person_01_0002.jpg" for f in result["faces"])
+    code, output = run(indexer_main, "remove", "--identity", "person_00", "--index", index, "--json")
+    assert code == 0 and last_json(output)["removed"] == 6 and last_json(output)["vectors"] == 12
+    code, output = run(indexer_main, "check", "--index", index, "--json", "--no-progress")
+    assert code == 0 and last_json(output)["ok"] and last_json(output)["check"]["indexed"] == 12
+    code, output = run(indexer_main, "cluster", "--index", index, "--threshold", 0.5, "--json")
+    assert code == 0 and [m["faces"] for m in last_json(output)["models"]] == [6, 6]

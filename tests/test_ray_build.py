@@ -40,3 +40,29 @@ def test_ray_build_stores_the_same_vectors_as_the_in_process_build(tmp_path, mon
     assert ray["ids"].tolist() == local["ids"].tolist()         # rows in file order, as locally
     assert ray["paths"].tolist() == local["paths"].tolist()
     np.testing.assert_allclose(ray["embeddings"], local["embeddings"], atol=1e-5)
+
+
+def test_ray_build_of_two_models_stores_the_same_rows_and_vectors(tmp_path, monkeypatch, fresh_checkpoint,
+                                                                  fresh_dog_checkpoint):
+    """--models over Ray: one stream per model (batched as Ray likes), merged file by file
+    into the same rows and vectors as the in-process build; Milvus keeps a collection per model."""
+    gallery = write_identity_folders(tmp_path / "gallery", identities=3, per_identity=3)
+    (gallery / "person_01" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a whole JPEG")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    reports = {}
+    for engine, index, store in (("local", tmp_path / "local", "faiss"),
+                                 ("ray", tmp_path / "ray", f"milvus:{tmp_path / 'ray.db'}")):
+        code, output = run("build", gallery, "--models", f"{fresh_checkpoint},{fresh_dog_checkpoint}", "--index",
+                           index, "--detector", "none", "--engine", engine, "--store", store,
+                           "--workers", 0 if engine == "local" else 2, "--batch-size", 4, "--no-progress", "--json")
+        assert code == 0, output
+        reports[engine] = last_json(output)
+        code, output = run("export", "--index", index, "--out", tmp_path / f"{engine}.npz")
+        assert code == 0 and "exported 18 faces" in output
+    for key in ("faces_added", "images_added", "skipped", "skip_reasons", "vectors"):
+        assert reports["ray"][key] == reports["local"][key]
+    assert reports["ray"]["skipped"] == 1            # one skip row for the broken file, not one per model
+    local, ray = np.load(tmp_path / "local.npz"), np.load(tmp_path / "ray.npz")
+    assert ray["ids"].tolist() == local["ids"].tolist() and ray["paths"].tolist() == local["paths"].tolist()
+    assert ray["species"].tolist() == local["species"].tolist() == ["human"] * 9 + ["dog"] * 9
+    np.testing.assert_allclose(ray["embeddings"], local["embeddings"], atol=1e-5)

@@ -241,3 +241,32 @@ def test_auto_index_type_switches_milvus_to_ivf_above_the_size_limit(tmp_path, c
         probe = gallery / "person_02" / "person_02_0004.jpg"
         best = view.search(view.load_model().embed_images([load_image(probe)]), k=3)[0][0]
         assert best["path"] == str(probe) and best["distance"] < 1e-3
+
+
+def test_a_two_model_index_keeps_one_milvus_collection_per_model(tmp_path, checkpoint, fresh_dog_checkpoint):
+    """`--models` with `--store milvus:`: the first model's vectors in the collection named,
+    the other's in COLLECTION_dog; search, remove and check see both."""
+    milvus_lite_or_skip()
+    from pymilvus import MilvusClient
+    gallery = write_identity_folders(tmp_path / "gallery", identities=3, per_identity=3)
+    index, lite = tmp_path / "index", tmp_path / "lite.db"
+    code, output = run(indexer_main, "build", gallery, "--models", f"{checkpoint},{fresh_dog_checkpoint}",
+                       "--index", index, "--detector", "none", "--workers", 0, "--no-progress", "--json",
+                       "--store", f"milvus:{lite}#faces")
+    assert code == 0 and last_json(output)["faces_added"] == 18, output
+    probe = gallery / "person_02" / "person_02_0003.jpg"
+    code, output = run(search_main, "query", probe, "--index", index, "-k", 2, "--json")
+    result = last_json(output)
+    assert code == 0 and [f["species"] for f in result["faces"]] == ["human", "dog"]
+    assert all(f["matches"][0]["path"] == "person_02/person_02_0003.jpg" for f in result["faces"])
+    code, output = run(indexer_main, "remove", "--identity", "person_00", "--index", index, "--json")
+    assert code == 0 and last_json(output)["removed"] == 6
+    code, output = run(indexer_main, "check", "--index", index, "--json", "--no-progress")
+    assert code == 0 and last_json(output)["ok"] and last_json(output)["check"]["vectors"] == 12, output
+    client = MilvusClient(str(lite))
+    try:
+        assert sorted(client.list_collections()) == ["faces", "faces_dog"]
+        assert [client.query(name, filter="id >= 0", output_fields=["id"]).__len__()
+                for name in ("faces", "faces_dog")] == [6, 6]
+    finally:
+        client.close()

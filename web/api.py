@@ -24,8 +24,9 @@ def search():
     """Multipart form: the photo in `image`, optionally `k` matches per face, `fpir` (the
     share of strangers' searches that may see a match, default 0.05) or a per-pair
     `threshold` (strict, balanced or a distance), a `box` "x0,y0,x1,y1" (pixels of the
-    photo) to search the face in instead of detecting, and the `detector` that finds the
-    faces (default: the one the index was built with; the answer's "detector" says which).
+    photo) to search the face in instead of detecting, the `detector` that finds the
+    faces (default: the one the index was built with; the answer's "detector" says which),
+    and, in an index of several models, the `species` whose faces to look for (default all).
 
     Answers the engine's own result, the JSON of `search query --json` for one photo.
     """
@@ -35,7 +36,8 @@ def search():
     detector = face_detector(request.values.get("detector"))
     try:
         result = get_engine().query(image, k=k, threshold=request.values.get("threshold") or None, box=box,
-                                    fpir=request.values.get("fpir") or None, detector=detector)
+                                    fpir=request.values.get("fpir") or None, detector=detector,
+                                    species=(request.values.get("species") or "").strip() or None)
     except ImageError as error:
         raise BadRequest(f"bad image: {error.reason}") from None
     except (ModelError, SearchError) as error:   # a bad fpir or operating point, a box outside the photo

@@ -68,7 +68,9 @@ def indexed_model() -> dict | None:
     app = current_app._get_current_object()
     engine = app.extensions.get(_EXTENSION_KEY)
     if engine is not None:
-        return {"species": engine.model.species, "detector": engine.pipeline.detector_name}
+        return {"species": engine.model.species, "detector": engine.pipeline.detector_name,
+                "models": [{"name": p.model.name, "species": p.model.species, "detector": p.detector_name}
+                           for p in engine.pipelines]}
     from faces.detectors import resolve_detector
     from indexer.gallery import Gallery
     try:
@@ -83,7 +85,7 @@ def indexed_model() -> dict | None:
     except ValueError as error:
         log.warning("%s", error)
         return None
-    return {"species": model["species"], "detector": detector}
+    return {"species": model["species"], "detector": detector, "models": model["models"]}
 
 
 def gallery_image(engine, image_id: int):
@@ -99,7 +101,10 @@ def gallery_image(engine, image_id: int):
 def gallery_stats(engine) -> dict:
     """Counts, model and index of the gallery (indexer.Gallery.stats), with the rule that
     decides a match at its size now."""
-    return {**engine.gallery.stats(), "decision": engine.match_rule().describe()}
+    stats = engine.gallery.stats()
+    for part in stats["models"]:        # each model's own rule, for its species' faces
+        part["decision"] = engine.match_rule(species=part["species"]).describe()
+    return {**stats, "decision": stats["models"][0]["decision"]}
 
 
 def gallery_summary(engine) -> dict:

@@ -25,9 +25,20 @@ def index():
     config = current_app.config
     model = indexed_model()
     choices = DETECTOR_CHOICES.get(model["species"], ["none"]) if model else []
+    words = tuple(SPECIES_WORDS.get(model["species"], SPECIES_WORDS["other"])) if model else ("", "")
+    default_label = DETECTOR_NAMES.get(model["detector"], model["detector"]) if model else ""
+    parts = (model or {}).get("models") or []
+    if len(parts) > 1:
+        # An index of several models: each kind of face is found by its own detector; the
+        # choice offered is for the main model's kind (the others keep theirs).
+        said = [SPECIES_WORDS.get(p["species"], SPECIES_WORDS["other"]) for p in parts]
+        words = (" or ".join(w[0] for w in said), " and ".join(w[1] for w in said))
+        default_label = ", ".join(f"{DETECTOR_NAMES.get(p['detector'], p['detector'])} for "
+                                  f"{SPECIES_WORDS.get(p['species'], SPECIES_WORDS['other'])[1]}" for p in parts)
     return render_template("search.html", max_upload_bytes=config["MAX_UPLOAD_BYTES"],
                            max_upload_mb=config["MAX_UPLOAD_MB"], default_k=config["DEFAULT_K"],
-                           max_k=config["MAX_K"], model=model, species_words=SPECIES_WORDS,
+                           max_k=config["MAX_K"], model=model, species_words=SPECIES_WORDS, words=words,
+                           default_detector_label=default_label,
                            detector_choices=choices, detector_names=DETECTOR_NAMES)
 
 

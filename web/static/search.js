@@ -143,7 +143,9 @@ function showResults(payload) {
   lastFaces = faces;
   if (faces.length === 0) {
     // The server's message says what was looked for; a box is the way on.
-    const looked = payload.species === "dog" ? "No dog face found in this photo." : "No face found in this photo.";
+    const kinds = (payload.models || []).map((part) => part.species);
+    const looked = kinds.length > 1 ? `No ${kinds.join(" or ")} face found in this photo.`
+      : payload.species === "dog" ? "No dog face found in this photo." : "No face found in this photo.";
     summary.textContent = `${looked} If there is one, draw a box around it and search again.`;
     summary.classList.add("is-error");
     return;
@@ -157,7 +159,8 @@ function showResults(payload) {
     const number = index + 1;
     const matched = face.matches.some((match) => match.match);
     if (face.box) drawBox(face.box, number, matched);
-    facesList.append(faceItem(face, number, matched, payload.species, payload.detector));
+    const part = partOf(payload, face);
+    facesList.append(faceItem(face, number, matched, part.species, part.detector, (payload.models || []).length > 1));
   });
   bringIntoView();
 }
@@ -224,13 +227,20 @@ function drawBox([x0, y0, x1, y1], number, matched) {
   faceBoxes.append(box);
 }
 
-function faceItem(face, number, matched, speciesName, detector) {
+// The model that answered a face: in an index of several models each face names its
+// species, and the answer's "models" says that species' model, detector and rule.
+function partOf(payload, face) {
+  return (payload.models || []).find((part) => part.species === face.species) || payload;
+}
+
+function faceItem(face, number, matched, speciesName, detector, several) {
   const item = faceTemplate.content.firstElementChild.cloneNode(true);
   item.id = `face-${number}`;
   item.querySelector(".face-number").textContent = String(number);
   item.classList.toggle("is-match", matched);
+  const found = face.found_by === "detector" ? `Found by the face detector (${detector}).` : FOUND_BY[face.found_by] || "";
   item.querySelector(".found-by").textContent =
-    face.found_by === "detector" ? `Found by the face detector (${detector}).` : FOUND_BY[face.found_by] || "";
+    several ? `A ${speciesWords(speciesName)[0]}'s face. ${found}` : found;
   if (face.box) {
     // This face's box as the start of a drawn one: move or resize it, then search it.
     const adjust = item.querySelector(".adjust-box");
@@ -334,8 +344,20 @@ function matchItem(match) {
 // that come as near, against the share the gallery's rule allows).
 const STRENGTH = { confident: "confident match", possible: "possible match" };
 
-// What `match` means: the distance threshold and the promise behind it at this gallery's size.
+// What `match` means: the distance threshold and the promise behind it at this gallery's size
+// (in an index of several models, each kind's own rule).
 function describeDecision(payload) {
+  const parts = payload.models || [];
+  if (parts.length > 1) {
+    return parts.map((part) => {
+      const many = speciesWords(part.species)[1];
+      return `${many[0].toUpperCase()}${many.slice(1)}: ${describeOneDecision(part)}`;
+    }).join(" ");
+  }
+  return describeOneDecision(payload);
+}
+
+function describeOneDecision(payload) {
   const decision = payload.decision;
   const percent = (rate) => `${+(100 * rate).toPrecision(2)}%`;
   const [one, many] = speciesWords(payload.species);
