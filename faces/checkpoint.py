@@ -10,6 +10,7 @@ the package, read through importlib.resources).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from importlib import resources
 from dataclasses import dataclass, field
@@ -47,6 +48,20 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
+def embedding_sha256(payload: dict) -> str:
+    """What decides the embeddings a checkpoint gives (architecture, size, preprocessing, flip
+    averaging, weights) as one digest: an index records it and accepts only a model with the
+    same. Operating points and stranger statistics are left out, so a checkpoint that
+    `trainer calibrate` rewrote still serves the indexes built with it."""
+    digest = hashlib.sha256(json.dumps({key: payload.get(key) for key in
+                                        ("arch", "embedding_dim", "preprocess", "flip_average")},
+                                       sort_keys=True).encode())
+    for name in sorted(payload["state_dict"]):
+        digest.update(name.encode())
+        digest.update(payload["state_dict"][name].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -64,7 +79,7 @@ class FaceModel:
     species: str
     threshold: float            # the default (strict) operating point's distance
     name: str = "unnamed"
-    sha256: str = ""
+    sha256: str = ""            # embedding_sha256: the embeddings it gives, not the file
     info: dict = field(default_factory=dict)
     flip_average: bool = False   # embed each face and its mirror image, and average the two
     operating_points: dict = field(default_factory=dict)   # {"strict": {"threshold", "tar", "far"}, ...}
@@ -236,7 +251,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | No
     name = str(name_or_path)   # a bundled name, or the path as the user gave it
     return FaceModel(net=net, preprocess=Preprocess.from_dict(payload["preprocess"]),
                      species=payload["species"], threshold=payload["threshold"], name=name,
-                     sha256=file_sha256(path), info=payload.get("training", {}),
+                     sha256=embedding_sha256(payload), info=payload.get("training", {}),
                      flip_average=bool(payload.get("flip_average", False)),
                      # Checkpoints from before operating points: their one threshold serves all.
                      operating_points=payload.get("operating_points", {}),

@@ -185,7 +185,8 @@ class Gallery:
         if model.sha256 != record.sha256:
             raise ModelMismatchError(
                 f"{self.index_dir} was built with model {record.name} (sha256 {record.sha256[:12]}), "
-                f"not {model.name} (sha256 {model.sha256[:12]}): query with the index's model")
+                f"not {model.name} (sha256 {model.sha256[:12]}): query with the index's model, or build a "
+                f"new index with this one (`indexer build GALLERY --index NEW_FOLDER --model {model.name}`)")
 
     def load_model(self, device: str | None = None, species: str | None = None) -> FaceModel:
         """The index's own model (of `species`; None: the main one), checked to be the very

@@ -162,6 +162,22 @@ def test_index_built_with_another_model_is_refused(workspace):
         QueryEngine(workspace["index"], model=workspace["other_model"])
 
 
+def test_a_recalibrated_model_still_queries_the_index_built_with_it(workspace, tmp_path):
+    """`trainer calibrate` rewrites the file (new operating points and stranger statistics),
+    not the embeddings: the index built with the original accepts it, and decides by it."""
+    from faces.checkpoint import write_operating_points
+    points = {"strict": {"threshold": 0.5, "tar": 0.9, "far": 1e-4},
+              "balanced": {"threshold": 0.7, "tar": 0.99, "far": 1e-2}}
+    recalibrated = write_operating_points(workspace["model"], points, tmp_path / "recalibrated.pt")
+    engine = QueryEngine(workspace["index"], model=recalibrated, detector="none")
+    assert engine.query(STRANGER, k=1)["threshold"] == pytest.approx(0.5)
+    # Flip averaging changes the embeddings: that checkpoint is another model to the index.
+    flipped = write_operating_points(workspace["model"], points, tmp_path / "flipped.pt", flip_average=True)
+    from indexer.errors import ModelMismatchError
+    with pytest.raises(ModelMismatchError, match="built with model"):
+        QueryEngine(workspace["index"], model=flipped)
+
+
 def test_k_must_be_positive(engine):
     with pytest.raises(SearchError, match="k must be"):
         engine.query(STRANGER, k=0)
