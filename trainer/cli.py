@@ -120,6 +120,14 @@ def evaluate(model: str, data: str, pairs: str, out: str, flip: bool | None, as_
         q = result["search"]
         click.echo(f"search  rank-1 {q['rank1']:.4f}   rank-5 {q['rank5']:.4f}   mAP {q['map']:.4f} "
                    f"(each identity's first image against {q['gallery']} others, {q['queries']} queries)")
+    low = result["low_far"]
+    click.echo(f"low FAR  TAR@FAR=1e-3 {low['tar_at_far_1e-3']:.4f}   TAR@FAR=1e-4 {low['tar_at_far_1e-4']:.4f} "
+               f"({low['same_pairs']} same pairs against all {low['stranger_pairs']} stranger pairs)")
+    o = result["open_set"]
+    if o.get("fnir_at_fpir_0.01") is not None:
+        click.echo(f"1:N open set  FNIR@FPIR=0.05 {o['fnir_at_fpir_0.05']:.4f}   FNIR@FPIR=0.01 {o['fnir_at_fpir_0.01']:.4f}   "
+                   f"rank-1 {o['rank1']:.4f} ({o['known']} known probes, {o['strangers']} strangers, "
+                   f"{o['gallery']} gallery faces; nearest-neighbour rule)")
     if r["map"] is not None:
         click.echo(f"retrieval  mAP {r['map']:.4f}   R@1 {r['recall@1']:.4f}   R@5 {r['recall@5']:.4f}   "
                    f"R@10 {r['recall@10']:.4f}")
