@@ -233,6 +233,7 @@ class PKSampler(Sampler[list[int]]):
         if p < 2 or k < 2:
             raise ValueError("P x K sampling needs P >= 2 identities and K >= 2 images each")
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
+        self.neighbours: list[list[int]] | None = None
         groups: dict[int, list[int]] = defaultdict(list)
         for index, label in enumerate(labels.tolist()):
             groups[label].append(index)
@@ -244,6 +245,38 @@ class PKSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_neighbours(self, neighbours: list[list[int]] | None) -> None:
+        """Hard-negative batches mined over the whole training set: neighbours[g] lists the
+        identities (group indices, sorted by label) nearest identity g, nearest first. Each
+        batch then starts from a random unused identity and fills up with its nearest unused
+        ones, so the miners see confusable identities together, not P random ones."""
+        self.neighbours = neighbours
+
+    def _batch_groups(self, order: list[int]) -> list[list[int]]:
+        if self.neighbours is None:
+            return [order[start:start + self.p] for start in range(0, len(order), self.p)]
+        used, batches = set(), []
+        rest = iter(order)
+        for seed in order:
+            if seed in used:
+                continue
+            batch = [seed]
+            used.add(seed)
+            for g in self.neighbours[seed]:
+                if len(batch) == self.p:
+                    break
+                if g not in used:
+                    batch.append(g)
+                    used.add(g)
+            for g in rest:   # neighbours used up: fill with the next unused identities
+                if len(batch) == self.p:
+                    break
+                if g not in used:
+                    batch.append(g)
+                    used.add(g)
+            batches.append(batch)
+        return batches
+
     def __len__(self) -> int:
         return -(-len(self.groups) // self.p)
 
@@ -251,8 +284,8 @@ class PKSampler(Sampler[list[int]]):
         rng = random.Random(self.seed * 100_003 + self.epoch)
         order = list(range(len(self.groups)))
         rng.shuffle(order)
-        for start in range(0, len(order), self.p):
+        for groups in self._batch_groups(order):
             batch = []
-            for group in (self.groups[g] for g in order[start:start + self.p]):
+            for group in (self.groups[g] for g in groups):
                 batch.extend(rng.sample(group, min(self.k, len(group))))
             yield batch
