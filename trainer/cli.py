@@ -191,15 +191,6 @@ def operating_point_lines(points: dict) -> list[str]:
 @main.command()
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--warmup-steps", default=0, show_default=True,
-              help="Raise the learning rate linearly over the first N batches.")
-@click.option("--hard-batches", is_flag=True,
-              help="Before each epoch embed the whole training set and fill each P x K batch with "
-                   "an identity and its nearest identities (hard negatives beyond one random batch).")
-@click.option("--select", type=click.Choice(["accuracy", "tar"]), default="accuracy", show_default=True,
-              help="What picks OUT/best.pt on the choose identities: verification accuracy, or TAR "
-                   "at FAR 1e-3 over every stranger pair (the low-FAR tail).")
-@click.option("--keep-epochs", is_flag=True, help="Also keep every epoch's model as OUT/epoch-N.pt.")
 @click.option("--choose-fraction", default=0.2, show_default=True,
               help="Share of identities to choose on (thresholds, epochs, any rule's parameters).")
 @click.option("--test-fraction", default=0.2, show_default=True,
