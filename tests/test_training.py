@@ -265,3 +265,17 @@ def test_fine_tuning_options_warm_up_margin_softmax_hard_batches_and_choosing_by
     assert read_checkpoint(out / "best.pt")["training"]["epoch"] == best + 1
     # Warm-up ends where the schedule takes over: epoch 1's logged lr is the scheduled one.
     assert epochs[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_crop_cache_gives_the_same_crops_and_is_read_back(tmp_path, monkeypatch):
+    from trainer import data as data_module
+    folders = write_identity_folders(tmp_path / "faces", identities=2, per_identity=2, size=40)
+    paths = [s.path for s in scan_identities(folders)]
+    preprocess = Preprocess(32, 1.0)
+    plain, kept, _ = data_module.load_faces(paths, preprocess, progress=False)
+    monkeypatch.setenv(data_module.CROP_CACHE_ENV, str(tmp_path / "cache"))
+    first, _, _ = data_module.load_faces(paths, preprocess, progress=False)
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == len(paths)
+    monkeypatch.setattr(data_module, "load_image", lambda path: (_ for _ in ()).throw(AssertionError("decoded")))
+    second, kept_again, _ = data_module.load_faces(paths, preprocess, progress=False)
+    assert torch.equal(plain, first) and torch.equal(first, second) and kept == kept_again
