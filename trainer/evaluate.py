@@ -109,8 +109,9 @@ def calibrate(model: FaceModel, data: str | Path, pairs_file: str | Path, progre
 
 
 def tar_at_far(distances: np.ndarray, same: np.ndarray, far: float) -> float:
-    """The largest share of same pairs accepted (d <= t) by a threshold t that accepts at most
-    `far` of the different pairs (ties at the threshold are accepted together)."""
+    """The largest share of same pairs accepted by a threshold that accepts at most `far` of
+    the different pairs: same pairs nearer than the (k+1)-th nearest different pair, where
+    k = floor(far x different pairs) different pairs may pass (a same pair tied with it fails)."""
     same = np.asarray(same, dtype=bool)
     genuine = np.sort(np.asarray(distances, dtype=np.float64)[same])
     impostor = np.sort(np.asarray(distances, dtype=np.float64)[~same])

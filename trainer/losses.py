@@ -86,7 +86,8 @@ class CosineSoftmaxHead(nn.Module):
     def init_from_centroids(self, centroids: torch.Tensor) -> None:
         """Start each identity's weight at the mean of its training embeddings, so the head's
         first gradients agree with the network it is attached to instead of pulling it
-        towards random directions (a randomly started head collapsed a pretrained network)."""
+        towards random directions (the dog card's joint run, with a randomly started head,
+        collapsed within two epochs)."""
         self.weight.copy_(F.normalize(centroids.to(self.weight), dim=1))
 
 
