@@ -28,7 +28,8 @@ from faces.checkpoint import load_model
 from faces.imaging import load_image
 from indexer.writer import IndexWriter
 from trainer.data import read_pairs, scan_identities
-from trainer.evaluate import evaluate, search_metrics, verification_metrics
+from trainer.evaluate import (REPORT_FPIRS, evaluate, open_set_metrics, search_metrics, stranger_distances,
+                              tar_at_far, verification_metrics)
 
 
 def encode(path, face_recognition) -> np.ndarray:
@@ -50,7 +51,15 @@ def face_recognition_accuracy(data: str, pairs_file: str, face_recognition) -> d
     names = sorted({s.identity for s in samples})
     labels = np.array([names.index(s.identity) for s in samples])
     embeddings = np.array([vectors[s.path] for s in samples])
-    return {"verification": verification, "search": search_metrics(embeddings, labels)}
+    # The same low-FAR and 1:N measures as `trainer evaluate` (its low_far and open_set).
+    same = np.array([p.same for p in pairs])
+    strangers = stranger_distances(embeddings, labels)
+    low = np.concatenate([distances[same], strangers])
+    low_same = np.concatenate([np.ones(same.sum(), bool), np.zeros(len(strangers), bool)])
+    low_far = {"tar_at_far_1e-3": tar_at_far(low, low_same, 1e-3), "tar_at_far_1e-4": tar_at_far(low, low_same, 1e-4),
+               "same_pairs": int(same.sum()), "stranger_pairs": int(len(strangers))}
+    return {"verification": verification, "search": search_metrics(embeddings, labels), "low_far": low_far,
+            "open_set": open_set_metrics(embeddings, labels, fpirs=REPORT_FPIRS)}
 
 
 def gallery_of(data: str, count: int, folder: Path) -> Path:
@@ -87,19 +96,24 @@ def main() -> None:
     parser.add_argument("--speed-images", type=int, default=400, help="Photos in the speed comparison.")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-facesearch", action="store_true",
+                        help="Measure face_recognition's accuracy only (`trainer evaluate` gives the model's).")
     args = parser.parse_args()
     import face_recognition
 
     result = {"model": args.model}
     if not args.skip_accuracy:
-        ours = evaluate(load_model(args.model), args.data, args.pairs, progress=False)
+        keys = ("accuracy", "accuracy_std", "auc", "tar_at_far_1e-3")
+        result["accuracy"] = {}
+        if not args.skip_facesearch:
+            ours = evaluate(load_model(args.model), args.data, args.pairs, progress=False)
+            result["accuracy"]["facesearch"] = {"verification": {k: ours["verification"][k] for k in keys},
+                                                **{k: ours[k] for k in ("search", "low_far", "open_set")}}
         started = time.perf_counter()
         theirs = face_recognition_accuracy(args.data, args.pairs, face_recognition)
-        result["accuracy"] = {
-            "facesearch": {"verification": {k: ours["verification"][k] for k in ("accuracy", "accuracy_std", "auc", "tar_at_far_1e-3")},
-                           "search": ours["search"]},
-            "face_recognition": {"verification": {k: theirs["verification"][k] for k in ("accuracy", "accuracy_std", "auc", "tar_at_far_1e-3")},
-                                 "search": theirs["search"], "seconds": round(time.perf_counter() - started, 1)}}
+        result["accuracy"]["face_recognition"] = {"verification": {k: theirs["verification"][k] for k in keys},
+                                                  **{k: theirs[k] for k in ("search", "low_far", "open_set")},
+                                                  "seconds": round(time.perf_counter() - started, 1)}
     if args.skip_speed:
         print(json.dumps(result, indent=1))
         return

@@ -42,6 +42,19 @@ def test_every_bundled_model_is_named():
 
 
 @pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_model_card_quotes_the_recorded_command_and_the_operating_points(name):
+    """Each card's numbers come from its recorded commands: the card shows the command the
+    checkpoint records having made it, and the operating points the checkpoint carries."""
+    from pathlib import Path
+    import faces
+    card = (Path(faces.__file__).parent / "bundled" / f"{name}.md").read_text()
+    model = load_model(name, device="cpu")
+    assert model.info["command"] in card
+    for point in ("strict", "balanced"):
+        assert f"{model.operating_points[point]['threshold']:.3f}" in card, point
+
+
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
 def test_bundled_model_loads_with_everything_it_needs(name):
     model = load_model(name, device="cpu")
     assert model.species == name.split("-")[0]

@@ -12,7 +12,7 @@ from trainer.cli import main
 from trainer.data import DataError, read_pairs
 from trainer.evaluate import (balanced_folds, best_threshold, distance_matrix, identification_metrics,
                               operating_points, retrieval_metrics, search_metrics, stranger_distances,
-                              verification_metrics)
+                              tar_at_far, verification_metrics)
 from faces.imaging import Preprocess
 from faces.models import EmbeddingNet
 
@@ -97,6 +97,19 @@ def test_verification_separable_and_random():
     assert 0.35 < noise["accuracy"] < 0.65 and 0.35 < noise["auc"] < 0.65
 
 
+def test_tar_at_far_lets_through_at_most_that_share_of_different_pairs():
+    # 10,000 different pairs at 1.0 ... 1.9999; same pairs at 0.5, 1.00005 (beats all but the
+    # nearest different pair) and 1.5.
+    different = 1.0 + np.arange(10_000) / 10_000
+    genuine = np.array([0.5, 1.00005, 1.5])
+    distances = np.concatenate([genuine, different])
+    same = np.concatenate([np.ones(3, bool), np.zeros(10_000, bool)])
+    assert tar_at_far(distances, same, 1e-4) == pytest.approx(2 / 3)   # one different pair may pass
+    assert tar_at_far(distances, same, 0.0) == pytest.approx(1 / 3)
+    assert tar_at_far(distances, same, 0.6) == 1.0
+    assert tar_at_far(distances, same, 1.0) == 1.0
+
+
 def test_identification_and_retrieval_known_answers():
     # Identities 0 and 1 are tight clusters; the probe of identity 2 sits nearer identity 0.
     e = np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 1, 0], [0.1, 0.99, 0], [0, 0, 1], [0.95, 0, 0.31]])
@@ -168,6 +181,13 @@ def test_evaluate_cli_identical_same_pairs_scores_perfectly(tmp_path, identity_f
     assert report["verification"]["accuracy"] == 1.0
     assert report["verification"]["auc"] == 1.0
     assert report["identities"] == len(names) and report["images"] == len(names) * 6
+    assert set(report["low_far"]) == {"tar_at_far_1e-3", "tar_at_far_1e-4", "same_pairs", "stranger_pairs"}
+    assert report["low_far"]["same_pairs"] == len(names)
+    assert {"fnir_at_fpir_0.05", "fnir_at_fpir_0.01", "known", "strangers"} <= set(report["open_set"])
+    text = CliRunner().invoke(main, ["evaluate", "--model", str(untrained_model), "--data", str(identity_folders),
+                                     "--pairs", str(tmp_path / "pairs.txt"), "--out", str(tmp_path / "plots")])
+    assert text.exit_code == 0, text.output
+    assert "TAR@FAR=1e-4" in text.output and "FNIR@FPIR=0.01" in text.output
     for plot in report["plots"]:
         assert (tmp_path / "plots").joinpath(plot.split("/")[-1]).stat().st_size > 5000
 

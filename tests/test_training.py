@@ -205,3 +205,77 @@ def test_inference_copy_folds_scale_and_shift_without_changing_outputs(arch):
     assert not any(isinstance(m, scale_and_shift) for m in copy.modules())
     assert any(isinstance(m, scale_and_shift) for m in net.modules())
     assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())
+
+
+def test_hard_batches_put_each_identity_with_its_nearest_identities():
+    labels = torch.tensor([g for g in range(8) for _ in range(3)])
+    sampler = PKSampler(labels, p=2, k=2, seed=0)
+    # Identities pair up as nearest neighbours: 0-5, 1-6, 2-7, 3-4.
+    partner = {0: 5, 5: 0, 1: 6, 6: 1, 2: 7, 7: 2, 3: 4, 4: 3}
+    sampler.set_neighbours([[partner[g]] + [h for h in range(8) if h not in (g, partner[g])] for g in range(8)])
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 4
+    pairs = {frozenset(labels[b].tolist()) for b in batches}
+    assert pairs == {frozenset(p) for p in [(0, 5), (1, 6), (2, 7), (3, 4)]}
+    assert sorted(i for b in batches for i in set(labels[b].tolist())) == list(range(8))
+
+
+def test_a_fine_tuning_step_lowers_the_triplet_loss():
+    """From a checkpoint, with the early layers frozen and a small learning rate, one step of
+    batch-hard triplet loss on a generated P x K batch lowers that batch's loss."""
+    from trainer.losses import TripletLoss
+    from trainer.miners import make_miner
+    from trainer.train import freeze_early_layers
+    torch.manual_seed(0)
+    net = EmbeddingNet("small", 128)
+    preprocess = Preprocess(32, 1.0)
+    images = torch.stack([torch.from_numpy(np.array(identity_image(i, v, 32))).permute(2, 0, 1)
+                          for i in range(6) for v in range(4)])
+    labels = torch.tensor([i for i in range(6) for _ in range(4)])
+    freeze_early_layers(net, 3)
+    loss_fn = TripletLoss(make_miner("batch-hard", 0.2), 0.2)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    net.train()
+    inputs = preprocess.normalise(images)
+    before = loss_fn(net(inputs), labels).loss
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    after = loss_fn(net(inputs), labels).loss
+    assert after.item() < before.item()
+
+
+def test_fine_tuning_options_warm_up_margin_softmax_hard_batches_and_choosing_by_tar(tmp_path):
+    data = write_identity_folders(tmp_path / "faces", identities=12, per_identity=5, size=40)
+    start = tmp_path / "start.pt"
+    torch.manual_seed(0)
+    save_checkpoint(start, EmbeddingNet("small", 128), Preprocess(32, 1.0), "human", 0.5)
+    out = tmp_path / "run"
+    result = run("train", "--data", data, "--out", out, "--epochs", 2, "--init", start, "--freeze", 3,
+                 "--loss", "joint", "--softmax-margin", 0.2, "--warmup-steps", 2, "--hard-batches",
+                 "--select", "tar", "--keep-epochs", "--augment", "strong", "--choose-fraction", 0.25,
+                 "--test-fraction", 0.2, "-P", 4, "-K", 4, "--no-progress", "--workers", 0, "--lr", 1e-3)
+    assert result.exit_code == 0, result.output
+    epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
+    assert {"val_tar_at_far_1e-3", "val_tar_at_far_1e-4", "val_fnir_at_fpir_0.01"} <= set(epochs[0])
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert "cross_entropy" in steps[0]
+    assert (out / "epoch-1.pt").is_file() and (out / "epoch-2.pt").is_file()
+    best = max(range(2), key=lambda e: (epochs[e]["val_tar_at_far_1e-3"], e))
+    assert read_checkpoint(out / "best.pt")["training"]["epoch"] == best + 1
+    # Warm-up ends where the schedule takes over: epoch 1's logged lr is the scheduled one.
+    assert epochs[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_crop_cache_gives_the_same_crops_and_is_read_back(tmp_path, monkeypatch):
+    from trainer import data as data_module
+    folders = write_identity_folders(tmp_path / "faces", identities=2, per_identity=2, size=40)
+    paths = [s.path for s in scan_identities(folders)]
+    preprocess = Preprocess(32, 1.0)
+    plain, kept, _ = data_module.load_faces(paths, preprocess, progress=False)
+    monkeypatch.setenv(data_module.CROP_CACHE_ENV, str(tmp_path / "cache"))
+    first, _, _ = data_module.load_faces(paths, preprocess, progress=False)
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == len(paths)
+    monkeypatch.setattr(data_module, "load_image", lambda path: (_ for _ in ()).throw(AssertionError("decoded")))
+    second, kept_again, _ = data_module.load_faces(paths, preprocess, progress=False)
+    assert torch.equal(plain, first) and torch.equal(first, second) and kept == kept_again

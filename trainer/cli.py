@@ -39,8 +39,9 @@ def main(verbose: bool) -> None:
                    "--init's, else lfw.")
 @click.option("--freeze", default=0, show_default=True,
               help="Keep the first N backbone layers (input side) fixed.")
-@click.option("--augment", type=click.Choice(["full", "light"]), default="full", show_default=True,
-              help="'light' (flips, colour, 2%% shifts) suits adapting an aligned-face network.")
+@click.option("--augment", type=click.Choice(["full", "light", "strong"]), default="full", show_default=True,
+              help="'light' (flips, colour, 2%% shifts) suits adapting an aligned-face network; "
+                   "'strong' adds scale, blur, JPEG and grey.")
 @click.option("--pretrained", is_flag=True, help="Start torchvision ResNets from ImageNet weights.")
 @click.option("--embedding-dim", default=128, show_default=True)
 @click.option("--input-size", type=int, help="Input pixels (default: the backbone's own).")
@@ -48,6 +49,8 @@ def main(verbose: bool) -> None:
               help="Fraction of the image kept around its centre (0.5 suits LFW's 250 px images).")
 @click.option("--loss", type=click.Choice(["triplet", "joint", "contrastive"]), default="triplet",
               show_default=True, help="joint = softmax cross-entropy + triplet.")
+@click.option("--softmax-margin", default=0.0, show_default=True,
+              help="With --loss joint: additive cosine margin of the softmax head (CosFace; e.g. 0.2).")
 @click.option("--miner", type=click.Choice(["batch-hard", "semi-hard", "batch-all"]),
               default="batch-hard", show_default=True, help="Online triplet mining strategy.")
 @click.option("--margin", default=0.2, show_default=True, help="Triplet margin (unit-length embeddings).")
@@ -58,6 +61,15 @@ def main(verbose: bool) -> None:
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True)
 @click.option("--scheduler", type=click.Choice(["cosine", "plateau", "none"]), default="cosine",
               show_default=True)
+@click.option("--warmup-steps", default=0, show_default=True,
+              help="Raise the learning rate linearly over the first N batches.")
+@click.option("--hard-batches", is_flag=True,
+              help="Before each epoch embed the whole training set and fill each P x K batch with "
+                   "an identity and its nearest identities (hard negatives beyond one random batch).")
+@click.option("--select", type=click.Choice(["accuracy", "tar"]), default="accuracy", show_default=True,
+              help="What picks OUT/best.pt on the choose identities: verification accuracy, or TAR "
+                   "at FAR 1e-3 over every stranger pair (the low-FAR tail).")
+@click.option("--keep-epochs", is_flag=True, help="Also keep every epoch's model as OUT/epoch-N.pt.")
 @click.option("--choose-fraction", default=0.2, show_default=True,
               help="Identities held out to validate and choose on: early stopping, operating points "
                    "(never trained on; 0: no split, train on every identity).")
@@ -120,6 +132,14 @@ def evaluate(model: str, data: str, pairs: str, out: str, flip: bool | None, as_
         q = result["search"]
         click.echo(f"search  rank-1 {q['rank1']:.4f}   rank-5 {q['rank5']:.4f}   mAP {q['map']:.4f} "
                    f"(each identity's first image against {q['gallery']} others, {q['queries']} queries)")
+    low = result["low_far"]
+    click.echo(f"low FAR  TAR@FAR=1e-3 {low['tar_at_far_1e-3']:.4f}   TAR@FAR=1e-4 {low['tar_at_far_1e-4']:.4f} "
+               f"({low['same_pairs']} same pairs against all {low['stranger_pairs']} stranger pairs)")
+    o = result["open_set"]
+    if o.get("fnir_at_fpir_0.01") is not None:
+        click.echo(f"1:N open set  FNIR@FPIR=0.05 {o['fnir_at_fpir_0.05']:.4f}   FNIR@FPIR=0.01 {o['fnir_at_fpir_0.01']:.4f}   "
+                   f"rank-1 {o['rank1']:.4f} ({o['known']} known probes, {o['strangers']} strangers, "
+                   f"{o['gallery']} gallery faces; nearest-neighbour rule)")
     if r["map"] is not None:
         click.echo(f"retrieval  mAP {r['map']:.4f}   R@1 {r['recall@1']:.4f}   R@5 {r['recall@5']:.4f}   "
                    f"R@10 {r['recall@10']:.4f}")

@@ -171,14 +171,39 @@ def write_split(root: str | os.PathLike, out: str | os.PathLike, choose_fraction
 
 # --- datasets ---------------------------------------------------------------------------
 
+# Where decoded and aligned crops are kept between runs, when set: finding dlib's landmarks in
+# 7,500 LFW photos takes minutes on a busy 2-core machine, and every run and evaluation redid it.
+CROP_CACHE_ENV = "FACESEARCH_CROP_CACHE"
+
+
+def _cache_file(cache: Path, path: Path, preprocess: Preprocess) -> Path:
+    import hashlib
+    stat = Path(path).stat()
+    key = repr((str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, preprocess.to_dict()))
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return cache / digest[:2] / f"{digest}.pt"
+
+
 def load_faces(paths: list[Path], preprocess: Preprocess, progress: bool = True,
                desc: str = "loading") -> tuple[torch.Tensor, list[int], list[ImageError]]:
-    """Decode and crop every file once: (uint8 N x 3 x S x S, indices kept, errors)."""
+    """Decode and crop every file once: (uint8 N x 3 x S x S, indices kept, errors). With
+    $FACESEARCH_CROP_CACHE set, each crop is kept there (keyed by the file's path, size and
+    modification time and the preprocessing) and read back by later runs."""
     tensors, kept, errors = [], [], []
     face_of = get_detector("none", preprocess)   # the image is the face, aligned as the model wants
+    cache = Path(os.environ[CROP_CACHE_ENV]) if os.environ.get(CROP_CACHE_ENV) else None
     for index, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress)):
         try:
+            stored = _cache_file(cache, path, preprocess) if cache is not None else None
+            if stored is not None and stored.is_file():
+                tensors.append(torch.load(stored))
+                kept.append(index)
+                continue
             tensors.append(preprocess.to_uint8(face_of(load_image(path))[0].image))
+            if stored is not None:
+                stored.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(tensors[-1].clone(), stored.with_suffix(".tmp"))
+                stored.with_suffix(".tmp").replace(stored)
             kept.append(index)
         except ImageError as error:
             errors.append(error)
@@ -221,6 +246,7 @@ class PKSampler(Sampler[list[int]]):
         if p < 2 or k < 2:
             raise ValueError("P x K sampling needs P >= 2 identities and K >= 2 images each")
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
+        self.neighbours: list[list[int]] | None = None
         groups: dict[int, list[int]] = defaultdict(list)
         for index, label in enumerate(labels.tolist()):
             groups[label].append(index)
@@ -232,6 +258,38 @@ class PKSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_neighbours(self, neighbours: list[list[int]] | None) -> None:
+        """Hard-negative batches mined over the whole training set: neighbours[g] lists the
+        identities (group indices, sorted by label) nearest identity g, nearest first. Each
+        batch then starts from a random unused identity and fills up with its nearest unused
+        ones, so the miners see confusable identities together, not P random ones."""
+        self.neighbours = neighbours
+
+    def _batch_groups(self, order: list[int]) -> list[list[int]]:
+        if self.neighbours is None:
+            return [order[start:start + self.p] for start in range(0, len(order), self.p)]
+        used, batches = set(), []
+        rest = iter(order)
+        for seed in order:
+            if seed in used:
+                continue
+            batch = [seed]
+            used.add(seed)
+            for g in self.neighbours[seed]:
+                if len(batch) == self.p:
+                    break
+                if g not in used:
+                    batch.append(g)
+                    used.add(g)
+            for g in rest:   # neighbours used up: fill with the next unused identities
+                if len(batch) == self.p:
+                    break
+                if g not in used:
+                    batch.append(g)
+                    used.add(g)
+            batches.append(batch)
+        return batches
+
     def __len__(self) -> int:
         return -(-len(self.groups) // self.p)
 
@@ -239,8 +297,8 @@ class PKSampler(Sampler[list[int]]):
         rng = random.Random(self.seed * 100_003 + self.epoch)
         order = list(range(len(self.groups)))
         rng.shuffle(order)
-        for start in range(0, len(order), self.p):
+        for groups in self._batch_groups(order):
             batch = []
-            for group in (self.groups[g] for g in order[start:start + self.p]):
+            for group in (self.groups[g] for g in groups):
                 batch.extend(rng.sample(group, min(self.k, len(group))))
             yield batch

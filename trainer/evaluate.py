@@ -18,6 +18,10 @@ from .data import DataError, load_faces, read_pairs, scan_identities
 STRICT_FAR = 3e-4
 # The rate at which evaluations report the true accept rate (the literature's TAR@FAR=1e-3).
 REPORT_FAR = 1e-3
+# The rates at which evaluations also report TAR over every stranger pair of the folder (a
+# pairs file's 1,500 different pairs cannot resolve them), and the FPIRs of the 1:N test.
+LOW_FARS = (1e-3, 1e-4)
+REPORT_FPIRS = (0.05, 0.01)
 # Stranger pairs for calibration: every pair of images of different identities among at most
 # this many images (2,000 images give about 2 million pairs, so FAR 3e-4 rests on ~600 errors).
 CALIBRATION_MAX_IMAGES = 2000
@@ -199,6 +203,28 @@ def calibrate(model: FaceModel, data: str | Path, pairs_file: str | Path, progre
     inputs = EvaluationSet(data, pairs_file, model.preprocess, progress).embed(model)
     return {**operating_points(*calibration_pairs(inputs)), "data": str(data), "pairs_file": str(pairs_file),
             "open_set": gallery_calibration(inputs.embeddings, inputs.labels, data)}
+
+
+def tar_at_far(distances: np.ndarray, same: np.ndarray, far: float) -> float:
+    """The largest share of same pairs accepted by a threshold that accepts at most `far` of
+    the different pairs: same pairs nearer than the (k+1)-th nearest different pair, where
+    k = floor(far x different pairs) different pairs may pass (a same pair tied with it fails)."""
+    same = np.asarray(same, dtype=bool)
+    genuine = np.sort(np.asarray(distances, dtype=np.float64)[same])
+    impostor = np.sort(np.asarray(distances, dtype=np.float64)[~same])
+    allowed = int(np.floor(far * len(impostor) + 1e-9))   # different pairs that may pass
+    if allowed >= len(impostor):
+        return 1.0
+    # Accept d < the (allowed+1)-th nearest different pair: at most `allowed` of them pass.
+    return float(np.searchsorted(genuine, impostor[allowed], side="left") / len(genuine))
+
+
+def low_far_metrics(inputs: "EvaluationInputs", fars=LOW_FARS) -> dict:
+    """TAR at small FARs: the pairs file's same pairs against every different-identity pair of
+    the folder's images (calibration_pairs), so a FAR of 1e-4 rests on ~190 errors in ~1.9 M."""
+    distances, same = calibration_pairs(inputs)
+    return {**{f"tar_at_far_{far:.0e}".replace("e-0", "e-"): tar_at_far(distances, same, far) for far in fars},
+            "same_pairs": int(same.sum()), "stranger_pairs": int((~same).sum())}
 
 
 def verification_metrics(distances: np.ndarray, same: np.ndarray, folds: int = 10) -> dict:
@@ -449,7 +475,9 @@ def evaluate(model: FaceModel, data: str | Path, pairs_file: str | Path, out: Pa
               "verification": verification,
               "identification": identification_metrics(inputs.embeddings, inputs.labels),
               "retrieval": retrieval_metrics(inputs.embeddings, inputs.labels),
-              "search": search_metrics(inputs.embeddings, inputs.labels)}
+              "search": search_metrics(inputs.embeddings, inputs.labels),
+              "low_far": low_far_metrics(inputs),
+              "open_set": open_set_metrics(inputs.embeddings, inputs.labels, fpirs=REPORT_FPIRS)}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         plot_roc(far, tar, verification["auc"], f"ROC: {model.name} on {Path(data).name}", out / "roc.png")

@@ -82,21 +82,34 @@ class CosineSoftmaxHead(nn.Module):
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.scale * embeddings @ F.normalize(self.weight, dim=1).T
 
+    @torch.no_grad()
+    def init_from_centroids(self, centroids: torch.Tensor) -> None:
+        """Start each identity's weight at the mean of its training embeddings, so the head's
+        first gradients agree with the network it is attached to instead of pulling it
+        towards random directions (the dog card's joint run, with a randomly started head,
+        collapsed within two epochs)."""
+        self.weight.copy_(F.normalize(centroids.to(self.weight), dim=1))
+
 
 class JointLoss(nn.Module):
-    """Cross-entropy over a softmax head plus a metric loss (cross-entropy + triplet)."""
+    """Cross-entropy over a softmax head plus a metric loss (cross-entropy + triplet).
+
+    With `softmax_margin` m > 0 the head is an additive-margin (CosFace) softmax: the true
+    identity's logit is scale * (cos - m), so an embedding must beat every other identity's
+    direction by m in cosine, not just win."""
 
     def __init__(self, metric_loss: nn.Module, embedding_dim: int, num_classes: int,
-                 softmax_weight: float = 1.0):
+                 softmax_weight: float = 1.0, softmax_margin: float = 0.0, scale: float = 16.0):
         super().__init__()
         self.metric_loss = metric_loss
-        self.head = CosineSoftmaxHead(embedding_dim, num_classes)
-        self.softmax_weight = softmax_weight
+        self.head = CosineSoftmaxHead(embedding_dim, num_classes, scale)
+        self.softmax_weight, self.softmax_margin = softmax_weight, softmax_margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         metric = self.metric_loss(embeddings, labels)
         logits = self.head(embeddings)
-        cross_entropy = F.cross_entropy(logits, labels)
+        margin = self.head.scale * self.softmax_margin * F.one_hot(labels, logits.shape[1]).to(logits)
+        cross_entropy = F.cross_entropy(logits - margin, labels)
         accuracy = (logits.argmax(1) == labels).float().mean().item()
         stats = dict(metric.stats, cross_entropy=cross_entropy.item(), train_accuracy=accuracy)
         return LossOutput(metric.loss + self.softmax_weight * cross_entropy, stats)

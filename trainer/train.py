@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from faces.checkpoint import FaceModel, load_model, save_checkpoint
 from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
-from .evaluate import EvaluationSet, calibration_pairs, operating_points, verification_metrics
+from .evaluate import (EvaluationSet, calibration_pairs, open_set_metrics, operating_points, tar_at_far,
+                       verification_metrics)
 from faces.imaging import Preprocess
 from .losses import ContrastiveLoss, JointLoss, TripletLoss
 from .miners import make_miner
@@ -49,6 +50,11 @@ class TrainConfig:
     margin: float = 0.2
     contrastive_margin: float = 1.0
     softmax_weight: float = 1.0
+    softmax_margin: float = 0.0
+    warmup_steps: int = 0
+    hard_batches: bool = False
+    select: str = "accuracy"
+    keep_epochs: bool = False
     p: int = 32
     k: int = 4
     epochs: int = 30
@@ -80,7 +86,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-AUGMENTATIONS = ("full", "light")
+AUGMENTATIONS = ("full", "light", "strong")
+# What picks best.pt on the choose identities: verification accuracy on the pairs file, or the
+# low-FAR tail (TAR at FAR 1e-3 over every stranger pair), which 1:N search at small FPIR needs.
+SELECT_METRICS = {"accuracy": "val_accuracy", "tar": "val_tar_at_far_1e-3"}
 
 
 def augmentation(size: int, kind: str = "full"):
@@ -92,6 +101,17 @@ def augmentation(size: int, kind: str = "full"):
             v2.RandomHorizontalFlip(),
             v2.RandomAffine(degrees=3, translate=(0.02, 0.02)),
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+        ])
+    if kind == "strong":
+        # 'light' plus what real galleries add: scale changes, blur, JPEG artefacts, more colour.
+        return v2.Compose([
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.95, 1.05), antialias=True)], p=0.5),
+            v2.RandomAffine(degrees=3, translate=(0.02, 0.02)),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03),
+            v2.RandomGrayscale(p=0.05),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.3, 1.5))], p=0.2),
+            v2.RandomApply([v2.JPEG((30, 90))], p=0.3),
         ])
     if kind != "full":
         raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}")
@@ -109,7 +129,8 @@ def build_loss(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     triplet = TripletLoss(make_miner(config.miner, config.margin), config.margin,
                           average_over_active=config.miner == "batch-all")
     if config.loss == "joint":
-        return JointLoss(triplet, config.embedding_dim, num_classes, config.softmax_weight)
+        return JointLoss(triplet, config.embedding_dim, num_classes, config.softmax_weight,
+                         config.softmax_margin)
     if config.loss == "triplet":
         return triplet
     raise ValueError(f"unknown loss {config.loss!r}; choose from {', '.join(LOSSES)}")
@@ -252,9 +273,13 @@ class Trainer:
         points = self.operating_points
         save_checkpoint(self.out / "model.pt", self.net, self.preprocess, self.config.species,
                         threshold, training, operating_points=points)
-        if self.validation is None or metrics["val_accuracy"] >= self.best_accuracy:
-            self.best_accuracy = metrics.get("val_accuracy") or 0.0
+        chosen_by = metrics.get(SELECT_METRICS[self.config.select])
+        if self.validation is None or chosen_by >= self.best_accuracy:
+            self.best_accuracy = chosen_by or 0.0
             save_checkpoint(self.out / "best.pt", self.net, self.preprocess, self.config.species,
+                            threshold, training, operating_points=points)
+        if self.config.keep_epochs:
+            save_checkpoint(self.out / f"epoch-{self.epoch}.pt", self.net, self.preprocess, self.config.species,
                             threshold, training, operating_points=points)
         temporary = self.out / "last.pt.tmp"
         torch.save(self.state(), temporary)
@@ -269,20 +294,55 @@ class Trainer:
         model = FaceModel(self.net, self.preprocess, self.config.species, FALLBACK_THRESHOLD)
         inputs = self.validation.embed(model)
         metrics = verification_metrics(inputs.pair_distances, inputs.pair_same)
-        self.operating_points = {**operating_points(*calibration_pairs(inputs)),
+        distances, same = calibration_pairs(inputs)
+        open_set = open_set_metrics(inputs.embeddings, inputs.labels, fpirs=(0.05, 0.01))
+        self.operating_points = {**operating_points(distances, same),
                                  "data": str(self.out / "split" / "choose"),
                                  "pairs_file": str(self.out / "split" / "choose_pairs.txt")}
         return {"val_accuracy": metrics["accuracy"], "val_accuracy_std": metrics["accuracy_std"],
-                "val_auc": metrics["auc"], "val_threshold": metrics["threshold"]}
+                "val_auc": metrics["auc"], "val_threshold": metrics["threshold"],
+                "val_tar_at_far_1e-3": tar_at_far(distances, same, 1e-3),
+                "val_tar_at_far_1e-4": tar_at_far(distances, same, 1e-4),
+                "val_fnir_at_fpir_0.05": open_set["fnir_at_fpir_0.05"],
+                "val_fnir_at_fpir_0.01": open_set["fnir_at_fpir_0.01"]}
+
+    @torch.no_grad()
+    def training_centroids(self) -> torch.Tensor:
+        """Each training identity's mean embedding (unit length) by the current network, on
+        the un-augmented training crops."""
+        self.net.eval()
+        model = FaceModel(self.net, self.preprocess, self.config.species, FALLBACK_THRESHOLD)
+        embeddings = torch.from_numpy(np.concatenate(
+            [model.embed_tensor(self.dataset.images[i:i + 128]) for i in range(0, len(self.dataset), 128)]))
+        sums = torch.zeros(len(self.dataset.identities), embeddings.shape[1]).index_add_(0, self.dataset.labels, embeddings)
+        return torch.nn.functional.normalize(sums, dim=1)
+
+    def mine_identity_neighbours(self) -> None:
+        """Hard negatives across the whole training set, between epochs: every identity's
+        nearest identities (by centroid) are put in its P x K batch (PKSampler.set_neighbours)."""
+        centroids = self.training_centroids()
+        similarity = centroids @ centroids.T
+        similarity.fill_diagonal_(-2.0)
+        top = similarity.topk(min(4 * self.config.p, len(centroids) - 1), dim=1).indices
+        self.sampler.set_neighbours(top.tolist())
 
     def train_epoch(self, steps_log) -> dict:
         self.net.train()
         self.sampler.set_epoch(self.epoch)
+        scheduled = [group["lr"] for group in self.optimizer.param_groups]
+        steps_per_epoch = len(self.sampler)
         totals: dict[str, float] = {}
         batches = 0
         bar = tqdm(self.loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs}", unit="batch",
                    disable=not self.config.progress, leave=False)
         for images, labels in bar:
+            step = self.epoch * steps_per_epoch + batches
+            if step < self.config.warmup_steps:   # linear warm-up on top of the schedule
+                for group, lr in zip(self.optimizer.param_groups, scheduled):
+                    group["lr"] = lr * (step + 1) / self.config.warmup_steps
+            elif step == self.config.warmup_steps:
+                for group, lr in zip(self.optimizer.param_groups, scheduled):
+                    group["lr"] = lr
             images = self.preprocess.normalise(images.to(self.device, non_blocking=True))
             labels = labels.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, enabled=self.cuda and self.config.amp):
@@ -298,13 +358,19 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + float(value)
             batches += 1
             bar.set_postfix(loss=f"{stats['loss']:.3f}", active=f"{stats.get('active', 0):.2f}")
+        for group, lr in zip(self.optimizer.param_groups, scheduled):   # the schedule steps from here
+            group["lr"] = lr
         return {key: value / max(batches, 1) for key, value in totals.items()}
 
     def fit(self) -> dict:
         config = self.config
         with open(self.out / "steps.jsonl", "a") as steps_log:
+            if config.loss == "joint" and config.init and self.epoch == 0:
+                self.loss.head.init_from_centroids(self.training_centroids())
             while self.epoch < config.epochs:
                 started = time.time()
+                if config.hard_batches:
+                    self.mine_identity_neighbours()
                 train_stats = self.train_epoch(steps_log)
                 metrics = {"epoch": self.epoch + 1, **train_stats, **self.validate(),
                            "lr": self.optimizer.param_groups[0]["lr"],
