@@ -7,7 +7,7 @@ falls on both alike. Cost is the engine's own timings: detect + embed + search (
 already decoded; decoding is reported apart). Printed: the median of each part, the total
 and the ratio large / LFW, per detector.
 
-    python bench/query_cost.py [--detectors blazeface,hog] [--photo PATH] [--rounds 5]
+    python bench/query_cost.py [--detectors blazeface,hog] [--photo PATH] [--rounds 5] [--min-face-fraction F]
 """
 from __future__ import annotations
 
@@ -39,7 +39,13 @@ def main() -> None:
     parser.add_argument("--gallery", type=int, default=200, help="LFW photos in the index")
     parser.add_argument("--lfw-photos", type=int, default=20, help="LFW query photos (after the gallery's)")
     parser.add_argument("--rounds", type=int, default=5, help="times the large photo is asked per detector")
+    parser.add_argument("--min-face-fraction", type=float, default=None,
+                        help="blazeface's smallest face in photos over 1280 px, as a fraction of the shorter "
+                             "side (default: its own, 1/75): what a coarser rule would cost")
     args = parser.parse_args()
+    if args.min_face_fraction is not None:
+        from faces.detectors import blazeface
+        blazeface.MIN_FACE_FRACTION = args.min_face_fraction
     torch.set_num_threads(1)
     samples = scan_identities(args.data)
     gallery_people = {s.identity for s in samples[:args.gallery]}
@@ -50,7 +56,7 @@ def main() -> None:
     started = time.perf_counter()
     lfw = [load_image(path) for path in queries]
     decode_lfw = (time.perf_counter() - started) / len(lfw)
-    result = {"photo": Path(args.photo).name, "size": list(large.size), "lfw_size": list(lfw[0].size),
+    result = {"photo": Path(args.photo).name, "min_face_fraction": args.min_face_fraction, "size": list(large.size), "lfw_size": list(lfw[0].size),
               "decode_ms": {"photo": round(1000 * decode_large, 1), "lfw": round(1000 * decode_lfw, 1)},
               "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as temporary:

@@ -6,10 +6,15 @@ pyramid of the photo, then dlib's 5-point landmarks found in each face turned up
   resized photo (padded to a multiple of 32), with one anchor grid per level: no tiles,
   no seams. It finds faces from about 14 to 200 pixels of its input, turned up to at least
   45 degrees, so the finest level is scaled for the smallest face looked for
-  (`min_face`) and each next one is 4 times coarser, down to the photo in 256 pixels.
+  (`min_face`) and each next one is 4 times coarser, down to the photo in 256 pixels; a
+  small photo (an LFW crop) that the finest level already holds whole gets that one level
+  only. Each level's scale is trimmed (at most 12.5%) to fill its 32-pixel canvas.
 - The smallest face looked for is `MIN_FACE_PIXELS` (24) in a photo of up to
   `SMALL_FACE_SIDE` pixels (its longer side), and `MIN_FACE_FRACTION` of the shorter side
-  beyond (40 px in a 4000 x 3000 photo): the finest level's cost grows with the area.
+  beyond (40 px in a 4000 x 3000 photo): the finest level's cost grows with the area, and
+  it is capped at `FINEST_MAX_PIXELS` of input.
+- A second look at each candidate (`refine`): cut out upright, 32 px wide in a 64 px
+  square, scored again, all candidates of a batch of photos in one network run.
 - Landmarks: BlazeFace's eyes give the face's tilt; the face is cut out upright (at least
   80 px), dlib's 5-point shape predictor runs on it, and the points are mapped back, so the
   human model's chip (dlib's `get_face_chip`) is cut exactly as for the HOG detector.
