@@ -125,8 +125,8 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
               help="'blazeface' (small and tilted faces too) or 'hog' (dlib) finds and aligns every "
                    "human face in each photo (one entry per face); "
                    "'dog' finds dog faces; 'none' takes the whole image as the face (cropped "
-                   "galleries such as LFW and DogFaceNet); 'auto' is the model's default: hog for "
-                   "human models, dog for dog models. The index records the one it was built "
+                   "galleries such as LFW and DogFaceNet); 'auto' is the model's default: blazeface "
+                   "for human models, dog for dog models. The index records the one it was built "
                    "with and queries use it unless told otherwise. Default: the index's own; "
                    "for a new index, auto.")
 @index_option

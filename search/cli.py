@@ -69,7 +69,7 @@ def main(verbose: bool) -> None:
     """Reverse image search for faces (human and dog) in a gallery index built by `indexer`.
 
     Each face found in the photo is searched separately, found by the detector the index
-    was built with unless --detector names another (human faces: 'hog'; dog faces:
+    was built with unless --detector names another (human faces: 'blazeface' or 'hog'; dog faces:
     facesearch's own 'dog'; 'none': the photo is the face); --box X0,Y0,X1,Y1 searches the
     face in a box you give instead. A photo without a face says so.
     """

@@ -661,7 +661,7 @@ def test_search_query_server_sends_the_detector(server_url):
     assert face["found_by"] == "whole image" and face["box"] is None
     code, _, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url, "--json")
     [answer] = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-    assert code == 0 and answer["detector"] == "hog"       # the server's own (its index's)
+    assert code == 0 and answer["detector"] == "blazeface"     # the server's own (its index's: auto)
 
 
 def test_search_query_server_sends_the_api_key(keyed_server_url, tmp_path, monkeypatch):
