@@ -117,3 +117,14 @@ def test_weighted_suppression_merges_overlaps_and_survives_empty_boxes():
     kept = _non_overlapping(np.array([0.9, 0.8, 0.7, 0.6]), boxes, np.zeros((4, 6, 2)))
     assert [round(score, 1) for score, _, _ in kept] == [0.9, 0.7, 0.6]
     np.testing.assert_allclose(kept[0][1], (boxes[0] * 0.9 + boxes[1] * 0.8) / 1.7)
+
+
+def test_forked_build_worker_stays_on_the_cpu(monkeypatch):
+    """A build's DataLoader workers are forked from a process whose model may be on the GPU:
+    CUDA cannot start again there, so the detector runs on the CPU (no GPU needed to check)."""
+    from faces.detectors import blazeface as bf
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    assert bf._device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    assert bf._device() == "cuda"

@@ -54,8 +54,11 @@ DLIB_BOX_SCALE = 0.92
 
 
 def _device():
+    """The GPU when there is one, except in a process forked from one that had started CUDA
+    (a build's DataLoader workers, where CUDA cannot start again): there, the CPU."""
     import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    in_bad_fork = getattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    return "cuda" if torch.cuda.is_available() and not in_bad_fork() else "cpu"
 
 
 class BlazeFaceDetector(Detector):
