@@ -133,15 +133,15 @@ def show_change(report: ChangeReport, as_json: bool) -> None:
                               "own, or human for a new index.")
 @click.option("--models", metavar="MODEL,MODEL", callback=lambda ctx, param, value: _models(value),
               help="Several models, one per species, e.g. human,dog: every photo's human faces (found by "
-                   "--detector's human detector, default hog) and dog faces (the dog detector) are each "
+                   "--detector's human detector, default blazeface) and dog faces (the dog detector) are each "
                    "embedded by their own model into one index, one vector store per model; search then "
                    "finds both kinds. Remembered by the index.")
 @click.option("--detector", callback=lambda ctx, param, value: known_detector(value),
               help="'blazeface' (small and tilted faces too) or 'hog' (dlib) finds and aligns every "
                    "human face in each photo (one entry per face); "
                    "'dog' finds dog faces; 'none' takes the whole image as the face (cropped "
-                   "galleries such as LFW and DogFaceNet); 'auto' is the model's default: hog for "
-                   "human models, dog for dog models. The index records the one it was built "
+                   "galleries such as LFW and DogFaceNet); 'auto' is the model's default: blazeface "
+                   "for human models, dog for dog models. The index records the one it was built "
                    "with and queries use it unless told otherwise. Default: the index's own; "
                    "for a new index, auto. With --models it is the detector of the models whose "
                    "species' faces it finds ('none': of all); the others use their own default.")

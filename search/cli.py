@@ -73,7 +73,7 @@ def main(verbose: bool) -> None:
     """Reverse image search for faces (human and dog) in a gallery index built by `indexer`.
 
     Each face found in the photo is searched separately, found by the detector the index
-    was built with unless --detector names another (human faces: 'hog'; dog faces:
+    was built with unless --detector names another (human faces: 'blazeface' or 'hog'; dog faces:
     facesearch's own 'dog'; 'none': the photo is the face); --box X0,Y0,X1,Y1 searches the
     face in a box you give instead. A photo without a face says so.
     """
@@ -97,7 +97,8 @@ def main(verbose: bool) -> None:
 @click.option("--server", metavar="URL",
               help="Ask a running `search serve` at URL (e.g. http://127.0.0.1:8000) instead of "
                    "loading the model and index here: no start-up cost per call. Sends "
-                   "$FACESEARCH_API_KEY when set; the server's index, model and detector answer.")
+                   "$FACESEARCH_API_KEY when set; the server's index and model answer, with its "
+                   "detector unless --detector names another.")
 @lines_option
 def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, box, species, server,
           as_json) -> None:
@@ -117,11 +118,11 @@ def query(photos, k, fpir, threshold, index, model, detector, absolute_paths, bo
                            f"{_strength(m):<10}  {str(m['identity']):<24}  {m['path']}")
 
     if server:
-        for name, value in (("--index", index), ("--model", model), ("--detector", detector),
-                            ("--absolute-paths", absolute_paths), ("--species", species)):
+        for name, value in (("--index", index), ("--model", model), ("--absolute-paths", absolute_paths),
+                            ("--species", species)):
             if value:
                 raise click.UsageError(f"{name} is the server's to choose; leave it out with --server")
-        answer = _server_answer(server, k, threshold, box, fpir)
+        answer = _server_answer(server, k, threshold, box, fpir, detector)
     else:
         answer = _engine_answer("query", dict(k=k, threshold=threshold, fpir=fpir, absolute_paths=absolute_paths,
                                               box=_parse_box(box), species=species), index, model, detector)
@@ -281,7 +282,7 @@ def _parse_box(text):
         raise click.BadParameter(str(error), param_hint="--box") from None
 
 
-def _server_answer(url, k, threshold, box=None, fpir=None):
+def _server_answer(url, k, threshold, box=None, fpir=None, detector=None):
     """A function answering one photo by asking `search serve` at `url`."""
     from .client import SearchClient, ServerError
     try:
@@ -290,7 +291,7 @@ def _server_answer(url, k, threshold, box=None, fpir=None):
         raise click.UsageError(str(error)) from None
     if box is not None:
         _parse_box(box)          # checked here too: a bad box is a usage error, not a photo's
-    return lambda photo: client.query(photo, k, threshold, box, fpir)
+    return lambda photo: client.query(photo, k, threshold, box, fpir, detector)
 
 
 def _run_photos(photos, answer, as_json, show) -> None:

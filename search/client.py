@@ -41,8 +41,9 @@ class SearchClient:
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV_VAR) or None
 
     def query(self, photo: str, k: int, threshold: str | None, box: str | None = None,
-              fpir: str | None = None) -> dict:
-        """The server's answer for the photo file at `photo`."""
+              fpir: str | None = None, detector: str | None = None) -> dict:
+        """The server's answer for the photo file at `photo` (`detector`: the API's field,
+        the detector that finds the faces; None leaves it to the server)."""
         try:
             with open(photo, "rb") as handle:
                 data = handle.read()
@@ -55,6 +56,8 @@ class SearchClient:
             fields["fpir"] = str(fpir)
         if box is not None:
             fields["box"] = str(box)
+        if detector is not None:
+            fields["detector"] = str(detector)
         body, content_type = multipart(fields, "image", os.path.basename(photo), data)
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         if self.api_key:

@@ -91,3 +91,40 @@ def test_odd_pictures_give_no_error(detector, size, mode):
 
 def test_forty_megapixels_give_no_error(detector):
     assert detector(Image.new("RGB", (8000, 5000), (90, 120, 150))) == []
+
+
+def test_pyramid_levels():
+    """One level for a photo the finest level holds whole; a 12 MP photo keeps its 40 px
+    faces; the finest level stays within FINEST_MAX_PIXELS; each level fills its canvas."""
+    from faces.detectors import blazeface as bf
+    finder = bf.BlazeFaceDetector.__new__(bf.BlazeFaceDetector)
+    finder.min_face = None
+    [lfw] = finder.levels(150, 150)
+    assert round(150 * lfw) == 96                                    # no padding in its 96 px canvas
+    twelve = finder.levels(4000, 3000)
+    assert 40 * twelve[0] >= bf.NETWORK_FACE * (1 - bf.FIT_SLACK)
+    assert 4000 * 3000 * twelve[0] ** 2 <= bf.FINEST_MAX_PIXELS
+    forty = finder.levels(8000, 5000)
+    assert 8000 * 5000 * forty[0] ** 2 <= bf.FINEST_MAX_PIXELS * 1.01
+    for size in ((4000, 3000), (8000, 5000), (1665, 2048), (1280, 960)):
+        levels = finder.levels(*size)
+        assert levels == sorted(levels, reverse=True) and max(size) * levels[-1] <= bf.COARSEST_SIDE
+
+
+def test_weighted_suppression_merges_overlaps_and_survives_empty_boxes():
+    from faces.detectors.blazeface import _non_overlapping
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [5, 5, 5, 5]], dtype=float)
+    kept = _non_overlapping(np.array([0.9, 0.8, 0.7, 0.6]), boxes, np.zeros((4, 6, 2)))
+    assert [round(score, 1) for score, _, _ in kept] == [0.9, 0.7, 0.6]
+    np.testing.assert_allclose(kept[0][1], (boxes[0] * 0.9 + boxes[1] * 0.8) / 1.7)
+
+
+def test_forked_build_worker_stays_on_the_cpu(monkeypatch):
+    """A build's DataLoader workers are forked from a process whose model may be on the GPU:
+    CUDA cannot start again there, so the detector runs on the CPU (no GPU needed to check)."""
+    from faces.detectors import blazeface as bf
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    assert bf._device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    assert bf._device() == "cuda"

@@ -21,7 +21,7 @@ needs_data = pytest.mark.skipif(not GROUP_PHOTO.is_file(), reason="shared sample
 
 @pytest.fixture(scope="module")
 def detector() -> DlibDetector:
-    return get_detector("auto")
+    return get_detector("hog")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_whole_image_detector_and_defaults():
     image = Image.new("RGB", (224, 224))
     [face] = get_detector("none")(image)
     assert face.image is image and face.box is None
-    assert default_detector("human") == "hog"
+    assert default_detector("human") == "blazeface"
     assert default_detector("dog") == "dog"
     with pytest.raises(ValueError, match="unknown detector"):
         get_detector("mtcnn")

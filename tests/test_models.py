@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from faces.detectors import default_detector
 from indexer.cli import main as indexer_main
 from indexer.config import DATABASE_FILE, VECTORS_FILE
 from indexer.db import create_sqlite_engine, current_revision, downgrade, open_database
@@ -119,7 +120,7 @@ def test_one_build_finds_both_species_each_in_its_own_store(mixed):
         ids = dict(db.execute("SELECT species, group_concat(id) FROM images WHERE status = 'indexed' "
                               "GROUP BY species").fetchall())
         models = db.execute("SELECT name, species, detector FROM models ORDER BY id").fetchall()
-    assert models == [("human", "human", "hog"), ("dog", "dog", "dog")]
+    assert models == [("human", "human", default_detector("human")), ("dog", "dog", "dog")]
     for species, store in (("human", VECTORS_FILE), ("dog", "vectors-dog.faiss")):
         stored = sorted(FaissStore.load(index / store).ids().tolist())
         assert stored == sorted(int(i) for i in ids[species].split(","))
@@ -161,7 +162,7 @@ def test_a_photo_with_both_gets_two_faces_each_finding_its_own(mixed, tmp_path):
     assert parts["human"]["threshold"] != parts["dog"]["threshold"]
     # The top-level keys are the first model's, as in a one-model index.
     assert (result["model"], result["species"], result["threshold"], result["detector"]) == (
-        "human", "human", parts["human"]["threshold"], "hog")
+        "human", "human", parts["human"]["threshold"], default_detector("human"))
     code, output = invoke_cli(search_main, "identify", probe, "--index", mixed["index"])
     assert code == 0 and f"(human)" in output and f"(dog)" in output, output
     assert f"(human)  box ({', '.join(map(str, faces['human']['box']))})  (found by the detector): {PEOPLE[1]}" in output
@@ -173,7 +174,7 @@ def test_a_photo_without_either_face_says_what_was_looked_for(mixed, tmp_path):
     code, output = invoke_cli(search_main, "query", blank, "--index", mixed["index"], "--json")
     result = last_json(output)
     assert code == 0 and result["faces"] == []
-    assert "no human or dog face found" in result["message"] and "hog, dog" in result["message"]
+    assert "no human or dog face found" in result["message"] and f"{default_detector('human')}, dog" in result["message"]
 
 
 def test_clustering_and_new_faces_keep_species_apart(copy, tmp_path):
@@ -349,7 +350,7 @@ def test_browser_page_shows_each_face_with_its_kind_and_rule(mixed, tmp_path):
             assert page.inner_text("#summary") == "2 faces found."
             assert page.locator(".face-box").count() == 2
             found = page.locator(".found-by").all_inner_texts()
-            assert found == ["A person's face. Found by the face detector (hog).",
+            assert found == [f"A person's face. Found by the face detector ({default_detector('human')}).",
                              "A dog's face. Found by the face detector (dog)."]
             rule = page.inner_text("#operating-point")
             assert rule.startswith("People: A match is a gallery face within distance") and " Dogs: A match" in rule

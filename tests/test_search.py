@@ -104,9 +104,9 @@ def test_queries_use_the_detector_the_index_was_built_with(workspace):
 
 
 def test_group_photo_is_searched_face_by_face(workspace):
-    engine = QueryEngine(workspace["index"], detector="auto")     # human model: auto is hog
+    engine = QueryEngine(workspace["index"], detector="auto")     # human model: auto is blazeface
     result = engine.query(GROUP_PHOTO, k=3)
-    assert result["detector"] == "hog" and len(result["faces"]) == 6
+    assert result["detector"] == "blazeface" and len(result["faces"]) == 6
     assert [face["box"][0] for face in result["faces"]] == sorted(face["box"][0] for face in result["faces"])
     assert all(len(face["matches"]) == 3 for face in result["faces"])
     assert result["image"] == {"width": 1200, "height": 630}

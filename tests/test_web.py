@@ -651,6 +651,19 @@ def test_search_query_server_sends_the_box(server_url):
     assert code == 2 and "four numbers" in output
 
 
+def test_search_query_server_sends_the_detector(server_url):
+    code, heavy, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url,
+                                "--detector", "none", "--json")
+    assert code == 0 and heavy == [], output
+    [answer] = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert answer["detector"] == "none"
+    [face] = answer["faces"]
+    assert face["found_by"] == "whole image" and face["box"] is None
+    code, _, output = probe("search", "query", str(GALLERY_PHOTO), "--server", server_url, "--json")
+    [answer] = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert code == 0 and answer["detector"] == "blazeface"     # the server's own (its index's: auto)
+
+
 def test_search_query_server_sends_the_api_key(keyed_server_url, tmp_path, monkeypatch):
     not_a_photo = tmp_path / "notes.jpg"
     not_a_photo.write_text("not a photo")

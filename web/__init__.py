@@ -5,8 +5,8 @@ and can be overridden by the `config` mapping (Flask's upper-case keys):
 
     INDEX          index folder (FACESEARCH_INDEX; default: the indexer's default)
     MODEL          model name or checkpoint path (FACESEARCH_MODEL; default: the index's own)
-    DETECTOR       the default face detector of searches (FACESEARCH_DETECTOR: hog, dog,
-                   none or auto; default: the one the index was built with); a request's
+    DETECTOR       the default face detector of searches (FACESEARCH_DETECTOR: blazeface, hog,
+                   dog, none or auto; default: the one the index was built with); a request's
                    `detector` field overrides it
     MAX_UPLOAD_MB  largest accepted upload in megabytes (FACESEARCH_MAX_UPLOAD_MB; default 10)
     SECRET_KEY     Flask's secret key (FACESEARCH_SECRET_KEY; default: random per process)

@@ -9,7 +9,7 @@ image or dlib's face chip).
 - `hog` (hog.py): human faces, dlib's HOG detector.
 - `dog` (dog.py): dog faces, facesearch's own small network; the default for dog models.
 - `none` (whole.py): the whole image is the face (already-cropped galleries: LFW, DogFaceNet).
-- `auto`: the default detector of the model's species: `hog` for humans, `dog` for dogs.
+- `auto`: the default detector of the model's species: `blazeface` for humans, `dog` for dogs.
 
 A user's box (`--box`, box.py) is cut by the chosen detector's `in_box`.
 
@@ -44,7 +44,7 @@ def _none(alignment, size):
 
 # name -> factory(alignment, size); "auto" is resolved to one of these first.
 FACTORIES = {"blazeface": _blazeface, "hog": _hog, "dog": _dog, "none": _none}
-DEFAULT_HUMAN_DETECTOR = "hog"
+DEFAULT_HUMAN_DETECTOR = "blazeface"
 DEFAULT_DOG_DETECTOR = "dog"
 # Every name a user may give: the detectors and "auto".
 DETECTORS = ("auto", *FACTORIES)
@@ -52,8 +52,8 @@ DETECTOR_HELP = ("Face detector: 'blazeface' finds and aligns human faces, small
                  "too (MediaPipe's BlazeFace in PyTorch); 'hog' finds and aligns human faces "
                  "(dlib's HOG); 'dog' finds "
                  "dog faces (trained here on DogFaceNet); 'none' takes the whole image as the "
-                 "face (already-cropped pictures such as LFW and DogFaceNet); 'auto' is hog for "
-                 "human models and dog for dog models.")
+                 "face (already-cropped pictures such as LFW and DogFaceNet); 'auto' is blazeface "
+                 "for human models and dog for dog models.")
 
 
 def default_detector(species: str) -> str:

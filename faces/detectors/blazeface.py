@@ -6,10 +6,15 @@ pyramid of the photo, then dlib's 5-point landmarks found in each face turned up
   resized photo (padded to a multiple of 32), with one anchor grid per level: no tiles,
   no seams. It finds faces from about 14 to 200 pixels of its input, turned up to at least
   45 degrees, so the finest level is scaled for the smallest face looked for
-  (`min_face`) and each next one is 4 times coarser, down to the photo in 256 pixels.
+  (`min_face`) and each next one is 4 times coarser, down to the photo in 256 pixels; a
+  small photo (an LFW crop) that the finest level already holds whole gets that one level
+  only. Each level's scale is trimmed (at most 12.5%) to fill its 32-pixel canvas.
 - The smallest face looked for is `MIN_FACE_PIXELS` (24) in a photo of up to
   `SMALL_FACE_SIDE` pixels (its longer side), and `MIN_FACE_FRACTION` of the shorter side
-  beyond (40 px in a 4000 x 3000 photo): the finest level's cost grows with the area.
+  beyond (40 px in a 4000 x 3000 photo): the finest level's cost grows with the area, and
+  it is capped at `FINEST_MAX_PIXELS` of input.
+- A second look at each candidate (`refine`): cut out upright, 32 px wide in a 64 px
+  square, scored again, all candidates of a batch of photos in one network run.
 - Landmarks: BlazeFace's eyes give the face's tilt; the face is cut out upright (at least
   80 px), dlib's 5-point shape predictor runs on it, and the points are mapped back, so the
   human model's chip (dlib's `get_face_chip`) is cut exactly as for the HOG detector.
@@ -32,11 +37,13 @@ MIN_FACE_PIXELS = 24
 MIN_FACE_FRACTION = 1 / 75
 SMALL_FACE_SIDE = 1280
 LEVEL_STEP = 4.0
+FINEST_MAX_PIXELS = 2_000_000  # the finest level's input at most (a 4000 x 3000 photo keeps its 40 px faces)
+FIT_SLACK = 0.125            # a level's scale may shrink this much to fit its 32-pixel canvas
 COARSEST_SIDE = 256          # the last level: the whole photo in this many pixels
 PROPOSAL_THRESHOLD = 0.4     # a pyramid level's candidates (MediaPipe's own threshold: 0.5)
-SCORE_THRESHOLD = 0.6        # the refined score a face needs (chosen on training people: bench/detection.py --choose)
-REFINE_SIZE = 128            # the second look: each candidate upright in this square ...
-REFINE_FACE = 64.0           # ... this many pixels wide
+SCORE_THRESHOLD = 0.5        # the refined score a face needs (chosen on training people: bench/detection.py --choose)
+REFINE_SIZE = 64             # the second look: each candidate upright in this square ...
+REFINE_FACE = 32.0           # ... this many pixels wide
 NMS_IOU = 0.3
 CONTAINED = 0.6              # a face this much inside a face twice its size is a part of it
 MAX_FACES = 200
@@ -47,8 +54,11 @@ DLIB_BOX_SCALE = 0.92
 
 
 def _device():
+    """The GPU when there is one, except in a process forked from one that had started CUDA
+    (a build's DataLoader workers, where CUDA cannot start again): there, the CPU."""
     import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    in_bad_fork = getattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    return "cuda" if torch.cuda.is_available() and not in_bad_fork() else "cpu"
 
 
 class BlazeFaceDetector(Detector):
@@ -80,14 +90,21 @@ class BlazeFaceDetector(Detector):
 
     def levels(self, width: int, height: int) -> list[float]:
         """Scales of the pyramid, finest first: the finest gives the smallest face NETWORK_FACE
-        pixels (never enlarging more than 2x), the last holds the whole photo in COARSEST_SIDE."""
+        pixels (never enlarging more than 2x, never more than FINEST_MAX_PIXELS of input),
+        each next one is LEVEL_STEP times coarser, and the last holds the whole photo in
+        COARSEST_SIDE pixels; when the finest already does (a small photo), it is the only
+        one. Each scale is then trimmed (by at most FIT_SLACK) so the resized photo fills its
+        canvas of multiples of 32 with as little padding as it can."""
         coarsest = min(1.0, COARSEST_SIDE / max(width, height))
-        scale = min(2.0, NETWORK_FACE / self.smallest_face(width, height))
+        scale = min(2.0, NETWORK_FACE / self.smallest_face(width, height),
+                    math.sqrt(FINEST_MAX_PIXELS / max(1, width * height)))
+        if scale <= coarsest:
+            return [_fit(scale, width, height)]
         scales = []
         while scale > coarsest * 1.5:
             scales.append(scale)
             scale /= LEVEL_STEP
-        return scales + [coarsest]
+        return [_fit(s, width, height) for s in scales + [coarsest]]
 
     @staticmethod
     def canvas(image: Image.Image, scale: float) -> np.ndarray:
@@ -124,17 +141,11 @@ class BlazeFaceDetector(Detector):
                 chunk = items[start:start + per_batch]
                 scores, boxes = self._run(np.stack([canvas for _, _, canvas in chunk]))
                 for (index, scale, _), score, box in zip(chunk, scores, boxes):
-                    keep = score >= _logit(PROPOSAL_THRESHOLD)
-                    if not keep.any():
-                        continue
-                    probability = 1.0 / (1.0 + np.exp(-score[keep].astype(np.float64)))
-                    offsets, centres = box[keep], anchors[keep]
-                    centre = centres + offsets[:, :2]
-                    half = offsets[:, 2:4] / 2
-                    corners = np.concatenate([centre - half, centre + half], 1) / scale
-                    keypoints = (offsets[:, 4:].reshape(-1, 6, 2) + centres[:, None, :]) / scale
-                    found[index] += list(zip(probability, corners, keypoints))
-        return self.refine(images, [_non_overlapping(detections) for detections in found])
+                    keep = np.flatnonzero(score >= _logit(PROPOSAL_THRESHOLD))
+                    if len(keep):
+                        found[index].append(_decoded(score[keep], box[keep], anchors[keep], scale))
+        return self.refine(images, [_non_overlapping(*map(np.concatenate, zip(*parts))) if parts else []
+                                    for parts in found])
 
     def refine(self, images: list[Image.Image], found: list[list]) -> list[list]:
         """A second look at every candidate at one easy scale: the face cut out upright, at
@@ -152,9 +163,9 @@ class BlazeFaceDetector(Detector):
         anchors = grid_anchors(REFINE_SIZE, REFINE_SIZE)
         middle = np.abs(anchors - REFINE_SIZE / 2).max(1) <= REFINE_FACE / 2
         rescored: list[list] = [[] for _ in images]
-        for start in range(0, len(cuts), 32):
-            scores, _ = self._run(np.stack(cuts[start:start + 32]))
-            for (index, number), score in zip(owners[start:start + 32], scores):
+        for start in range(0, len(cuts), 128):
+            scores, _ = self._run(np.stack(cuts[start:start + 128]))
+            for (index, number), score in zip(owners[start:start + 128], scores):
                 probability = float(1.0 / (1.0 + np.exp(-float(score[middle].max()))))
                 if probability >= self.threshold:
                     _, box, keypoints = found[index][number]
@@ -239,24 +250,48 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a) + area(b) - inter + 1e-9)
 
 
-def _non_overlapping(detections: list) -> list:
+def _fit(scale: float, width: int, height: int) -> float:
+    """The scale at most FIT_SLACK below `scale` whose resized photo leaves the least
+    padding in its canvas (sides rounded up to multiples of 32); `scale` itself on a tie."""
+    def area(s: float) -> int:
+        return (-(-max(1, round(width * s)) // 32) * 32) * (-(-max(1, round(height * s)) // 32) * 32)
+    best = scale
+    for side in (width, height):
+        fitted = (round(side * scale) // 32) * 32 / side      # this side exactly k x 32
+        if fitted >= scale * (1 - FIT_SLACK) and area(fitted) < area(best):
+            best = fitted
+    return best
+
+
+def _decoded(logits: np.ndarray, offsets: np.ndarray, centres: np.ndarray, scale: float):
+    """A level's kept anchors as (probabilities, boxes x0 y0 x1 y1, 6 x 2 keypoints) in the
+    photo's pixels."""
+    probability = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    centre = centres + offsets[:, :2]
+    half = offsets[:, 2:4] / 2
+    corners = np.concatenate([centre - half, centre + half], 1) / scale
+    keypoints = (offsets[:, 4:].reshape(-1, 6, 2) + centres[:, None, :]) / scale
+    return probability, corners, keypoints
+
+
+def _non_overlapping(scores: np.ndarray, boxes: np.ndarray, keypoints: np.ndarray) -> list:
     """Best first; each kept face's box, keypoints and score blended with the faces it
-    suppresses (MediaPipe's weighted suppression), so one face seen at two levels is one."""
-    if not detections:
+    suppresses (MediaPipe's weighted suppression), so one face seen at two levels is one.
+    The loop runs once per kept face, each time over all candidates at once."""
+    if not len(scores):
         return []
-    scores = np.array([d[0] for d in detections])
-    boxes = np.stack([d[1] for d in detections])
-    keypoints = np.stack([d[2] for d in detections])
-    order = list(np.argsort(-scores))
+    order = np.argsort(-scores, kind="stable")
+    scores, boxes, keypoints = scores[order], boxes[order], keypoints[order]
+    left = np.ones(len(scores), dtype=bool)
     kept = []
-    while order and len(kept) < MAX_FACES:
-        best = order[0]
-        overlaps = _iou(boxes[best], boxes[order]) > NMS_IOU
-        group = [order[i] for i in np.nonzero(overlaps)[0]]
+    while left.any() and len(kept) < MAX_FACES:
+        best = int(np.argmax(left))                  # the best score not yet taken
+        group = (_iou(boxes[best], boxes) > NMS_IOU) & left
+        group[best] = True                           # itself, even as a box of no area
         weights = scores[group][:, None]
         kept.append((float(scores[best]), (boxes[group] * weights).sum(0) / weights.sum(),
                      (keypoints[group] * weights[:, :, None]).sum(0) / weights.sum()))
-        order = [order[i] for i in np.nonzero(~overlaps)[0]]
+        left &= ~group
     return _not_inside_larger(kept)
 
 

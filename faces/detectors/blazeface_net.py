@@ -14,7 +14,9 @@ the 256 px input relative to the anchor centre (`decode`).
 
 TensorFlow pads 'SAME' convolutions of stride 2 on even sizes only at the bottom and right;
 PyTorch's symmetric padding would shift every stride-2 layer by a pixel, so those layers
-pad explicitly (`_same_pad`).
+pad explicitly (`_same_pad`); the stride-1 depthwise layers pad inside the convolution (the
+same zeros, no copy of the tensor). Inference only: each block adds its shortcut and applies
+the ReLU in place, on the convolution's fresh output.
 """
 from __future__ import annotations
 
@@ -41,15 +43,19 @@ class BlazeBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.stride, self.extra_channels = stride, cout - cin
-        self.depthwise = nn.Conv2d(cin, cin, 3, stride=stride, padding=0, groups=cin, bias=False)
+        # Stride 1: 'SAME' is one pixel on every side, which the convolution pads itself.
+        self.depthwise = nn.Conv2d(cin, cin, 3, stride=stride, padding=1 if stride == 1 else 0, groups=cin,
+                                   bias=False)
         self.pointwise = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.pointwise(self.depthwise(_same_pad(x, 3, self.stride)))
+        out = self.pointwise(self.depthwise(x if self.stride == 1 else _same_pad(x, 3, self.stride)))
         shortcut = F.max_pool2d(x, 2) if self.stride == 2 else x
-        if self.extra_channels:
-            shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, self.extra_channels))
-        return F.relu(out + shortcut)
+        if self.extra_channels:        # the shortcut fills the first channels, the rest get nothing
+            out[:, :shortcut.shape[1]] += shortcut
+        else:
+            out += shortcut
+        return F.relu_(out)
 
 
 class BlazeFaceBack(nn.Module):
@@ -66,9 +72,9 @@ class BlazeFaceBack(nn.Module):
         self.boxes8 = nn.Conv2d(96, ANCHORS_PER_CELL[1] * 16, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.relu(self.stem(_same_pad(x, 5, 2)))
+        x = F.relu_(self.stem(_same_pad(x, 5, 2)))
         x16 = self.blocks(x)
-        x8 = F.relu(self.down_pointwise(self.down_depthwise(_same_pad(x16, 3, 2))))
+        x8 = F.relu_(self.down_pointwise(self.down_depthwise(_same_pad(x16, 3, 2))))
         n = x.shape[0]
 
         def flat(t: torch.Tensor, width: int) -> torch.Tensor:
