@@ -159,7 +159,11 @@ class MatchRule:
         described = {"rule": self.rule, "threshold": self.threshold, "fpir": self.fpir,
                      "individuals": self.individuals, "faces": self.faces}
         if self.calibration is not None and self.fpir is not None:
-            described["confident_within"] = self.calibration.threshold(CONFIDENT_SHARE * self.fpir, self.individuals)
+            try:
+                described["confident_within"] = self.calibration.threshold(CONFIDENT_SHARE * self.fpir,
+                                                                           self.individuals)
+            except ModelError:      # a tenth of a tiny FPIR in a huge gallery: nothing is confident
+                described["confident_within"] = 0.0
         if self.operating_point is not None:
             described["operating_point"] = self.operating_point
         if self.message:

@@ -118,6 +118,9 @@ def far_curve(pair_distances: np.ndarray) -> dict:
     ordered = np.sort(pair_distances)
     pairs = len(ordered)
     fars = [far for far in TAIL_FARS if far * pairs >= TAIL_MIN_PAIRS]
+    if len(fars) < 2:
+        raise DataError(f"{pairs} stranger distances are too few to measure how near strangers come: "
+                        f"calibrate on more identities")
     distances = [float(ordered[int(np.ceil(far * pairs)) - 1]) for far in fars]
     low = [i for i, far in enumerate(fars) if far <= 1e-4] or [0, 1]
     slope = float(np.polyfit(np.array(distances)[low], np.log10(np.array(fars)[low]), 1)[0])
