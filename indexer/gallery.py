@@ -182,7 +182,7 @@ class Gallery:
     def check_model(self, model: FaceModel) -> None:
         """Refuse a model other than the one the index was built with (for its species)."""
         record = next((r for r in self.models if r.species == model.species), self.model)
-        if model.sha256 != record.sha256:
+        if not model.is_recorded_as(record.sha256):
             raise ModelMismatchError(
                 f"{self.index_dir} was built with model {record.name} (sha256 {record.sha256[:12]}), "
                 f"not {model.name} (sha256 {model.sha256[:12]}): query with the index's model, or build a "

@@ -279,7 +279,7 @@ class IndexWriter:
                                          f"{','.join(self.requested_models)}; the index was built with {names}")
             asked, model = requested.get(record.species) or (None, None)
             model = model or load_model(record.source)
-            if model.sha256 != record.sha256:
+            if not model.is_recorded_as(record.sha256):
                 what = ("the model file has changed since" if not asked
                         else f"model {model.name} (sha256 {model.sha256[:12]}) is not the one")
                 raise ModelMismatchError(

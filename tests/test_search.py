@@ -178,6 +178,23 @@ def test_a_recalibrated_model_still_queries_the_index_built_with_it(workspace, t
         QueryEngine(workspace["index"], model=flipped)
 
 
+def test_an_index_that_recorded_the_file_sha256_still_takes_that_file(workspace, tmp_path):
+    """Indexes built before the embedding digest recorded the checkpoint file's sha256."""
+    import shutil
+    import sqlite3
+    from faces.checkpoint import file_sha256
+    from indexer.config import DATABASE_FILE
+    from indexer.errors import ModelMismatchError
+    index = tmp_path / "index"
+    shutil.copytree(workspace["index"], index, ignore=shutil.ignore_patterns("*.lock"))
+    with sqlite3.connect(index / DATABASE_FILE) as db:
+        db.execute("UPDATE models SET sha256 = ?", (file_sha256(workspace["model"]),))
+    result = QueryEngine(index, detector="none").query(lfw_image("Adam_Sandler", 2), k=1)
+    assert result["faces"][0]["matches"][0]["identity"] == "Adam_Sandler"
+    with pytest.raises(ModelMismatchError, match="built with model"):
+        QueryEngine(index, model=workspace["other_model"])
+
+
 def test_k_must_be_positive(engine):
     with pytest.raises(SearchError, match="k must be"):
         engine.query(STRANGER, k=0)
