@@ -48,7 +48,8 @@ from faces.imaging import load_image  # noqa: E402
 from indexer.clustering import cluster_faces, cluster_scores  # noqa: E402
 from search.engine import UNKNOWN, decide  # noqa: E402
 from trainer.data import scan_identities  # noqa: E402
-from trainer.evaluate import fnir_at_fpir, nearest_neighbours, open_set_protocol  # noqa: E402
+from trainer.evaluate import (fnir_at_fpir, nearest_neighbour_rates, nearest_neighbours,  # noqa: E402
+                              open_set_protocol)
 
 K = 10                      # `search identify`'s default neighbours
 NEIGHBOURS = 100            # `indexer cluster`'s default
@@ -125,13 +126,9 @@ class Setup:
 
 def nearest_rule(embeddings, setup: Setup, gallery: np.ndarray) -> dict:
     """FRVT's FNIR at fixed FPIR for the nearest-neighbour rule; thresholds set on the strangers."""
-    names = setup.identities[gallery]
-    known_index, known_distance = nearest_neighbours(embeddings[setup.known], embeddings[gallery], 1)
-    _, stranger_distance = nearest_neighbours(embeddings[setup.strangers], embeddings[gallery], 1)
-    correct = names[known_index[:, 0]] == setup.identities[setup.known]
-    return {"rank1": round(float(correct.mean()), 4),
-            **{f"fnir_at_fpir_{f}": round(fnir_at_fpir(known_distance[:, 0], correct, stranger_distance[:, 0], f)[0], 4)
-               for f in FRVT_FPIRS}}
+    rows = {"gallery": gallery, "known": setup.known, "strangers": setup.strangers}
+    rates = nearest_neighbour_rates(embeddings, setup.identities, rows, FRVT_FPIRS)
+    return {name: round(value, 4) for name, value in rates.items()}
 
 
 def answers(embeddings, setup: Setup, gallery: np.ndarray, judge) -> list[dict]:

@@ -80,7 +80,7 @@ class FaceModel:
     threshold: float            # the default (strict) operating point's distance
     name: str = "unnamed"
     sha256: str = ""            # embedding_sha256: the embeddings it gives, not the file
-    file_sha256: str = ""       # the file's own, which indexes built before the digest recorded
+    path: Path | None = None     # the checkpoint file it was loaded from
     info: dict = field(default_factory=dict)
     flip_average: bool = False   # embed each face and its mirror image, and average the two
     operating_points: dict = field(default_factory=dict)   # {"strict": {"threshold", "tar", "far"}, ...}
@@ -91,8 +91,9 @@ class FaceModel:
 
     def is_recorded_as(self, recorded: str) -> bool:
         """Whether an index's recorded model digest is this model: its embedding digest, or,
-        for an index built before facesearch recorded that, this very file's sha256."""
-        return recorded in (self.sha256, self.file_sha256)
+        for an index built before facesearch recorded that, this very file's sha256 (hashed
+        only then: loading a model stays one read of the file)."""
+        return recorded == self.sha256 or (self.path is not None and recorded == file_sha256(self.path))
 
     @property
     def inference_net(self) -> torch.nn.Module:
@@ -257,7 +258,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | No
     name = str(name_or_path)   # a bundled name, or the path as the user gave it
     return FaceModel(net=net, preprocess=Preprocess.from_dict(payload["preprocess"]),
                      species=payload["species"], threshold=payload["threshold"], name=name,
-                     sha256=embedding_sha256(payload), file_sha256=file_sha256(path),
+                     sha256=embedding_sha256(payload), path=path,
                      info=payload.get("training", {}),
                      flip_average=bool(payload.get("flip_average", False)),
                      # Checkpoints from before operating points: their one threshold serves all.

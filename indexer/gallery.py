@@ -60,10 +60,11 @@ def gallery_size(engine, species: str | None = None) -> dict:
     species' faces only, when given (an index of several models)."""
     indexed = [ImageRecord.status == INDEXED] + ([] if species is None else [ImageRecord.species == species])
     with Session(engine) as session:
-        faces = session.scalar(select(func.count(ImageRecord.id)).where(*indexed))
-        named = session.scalar(select(func.count(distinct(ImageRecord.identity))).where(*indexed))
-        unnamed = session.scalar(select(func.count(ImageRecord.id)).where(*indexed, ImageRecord.identity.is_(None)))
-    return {"faces": int(faces), "individuals": int(named + unnamed)}
+        # count(identity) skips the faces without one: faces - that is how many are unnamed.
+        faces, with_identity, named = session.execute(select(
+            func.count(ImageRecord.id), func.count(ImageRecord.identity),
+            func.count(distinct(ImageRecord.identity))).where(*indexed)).one()
+    return {"faces": int(faces), "individuals": int(named + faces - with_identity)}
 
 
 class Gallery:

@@ -360,22 +360,26 @@ def fnir_at_fpir(known_scores: np.ndarray, known_correct: np.ndarray, stranger_s
     return float(1.0 - hit.mean()), float(threshold)
 
 
-def open_set_metrics(embeddings: np.ndarray, labels: np.ndarray, fpirs=(0.1, 0.05, 0.01)) -> dict:
-    """1:N open-set identification with the nearest-neighbour rule (the gallery face nearest
-    the probe names it when within the threshold): FNIR at each FPIR (open_set_protocol)."""
-    rows = open_set_protocol(labels)
-    if len(rows["known"]) == 0 or len(rows["strangers"]) == 0 or len(rows["gallery"]) == 0:
-        return {"known": int(len(rows["known"])), "strangers": int(len(rows["strangers"])),
-                "gallery": int(len(rows["gallery"])), **{f"fnir_at_fpir_{f}": None for f in fpirs}}
+def nearest_neighbour_rates(embeddings: np.ndarray, labels: np.ndarray, rows: dict, fpirs) -> dict:
+    """Rank-1 and FNIR at each FPIR of the nearest-neighbour rule (the gallery face nearest
+    the probe names it when within the threshold) for rows {"gallery", "known", "strangers"}."""
     gallery = embeddings[rows["gallery"]]
     known_index, known_distance = nearest_neighbours(embeddings[rows["known"]], gallery, 1)
     _, stranger_distance = nearest_neighbours(embeddings[rows["strangers"]], gallery, 1)
     correct = labels[rows["gallery"]][known_index[:, 0]] == labels[rows["known"]]
-    result = {"known": int(len(rows["known"])), "strangers": int(len(rows["strangers"])),
-              "gallery": int(len(rows["gallery"])), "rank1": float(correct.mean())}
-    for fpir in fpirs:
-        result[f"fnir_at_fpir_{fpir}"] = fnir_at_fpir(known_distance[:, 0], correct, stranger_distance[:, 0], fpir)[0]
-    return result
+    return {"rank1": float(correct.mean()),
+            **{f"fnir_at_fpir_{fpir}": fnir_at_fpir(known_distance[:, 0], correct, stranger_distance[:, 0], fpir)[0]
+               for fpir in fpirs}}
+
+
+def open_set_metrics(embeddings: np.ndarray, labels: np.ndarray, fpirs=(0.1, 0.05, 0.01)) -> dict:
+    """1:N open-set identification with the nearest-neighbour rule on one folder's
+    identities (open_set_protocol): rank-1 and FNIR at each FPIR."""
+    rows = open_set_protocol(labels)
+    counts = {part: int(len(rows[part])) for part in ("known", "strangers", "gallery")}
+    if not all(counts.values()):
+        return {**counts, **{f"fnir_at_fpir_{f}": None for f in fpirs}}
+    return {**counts, **nearest_neighbour_rates(embeddings, labels, rows, fpirs)}
 
 
 # --- plots ------------------------------------------------------------------------------------
