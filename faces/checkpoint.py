@@ -130,7 +130,7 @@ class FaceModel:
         `threshold` (an operating point name or a distance) decides per pair instead."""
         if threshold is None and self.open_set is not None:
             target = parse_fpir(fpir)
-            return MatchRule("fpir", self.open_set.threshold(target, individuals), target, individuals, faces,
+            return MatchRule("fpir", self.open_set.threshold(target, individuals, faces), target, individuals, faces,
                              self.open_set)
         if fpir is not None and threshold is None:
             parse_fpir(fpir)   # a bad value is refused even where it cannot be used
@@ -141,7 +141,7 @@ class FaceModel:
             message = (f"model {self.name} has no gallery statistics, so 'match' uses its per-pair strict "
                        f"threshold and strangers are named more often as the gallery grows; recalibrate it: "
                        f"trainer calibrate --model {self.name} --data HELD_OUT --pairs PAIRS --out NEW.pt")
-        implied = self.open_set.fpir_at(limit, individuals) if self.open_set is not None else None
+        implied = self.open_set.fpir_at(limit, individuals, faces) if self.open_set is not None else None
         return MatchRule("per-pair", limit, implied, individuals, faces, self.open_set, point, message)
 
     def threshold_for(self, choice: str | float | None = None) -> float:

@@ -7,16 +7,17 @@ name someone: the false positive identification rate (FPIR, as NIST FRVT 1:N mea
 
 `trainer calibrate` measures, on identities no model trained or chose on, every stranger
 pair's distance and how near each probe sits to strangers in general (its "shift": some
-faces are near everyone). From those, `GalleryCalibration` answers, for a gallery of M
-individuals:
+faces are near everyone). From those, `GalleryCalibration` answers, for a gallery of F
+faces of M individuals:
 
-    FPIR(d) = mean over probe shifts s of  1 - (1 - FAR(d - s)) ** n_eff(M),
-    n_eff(M) = alpha * M ** beta
+    FPIR(d) = mean over probe shifts s of  1 - (1 - FAR(d - s)) ** n_eff(M, F),
+    n_eff(M, F) = alpha * M ** beta * (F / M) ** gamma
 
 FAR is the share of stranger pairs at or under a distance once each pair is seen from its
-probe's shift; n_eff is how many independent strangers a gallery of M individuals is worth
-(a stranger near one photo of someone is near their others too); alpha and beta are fitted
-on galleries drawn from the calibration identities. The stored FAR curve reaches down to
+probe's shift; n_eff is how many independent strangers a gallery is worth (a stranger near
+one photo of someone is near their others too, but each more photo is another chance);
+alpha, beta and gamma are fitted on galleries drawn from the calibration identities, some
+with one photo per individual and some with several. The stored FAR curve reaches down to
 pairs seen ten times among millions; below it, log FAR is extrapolated linearly in distance
 from its measured low end.
 
@@ -66,21 +67,22 @@ class GalleryCalibration:
     fars: tuple[float, ...]        # ... this share of (shift-corrected) stranger pairs is at or under them
     tail_slope: float              # d log10(FAR) / d distance below the measured curve
     shifts: tuple[float, ...]      # quantiles of the probes' shifts (how much nearer strangers they sit)
-    alpha: float                   # n_eff(M) = alpha * M ** beta
+    alpha: float                   # n_eff(M, F) = alpha * M ** beta * (F / M) ** gamma
     beta: float
     pairs: int                     # stranger pairs measured
     data: str = ""                 # the identities it was measured on
+    gamma: float = 0.0             # 0 in checkpoints calibrated before faces per individual counted
 
     @classmethod
     def from_dict(cls, stored: dict) -> "GalleryCalibration":
         return cls(tuple(stored["distances"]), tuple(stored["fars"]), float(stored["tail_slope"]),
                    tuple(stored["shifts"]), float(stored["alpha"]), float(stored["beta"]), int(stored["pairs"]),
-                   str(stored.get("data", "")))
+                   str(stored.get("data", "")), float(stored.get("gamma", 0.0)))
 
     def to_dict(self) -> dict:
         return {"distances": list(self.distances), "fars": list(self.fars), "tail_slope": self.tail_slope,
-                "shifts": list(self.shifts), "alpha": self.alpha, "beta": self.beta, "pairs": self.pairs,
-                "data": self.data}
+                "shifts": list(self.shifts), "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
+                "pairs": self.pairs, "data": self.data}
 
     def far_at(self, distance):
         """Share of (shift-corrected) stranger pairs at or under `distance` (a number or an
@@ -90,19 +92,22 @@ class GalleryCalibration:
         below = log_far[0] + self.tail_slope * (np.minimum(distance, d[0]) - d[0])
         return 10 ** np.where(distance < d[0], below, np.interp(distance, d, log_far))
 
-    def effective_strangers(self, individuals: int) -> float:
-        return max(1.0, self.alpha * max(individuals, 1) ** self.beta)
+    def effective_strangers(self, individuals: int, faces: int | None = None) -> float:
+        """n_eff of a gallery of `faces` faces (default: one each) of `individuals` individuals."""
+        individuals = max(individuals, 1)
+        per_individual = max((faces or individuals) / individuals, 1.0)
+        return max(1.0, self.alpha * individuals ** self.beta * per_individual ** self.gamma)
 
-    def fpir_at(self, distance: float, individuals: int) -> float:
-        """Share of stranger searches whose nearest face, in a gallery of this many
-        individuals, is at most this far."""
+    def fpir_at(self, distance: float, individuals: int, faces: int | None = None) -> float:
+        """Share of stranger searches whose nearest face, in a gallery of `faces` faces
+        (default: one each) of this many individuals, is at most this far."""
         far = np.minimum(self.far_at(distance - np.asarray(self.shifts)), 1 - 1e-12)
-        return float(np.mean(-np.expm1(self.effective_strangers(individuals) * np.log1p(-far))))
+        return float(np.mean(-np.expm1(self.effective_strangers(individuals, faces) * np.log1p(-far))))
 
-    def threshold(self, fpir: float, individuals: int) -> float:
+    def threshold(self, fpir: float, individuals: int, faces: int | None = None) -> float:
         """The distance under which at most `fpir` of stranger searches see a face, in a
-        gallery of this many individuals."""
-        per_pair = -math.expm1(math.log1p(-fpir) / self.effective_strangers(individuals))
+        gallery of `faces` faces (default: one each) of this many individuals."""
+        per_pair = -math.expm1(math.log1p(-fpir) / self.effective_strangers(individuals, faces))
         if per_pair < MIN_SUPPORTED_FAR:
             raise ModelError(f"fpir {fpir:g} on a gallery of {individuals:,} individuals needs a per-pair false "
                              f"accept rate of {per_pair:.1e}, beyond what this model's calibration can support "
@@ -110,7 +115,7 @@ class GalleryCalibration:
         low, high = -1.0, 3.0           # fpir_at rises with distance: bisect
         for _ in range(60):
             middle = (low + high) / 2
-            low, high = (middle, high) if self.fpir_at(middle, individuals) <= fpir else (low, middle)
+            low, high = (middle, high) if self.fpir_at(middle, individuals, faces) <= fpir else (low, middle)
         return max(0.0, low)
 
 
@@ -142,7 +147,7 @@ class MatchRule:
     def judge(self, distance: float) -> dict:
         """{"match", "strength", "stranger_rate"} of one gallery face's distance: the share of
         stranger searches that would see a face this near, and its wording."""
-        rate = (self.calibration.fpir_at(distance, self.individuals)
+        rate = (self.calibration.fpir_at(distance, self.individuals, self.faces)
                 if self.calibration is not None else None)
         match = distance <= self.threshold
         if not match:
@@ -161,7 +166,7 @@ class MatchRule:
         if self.calibration is not None and self.fpir is not None:
             try:
                 described["confident_within"] = self.calibration.threshold(CONFIDENT_SHARE * self.fpir,
-                                                                           self.individuals)
+                                                                           self.individuals, self.faces)
             except ModelError:      # a tenth of a tiny FPIR in a huge gallery: nothing is confident
                 described["confident_within"] = 0.0
         if self.operating_point is not None:

@@ -9,14 +9,15 @@ import pytest
 from faces.errors import ModelError
 from faces.open_set import DEFAULT_FPIR, GalleryCalibration, MatchRule, parse_fpir, strength
 from search.engine import UNKNOWN, decide
-from trainer.evaluate import gallery_calibration, nearest_neighbours
+from trainer.evaluate import drawn_galleries, gallery_calibration, nearest_neighbours
 
 DIM = 32
 
 
-def identities(count: int, per_identity: int, seed: int, spread: float = 0.55) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors of `count` generated identities: a random centre each, photos scattered
-    around it (a different seed draws different people)."""
+def identities(count: int, per_identity, seed: int, spread: float = 0.55) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of `count` generated identities: a random centre each, `per_identity`
+    photos (a number, or one per identity) scattered around it (a different seed draws
+    different people)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(count, DIM))
     labels = np.repeat(np.arange(count), per_identity)
@@ -26,27 +27,52 @@ def identities(count: int, per_identity: int, seed: int, spread: float = 0.55) -
 
 @pytest.fixture(scope="module")
 def calibration() -> GalleryCalibration:
-    vectors, labels = identities(700, 3, seed=1)   # the "choose" people: 2,100 photos
+    # The "choose" people: 2,100 photos, one to five each.
+    vectors, labels = identities(700, np.random.default_rng(1).integers(1, 6, 700), seed=1)
     return GalleryCalibration.from_dict(gallery_calibration(vectors, labels))
 
 
-def stranger_fpir(calibration: GalleryCalibration, gallery_identities: int, fpir: float, seed: int) -> float:
+def stranger_fpir(calibration: GalleryCalibration, gallery_identities: int, fpir: float, seed: int,
+                  photos: int = 3) -> float:
     """Share of 3,000 strangers (people not in it) named by the nearest-face rule in a new
-    gallery of three photos each of `gallery_identities` people."""
-    gallery, _ = identities(gallery_identities, 3, seed=seed)
+    gallery of `photos` photos each of `gallery_identities` people."""
+    gallery, _ = identities(gallery_identities, photos, seed=seed)
     strangers, _ = identities(3000, 1, seed=seed + 1)
-    threshold = calibration.threshold(fpir, gallery_identities)
+    threshold = calibration.threshold(fpir, gallery_identities, photos * gallery_identities)
     _, nearest = nearest_neighbours(strangers, gallery, 1)
     return float((nearest[:, 0] <= threshold).mean())
 
 
 # The share of strangers named in a generated gallery stays within +50% of the default FPIR
-# at any size; it may fall below (the fit extrapolates n_eff from galleries of ~350
-# calibration individuals: 0.019 was measured at 10,000), but not to nothing.
+# at any size; it may fall below (the fit extrapolates n_eff from galleries of ~1,000
+# calibration faces), but not to nothing.
 @pytest.mark.parametrize("size,least", [(100, 0.5 * DEFAULT_FPIR), (10_000, 0.2 * DEFAULT_FPIR)])
 def test_default_fpir_holds_at_any_gallery_size(calibration, size, least):
     reached = stranger_fpir(calibration, size, DEFAULT_FPIR, seed=10 + size)
     assert least <= reached <= 1.5 * DEFAULT_FPIR, reached
+
+
+def test_more_photos_per_individual_lower_the_threshold_and_the_fpir_still_holds(calibration):
+    # Each photo of someone is another chance for a stranger to come near: five photos each
+    # need a stricter threshold than one, and both keep the promise.
+    assert calibration.gamma > 0
+    assert calibration.threshold(0.05, 1000, 5000) < calibration.threshold(0.05, 1000, 1000)
+    for photos in (1, 5):
+        reached = stranger_fpir(calibration, 1000, DEFAULT_FPIR, seed=20 + photos, photos=photos)
+        assert 0.5 * DEFAULT_FPIR <= reached <= 1.5 * DEFAULT_FPIR, (photos, reached)
+
+
+def test_filler_identities_grow_the_drawn_galleries_and_both_compositions_are_drawn():
+    vectors, labels = identities(40, np.random.default_rng(3).integers(1, 5, 40), seed=3)
+    filler = identities(200, np.repeat([1, 4], [150, 50]), seed=4)   # most with one photo, as in LFW
+    own = drawn_galleries(vectors, labels)
+    grown = drawn_galleries(vectors, labels, filler[0], filler[1].astype(str))
+    # Without filler a gallery holds at most the other half of the identities' photos.
+    assert max(p["faces"] for p in own) <= len(labels)
+    assert max(p["faces"] for p in grown) > 300
+    # Galleries of identities with two or more photos hold more faces per individual.
+    per_individual = {p["faces"] / p["individuals"] for p in grown}
+    assert max(per_individual) > 1.5 * min(per_individual)
 
 
 def test_a_per_pair_threshold_names_more_strangers_as_the_gallery_grows(calibration):
@@ -84,10 +110,10 @@ def test_fpir_defaults_and_parses():
 
 
 def test_strength_wording_follows_the_same_numbers(calibration):
-    rule = MatchRule("fpir", calibration.threshold(0.05, 500), 0.05, 500, 1000, calibration)
-    confident = rule.judge(calibration.threshold(0.001, 500))
-    possible = rule.judge(calibration.threshold(0.03, 500))
-    no = rule.judge(calibration.threshold(0.2, 500))
+    rule = MatchRule("fpir", calibration.threshold(0.05, 500, 1000), 0.05, 500, 1000, calibration)
+    confident = rule.judge(calibration.threshold(0.001, 500, 1000))
+    possible = rule.judge(calibration.threshold(0.03, 500, 1000))
+    no = rule.judge(calibration.threshold(0.2, 500, 1000))
     assert confident["strength"] == "confident" and confident["match"]
     assert possible["strength"] == "possible" and possible["match"]
     assert no == {**no, "match": False, "strength": "no match"} and no["stranger_rate"] > 0.05
@@ -194,7 +220,7 @@ def test_stats_status_page_and_fpir_errors_name_the_rule(calibrated_index):
     from indexer.cli import main as indexer_main
     from search.cli import main as search_main
     from web import create_app
-    expected = load_model("human", device="cpu").open_set.threshold(DEFAULT_FPIR, 4)
+    expected = load_model("human", device="cpu").open_set.threshold(DEFAULT_FPIR, 4, 12)
     code, output = invoke_cli(indexer_main, "stats", "--index", calibrated_index, "--json")
     decision = last_json(output)["decision"]
     assert code == 0 and decision["rule"] == "fpir" and decision["individuals"] == 4

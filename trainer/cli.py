@@ -160,8 +160,12 @@ def evaluate(model: str, data: str, pairs: str, out: str, flip: bool | None, as_
 @click.option("--flip/--no-flip", default=None,
               help="From now on average each face's embedding with its mirror image's (or stop); "
                    "stored in the checkpoint and calibrated so (default: as the model says).")
+@click.option("--grow-with", type=click.Path(exists=True, file_okay=False),
+              help="More identities the model never trained on (e.g. SPLIT/train for an imported model): "
+                   "galleries grown with them show how thresholds shrink past DATA's size. Never probes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the operating points as one JSON object.")
-def calibrate(model: str, data: str, pairs: str, out: str | None, flip: bool | None, as_json: bool) -> None:
+def calibrate(model: str, data: str, pairs: str, out: str | None, flip: bool | None, grow_with: str | None,
+              as_json: bool) -> None:
     """Choose the model's operating points on held-out identities and store them in the
     checkpoint: strict (false accept rate <= 3e-4, the default for `match`) and balanced
     (best accuracy). Stranger pairs are every pair of images of different identities in DATA
@@ -171,7 +175,7 @@ def calibrate(model: str, data: str, pairs: str, out: str | None, flip: bool | N
     face_model = load_model(model)
     if flip is not None:
         face_model.flip_average = flip
-    points = measure(face_model, data, pairs, progress=not as_json)
+    points = measure(face_model, data, pairs, progress=not as_json, grow_with=grow_with)
     written = write_operating_points(resolve_model_path(model), points, out, flip_average=flip)
     if as_json:
         print_json({"model": str(written), "operating_points": points})
@@ -322,7 +326,8 @@ def info(model: str, as_json: bool) -> None:
         from faces.open_set import DEFAULT_FPIR, GalleryCalibration
         calibration = GalleryCalibration.from_dict(payload["open_set"])
         click.echo(f"searches (default fpir {DEFAULT_FPIR}: at most {DEFAULT_FPIR:.0%} of strangers' searches see a "
-                   f"match; stranger statistics from {calibration.pairs:,} pairs of {calibration.data}):")
+                   f"match; stranger statistics from {calibration.pairs:,} pairs of {calibration.data}; "
+                   f"galleries of one face per individual, more faces each lower it):")
         for individuals in GALLERY_SIZES_SHOWN:
             click.echo(f"  {individuals:>9,} individuals: threshold {calibration.threshold(DEFAULT_FPIR, individuals):.4f}"
                        f"   (fpir 0.01: {calibration.threshold(0.01, individuals):.4f})")

@@ -94,10 +94,10 @@ def stranger_distances(embeddings: np.ndarray, labels: np.ndarray,
 
 
 # Galleries drawn from the calibration identities to see how a stranger's nearest face
-# behaves as a gallery grows: this many draws of each size.
+# behaves as a gallery grows: this many draws of each of this many sizes, in each of two
+# compositions (any identities; only those with two or more photos).
 GALLERY_DRAWS = 12
-# The largest drawn gallery holds this share of the images; the rest are its probes.
-GALLERY_SHARE = 0.5
+GALLERY_SIZES = 8
 GALLERY_FPIRS = (0.01, 0.02, 0.05, 0.1, 0.2)
 # The stored curve keeps FAR levels with at least this many stranger pairs under them.
 TAIL_MIN_PAIRS = 10
@@ -127,35 +127,66 @@ def far_curve(pair_distances: np.ndarray) -> dict:
     return {"distances": distances, "fars": [float(f) for f in fars], "tail_slope": slope, "pairs": pairs}
 
 
-def drawn_galleries(distances: np.ndarray, labels: np.ndarray, seed: int = 0) -> list[dict]:
-    """Galleries of whole identities drawn from these, every other image a stranger probe:
-    at each FPIR level, the distance under which that share of probes finds a face."""
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order]) / weights.sum()
+    return float(values[order][min(int(np.searchsorted(cumulative, q)), len(values) - 1)])
+
+
+def drawn_galleries(embeddings: np.ndarray, labels: np.ndarray, filler_embeddings: np.ndarray | None = None,
+                    filler_labels: np.ndarray | None = None, seed: int = 0) -> list[dict]:
+    """Galleries drawn from half of the identities (grown with the filler identities, when
+    given), whose photos the other half search as strangers, each stranger counted once
+    however many photos it has: at each FPIR level, the distance under which that share of
+    strangers finds a face. Drawn from all identities and again from those with two or more
+    photos, so that faces per individual varies as in real galleries."""
     rng = np.random.default_rng(seed)
-    identities = np.unique(labels)
-    members = {identity: np.flatnonzero(labels == identity) for identity in identities}
+    if filler_embeddings is not None and len(filler_embeddings):
+        embeddings = np.concatenate([embeddings, filler_embeddings])
+        filler = np.char.add("filler:", np.asarray(filler_labels).astype(str))
+        all_labels = np.concatenate([labels.astype(str), filler])
+        filler_identities = np.unique(filler)
+    else:
+        all_labels, filler_identities = labels.astype(str), np.array([], dtype=str)
+    members = {identity: np.flatnonzero(all_labels == identity) for identity in np.unique(all_labels)}
+    own = np.unique(labels.astype(str))
+    largest = len(labels) // 2 + len(all_labels) - len(labels)
     points = []
-    for size in np.unique(np.geomspace(16, max(17, int(len(labels) * GALLERY_SHARE)), 7).astype(int)):
-        nearest, individuals = [], []
-        for _ in range(GALLERY_DRAWS):
-            order = rng.permutation(identities)
-            counts = np.cumsum([len(members[i]) for i in order])
-            chosen = order[:int(np.searchsorted(counts, size)) + 1]
-            probes = np.flatnonzero(~np.isin(labels, chosen))
-            if len(probes):
-                individuals.append(len(chosen))
+    for several_photos in (False, True):
+        for size in np.unique(np.geomspace(16, max(17, largest), GALLERY_SIZES).astype(int)):
+            nearest, weights, individuals, faces = [], [], [], []
+            for _ in range(GALLERY_DRAWS):
+                order = rng.permutation(own)
+                strangers, pool = order[:len(order) // 2], np.concatenate([order[len(order) // 2:], filler_identities])
+                if several_photos:
+                    pool = pool[[len(members[i]) > 1 for i in pool]]
+                pool = pool[rng.permutation(len(pool))]
+                counts = np.cumsum([len(members[i]) for i in pool])
+                if not len(pool) or not len(strangers) or counts[-1] < size:
+                    continue
+                chosen = pool[:int(np.searchsorted(counts, size)) + 1]
                 gallery = np.concatenate([members[i] for i in chosen])
-                nearest.append(distances[np.ix_(probes, gallery)].min(1))
-        if nearest:
-            nearest = np.concatenate(nearest)
-            points.extend({"faces": int(size), "individuals": float(np.mean(individuals)), "fpir": fpir,
-                           "threshold": float(np.quantile(nearest, fpir))} for fpir in GALLERY_FPIRS)
+                probes = np.concatenate([members[i] for i in strangers])
+                _, distances = nearest_neighbours(embeddings[probes], embeddings[gallery], 1)
+                nearest.append(distances[:, 0])
+                weights.append(np.concatenate([np.full(len(members[i]), 1 / len(members[i])) for i in strangers]))
+                individuals.append(len(chosen))
+                faces.append(len(gallery))
+            if nearest:
+                nearest, weights = np.concatenate(nearest), np.concatenate(weights)
+                points.extend({"faces": float(np.mean(faces)), "individuals": float(np.mean(individuals)),
+                               "fpir": fpir, "threshold": weighted_quantile(nearest, weights, fpir)}
+                              for fpir in GALLERY_FPIRS)
     return points
 
 
-def gallery_calibration(embeddings: np.ndarray, labels: np.ndarray, data: str = "", seed: int = 0) -> dict:
+def gallery_calibration(embeddings: np.ndarray, labels: np.ndarray, data: str = "", seed: int = 0,
+                        filler: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """What faces.open_set.GalleryCalibration needs, measured on held-out identities: the
-    shift-corrected stranger-pair curve, the probes' shifts, and n_eff = alpha * M ** beta
-    fitted so that its FPIR matches the drawn galleries' (least squares in log FPIR)."""
+    shift-corrected stranger-pair curve, the probes' shifts, and n_eff = alpha * M ** beta *
+    (F / M) ** gamma fitted so that its FPIR matches the drawn galleries' (least squares in
+    log FPIR). `filler`, (embeddings, labels) of more identities the model never trained
+    on, only grows the drawn galleries."""
     from scipy.optimize import minimize
     if len(labels) > CALIBRATION_MAX_IMAGES:
         keep = np.sort(np.random.default_rng(seed).choice(len(labels), CALIBRATION_MAX_IMAGES, replace=False))
@@ -172,22 +203,25 @@ def gallery_calibration(embeddings: np.ndarray, labels: np.ndarray, data: str = 
                                 (distances[first, second] - shifts[second])[pairs]])
     curve = {**far_curve(corrected), "pairs": int(pairs.sum())}   # distinct pairs, each seen twice
     shift_sample = [float(v) for v in np.quantile(shifts, (np.arange(SHIFT_SAMPLES) + 0.5) / SHIFT_SAMPLES)]
-    points = drawn_galleries(distances, labels, seed)
+    points = drawn_galleries(embeddings, labels, *(filler or (None, None)), seed=seed)
 
     def fitted(x):
+        # gamma within [0, 1]: another photo of an individual is worth at most another individual
         return GalleryCalibration.from_dict({**curve, "shifts": shift_sample, "alpha": float(np.exp(x[0])),
-                                             "beta": float(x[1]), "data": str(data)})
+                                             "beta": float(x[1]), "gamma": float(np.clip(x[2], 0, 1)),
+                                             "data": str(data)})
 
     def misfit(x):
         model = fitted(x)
-        return sum((np.log(max(model.fpir_at(p["threshold"], p["individuals"]), 1e-9)) - np.log(p["fpir"])) ** 2
-                   for p in points)
+        return sum((np.log(max(model.fpir_at(p["threshold"], p["individuals"], p["faces"]), 1e-9))
+                    - np.log(p["fpir"])) ** 2 for p in points)
 
-    # Too few identities to see a trend: each individual counts as one independent stranger.
+    # Too few identities to see a trend: each face counts as one independent stranger.
     trend = len({p["individuals"] for p in points}) > 1
-    model = fitted(minimize(misfit, [0.0, 1.0], method="Nelder-Mead").x if trend else [0.0, 1.0])
+    model = fitted(minimize(misfit, [0.0, 1.0, 0.5], method="Nelder-Mead").x if trend else [0.0, 1.0, 1.0])
     return {**model.to_dict(),
-            "fit_points": [{**p, "fitted_fpir": model.fpir_at(p["threshold"], p["individuals"])} for p in points]}
+            "fit_points": [{**p, "fitted_fpir": model.fpir_at(p["threshold"], p["individuals"], p["faces"])}
+                           for p in points]}
 
 
 def calibration_pairs(inputs: "EvaluationInputs") -> tuple[np.ndarray, np.ndarray]:
@@ -200,12 +234,28 @@ def calibration_pairs(inputs: "EvaluationInputs") -> tuple[np.ndarray, np.ndarra
             np.concatenate([np.ones(len(genuine), bool), np.zeros(len(strangers), bool)]))
 
 
-def calibrate(model: FaceModel, data: str | Path, pairs_file: str | Path, progress: bool = True) -> dict:
+def embed_identities(model: FaceModel, data: str | Path, progress: bool = True,
+                     batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, identity names) of every readable photo of a folder of identities."""
+    samples = scan_identities(data)
+    crops, kept, _ = load_faces([s.path for s in samples], model.preprocess, progress, desc=f"embedding {data}")
+    embeddings = np.concatenate([model.embed_tensor(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)])
+    return embeddings, np.array([samples[i].identity for i in kept])
+
+
+def calibrate(model: FaceModel, data: str | Path, pairs_file: str | Path, progress: bool = True,
+              grow_with: str | Path | None = None) -> dict:
     """The model's operating points on a folder of held-out identities and its pairs file,
-    with the stranger statistics that gallery-size thresholds need (under "open_set")."""
+    with the stranger statistics that gallery-size thresholds need (under "open_set");
+    `grow_with`, a folder of more identities the model never trained on, grows the galleries
+    those statistics are fitted on."""
     inputs = EvaluationSet(data, pairs_file, model.preprocess, progress).embed(model)
+    filler = embed_identities(model, grow_with, progress) if grow_with else None
+    open_set = gallery_calibration(inputs.embeddings, inputs.labels, data, filler=filler)
+    if grow_with:
+        open_set["grown_with"] = str(grow_with)
     return {**operating_points(*calibration_pairs(inputs)), "data": str(data), "pairs_file": str(pairs_file),
-            "open_set": gallery_calibration(inputs.embeddings, inputs.labels, data)}
+            "open_set": open_set}
 
 
 def tar_at_far(distances: np.ndarray, same: np.ndarray, far: float) -> float:
