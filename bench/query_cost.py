@@ -7,7 +7,7 @@ falls on both alike. Cost is the engine's own timings: detect + embed + search (
 already decoded; decoding is reported apart). Printed: the median of each part, the total
 and the ratio large / LFW, per detector.
 
-    python bench/query_cost.py [--detectors blazeface,hog] [--photo PATH] [--rounds 5] [--min-face-fraction F]
+    python bench/query_cost.py [--detectors blazeface,hog] [--photo PATH] [--rounds 5] [--min-face-fraction F] [--relative-min-face R]
 """
 from __future__ import annotations
 
@@ -42,10 +42,15 @@ def main() -> None:
     parser.add_argument("--min-face-fraction", type=float, default=None,
                         help="blazeface's smallest face in photos over 1280 px, as a fraction of the shorter "
                              "side (default: its own, 1/75): what a coarser rule would cost")
+    parser.add_argument("--relative-min-face", type=float, default=None,
+                        help="blazeface looks for faces down to this share of the largest it found (default: its "
+                             "own, 0.1): what another rule would cost")
     args = parser.parse_args()
+    from faces.detectors import blazeface
     if args.min_face_fraction is not None:
-        from faces.detectors import blazeface
         blazeface.MIN_FACE_FRACTION = args.min_face_fraction
+    if args.relative_min_face is not None:
+        blazeface.RELATIVE_MIN_FACE = args.relative_min_face
     torch.set_num_threads(1)
     samples = scan_identities(args.data)
     gallery_people = {s.identity for s in samples[:args.gallery]}
@@ -56,7 +61,8 @@ def main() -> None:
     started = time.perf_counter()
     lfw = [load_image(path) for path in queries]
     decode_lfw = (time.perf_counter() - started) / len(lfw)
-    result = {"photo": Path(args.photo).name, "min_face_fraction": args.min_face_fraction, "size": list(large.size), "lfw_size": list(lfw[0].size),
+    result = {"photo": Path(args.photo).name, "min_face_fraction": args.min_face_fraction,
+              "relative_min_face": blazeface.RELATIVE_MIN_FACE, "size": list(large.size), "lfw_size": list(lfw[0].size),
               "decode_ms": {"photo": round(1000 * decode_large, 1), "lfw": round(1000 * decode_lfw, 1)},
               "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as temporary:

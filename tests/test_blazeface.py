@@ -111,6 +111,37 @@ def test_pyramid_levels():
         assert levels == sorted(levels, reverse=True) and max(size) * levels[-1] <= bf.COARSEST_SIDE
 
 
+def portrait(small_side: int) -> Image.Image:
+    """A 1700 x 2000 photo: one LFW photo enlarged to 1400 px (a face of about 700 px) and
+    another shrunk to `small_side` px (a face of about half that) in a corner."""
+    photo = Image.new("RGB", (1700, 2000), (120, 130, 140))
+    photo.paste(Image.open(LFW / "Tony_Blair" / "Tony_Blair_0001.jpg").convert("RGB").resize((1400, 1400)), (150, 300))
+    small = Image.open(LFW / "Colin_Powell" / "Colin_Powell_0001.jpg").convert("RGB")
+    photo.paste(small.resize((small_side, small_side)), (20, 20))
+    return photo
+
+
+@needs_data
+def test_coarse_to_fine_skips_faces_far_smaller_than_the_largest(detector, monkeypatch):
+    """Levels run coarsest first; a finer level runs only to find faces of at least a tenth
+    of the largest face found, so a portrait costs a fraction of the full pyramid while a
+    smaller face beside a larger one is still found."""
+    from faces.detectors import blazeface as bf
+    inputs = []
+    run = detector._run
+    monkeypatch.setattr(detector, "_run", lambda batch: (inputs.append(batch.shape), run(batch))[1])
+    width, height = 1700, 2000
+    finest = detector.levels(width, height)[0]
+    alone = detector(portrait(50))       # a face of ~25 px: under a tenth of ~700
+    assert [f.box[2] - f.box[0] > 500 for f in alone] == [True]
+    pyramid_pixels = sum(round(width * s) * round(height * s) for s in detector.levels(width, height))
+    network_pixels = sum(n * h * w for n, h, w, _ in inputs if h > bf.REFINE_SIZE)
+    assert network_pixels < 0.3 * pyramid_pixels
+    assert all(h * w < 0.5 * width * height * finest ** 2 for _, h, w, _ in inputs)
+    both = detector(portrait(200))       # a face of ~100 px: more than a tenth
+    assert len(both) == 2 and sorted(f.box[2] - f.box[0] for f in both)[0] < 200
+
+
 def test_weighted_suppression_merges_overlaps_and_survives_empty_boxes():
     from faces.detectors.blazeface import _non_overlapping
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [5, 5, 5, 5]], dtype=float)

@@ -13,6 +13,11 @@ pyramid of the photo, then dlib's 5-point landmarks found in each face turned up
   `SMALL_FACE_SIDE` pixels (its longer side), and `MIN_FACE_FRACTION` of the shorter side
   beyond (40 px in a 4000 x 3000 photo): the finest level's cost grows with the area, and
   it is capped at `FINEST_MAX_PIXELS` of input.
+- Coarse to fine: the levels run coarsest first, and a finer one only while it can find
+  faces of at least `RELATIVE_MIN_FACE` of the largest face already found. A portrait's
+  face is found at the coarsest level and the costly fine levels are skipped (the
+  1665 x 2048 sample portrait then costs what a few LFW photos do); a group photo's small
+  faces beside larger ones are still looked for.
 - A second look at each candidate (`refine`): cut out upright, 32 px wide in a 64 px
   square, scored again, all candidates of a batch of photos in one network run.
 - Landmarks: BlazeFace's eyes give the face's tilt; the face is cut out upright (at least
@@ -41,6 +46,7 @@ FINEST_MAX_PIXELS = 2_000_000  # the finest level's input at most (a 4000 x 3000
 FIT_SLACK = 0.125            # a level's scale may shrink this much to fit its 32-pixel canvas
 COARSEST_SIDE = 256          # the last level: the whole photo in this many pixels
 PROPOSAL_THRESHOLD = 0.4     # a pyramid level's candidates (MediaPipe's own threshold: 0.5)
+RELATIVE_MIN_FACE = 0.1      # faces under a tenth of the largest found are not looked for
 SCORE_THRESHOLD = 0.5        # the refined score a face needs (chosen on training people: bench/detection.py --choose)
 REFINE_SIZE = 64             # the second look: each candidate upright in this square ...
 REFINE_FACE = 32.0           # ... this many pixels wide
@@ -126,24 +132,46 @@ class BlazeFaceDetector(Detector):
         return scores.float().cpu().numpy(), boxes.float().cpu().numpy()
 
     def raw_detections(self, images: list[Image.Image]) -> list[list[tuple[float, np.ndarray, np.ndarray]]]:
-        """Per image: (score, box x0 y0 x1 y1, 6 x 2 keypoints) in its own pixels, overlaps removed."""
+        """Per image: (score, box x0 y0 x1 y1, 6 x 2 keypoints) in its own pixels, overlaps
+        removed. Levels run coarsest first, a round at a time; each round's levels of equal
+        size share network batches across the photos."""
         from .blazeface_net import grid_anchors
-        jobs: dict[tuple[int, int], list[tuple[int, float, np.ndarray]]] = {}
-        for index, image in enumerate(images):
-            for scale in self.levels(*image.size):
-                canvas = self.canvas(image, scale)
-                jobs.setdefault(canvas.shape[:2], []).append((index, scale, canvas))
+        pending = {index: self.levels(*image.size)[::-1] for index, image in enumerate(images)}
         found: list[list] = [[] for _ in images]
-        for (height, width), items in jobs.items():
-            anchors = grid_anchors(height, width)
-            per_batch = max(1, (8 * 256 * 256) // (height * width))
-            for start in range(0, len(items), per_batch):
-                chunk = items[start:start + per_batch]
-                scores, boxes = self._run(np.stack([canvas for _, _, canvas in chunk]))
-                for (index, scale, _), score, box in zip(chunk, scores, boxes):
-                    keep = np.flatnonzero(score >= _logit(PROPOSAL_THRESHOLD))
-                    if len(keep):
-                        found[index].append(_decoded(score[keep], box[keep], anchors[keep], scale))
+        largest = np.zeros(len(images))
+        while pending:
+            jobs: dict[tuple[int, int], list[tuple[int, float, np.ndarray]]] = {}
+            for index, scales in pending.items():
+                canvas = self.canvas(images[index], scales[0])
+                jobs.setdefault(canvas.shape[:2], []).append((index, scales[0], canvas))
+            for (height, width), items in jobs.items():
+                anchors = grid_anchors(height, width)
+                per_batch = max(1, (8 * 256 * 256) // (height * width))
+                for start in range(0, len(items), per_batch):
+                    chunk = items[start:start + per_batch]
+                    scores, boxes = self._run(np.stack([canvas for _, _, canvas in chunk]))
+                    for (index, scale, _), score, box in zip(chunk, scores, boxes):
+                        keep = np.flatnonzero(score >= _logit(PROPOSAL_THRESHOLD))
+                        if len(keep):
+                            found[index].append(_decoded(score[keep], box[keep], anchors[keep], scale))
+                            probability, corners = found[index][-1][:2]
+                            sure = probability >= SCORE_THRESHOLD
+                            if sure.any():
+                                largest[index] = max(largest[index], float((corners[sure, 2] - corners[sure, 0]).max()))
+            for index in list(pending):
+                done, finer = pending[index][0], pending[index][1:]
+                if largest[index] > 0:
+                    # Faces under a tenth of the largest found are not looked for: a finer
+                    # level only as fine as that needs, or none when this one found them.
+                    needed = NETWORK_FACE / (RELATIVE_MIN_FACE * largest[index])
+                    kept = [scale for scale in finer if scale < needed]
+                    if len(kept) < len(finer) and needed > done * (1 + FIT_SLACK):
+                        kept.append(_fit(needed, *images[index].size))
+                    finer = kept
+                if finer:
+                    pending[index] = finer
+                else:
+                    del pending[index]
         return self.refine(images, [_non_overlapping(*map(np.concatenate, zip(*parts))) if parts else []
                                     for parts in found])
 
