@@ -143,6 +143,12 @@ def test_training_from_a_checkpoint_keeps_its_preprocessing_and_frozen_layers(tm
     checkpoint = read_checkpoint(out / "model.pt")
     assert checkpoint["arch"] == "small" and checkpoint["species"] == "dog"
     assert checkpoint["preprocess"]["input_size"] == 32 and checkpoint["preprocess"]["mean"] == (0.4, 0.45, 0.5)
+    # --input-size: the same network fed larger faces (DogFaceNet's 224 px crops, say).
+    larger = run("train", "--data", data, "--out", tmp_path / "larger", "--epochs", 1, "--choose-fraction", 0,
+                 "--init", start, "--input-size", 40, "-P", 6, "-K", 4, "--no-progress", "--workers", 0)
+    assert larger.exit_code == 0, larger.output
+    resized = read_checkpoint(tmp_path / "larger" / "model.pt")["preprocess"]
+    assert resized["input_size"] == 40 and resized["mean"] == (0.4, 0.45, 0.5)
     before, after = load_model(start, device="cpu").net, load_model(out / "model.pt", device="cpu").net
     layers = [name for name, module in before.backbone.named_modules()
               if next(module.parameters(recurse=False), None) is not None]

@@ -44,7 +44,7 @@ def main(verbose: bool) -> None:
                    "'strong' adds scale, blur, JPEG and grey.")
 @click.option("--pretrained", is_flag=True, help="Start torchvision ResNets from ImageNet weights.")
 @click.option("--embedding-dim", default=128, show_default=True)
-@click.option("--input-size", type=int, help="Input pixels (default: the backbone's own).")
+@click.option("--input-size", type=int, help="Input pixels (default: --init's, else the backbone's own).")
 @click.option("--crop", default=1.0, show_default=True,
               help="Fraction of the image kept around its centre (0.5 suits LFW's 250 px images).")
 @click.option("--loss", type=click.Choice(["triplet", "joint", "contrastive"]), default="triplet",

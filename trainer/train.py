@@ -198,14 +198,14 @@ class Trainer:
         seed_everything(config.seed)
         start = load_model(config.init, "cpu") if config.init else None
         if start is not None:
-            # The starting network fixes architecture, input size and normalisation; a new
-            # alignment (e.g. a human network adapted to already-cropped dog faces) brings its crop.
+            # The starting network fixes architecture and normalisation; a new alignment (e.g. a
+            # human network adapted to already-cropped dog faces) brings its crop, and a new input
+            # size is the same fully convolutional network seeing more pixels.
             config.arch, config.embedding_dim = start.net.arch, start.embedding_dim
-            config.input_size = start.preprocess.input_size
+            config.input_size = config.input_size or start.preprocess.input_size
+            self.preprocess = replace(start.preprocess, input_size=config.input_size)
             if config.alignment:
-                self.preprocess = replace(start.preprocess, alignment=config.alignment, crop=config.crop)
-            else:
-                self.preprocess = start.preprocess
+                self.preprocess = replace(self.preprocess, alignment=config.alignment, crop=config.crop)
             config.crop, config.alignment = self.preprocess.crop, self.preprocess.alignment
         else:
             self.preprocess = Preprocess(input_size=config.size, crop=config.crop,
