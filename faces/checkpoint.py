@@ -167,6 +167,12 @@ class FaceModel:
         both = net(inputs) + net(inputs.flip(3))
         return torch.nn.functional.normalize(both, dim=1).float().cpu().numpy()
 
+    def embed_crops(self, crops: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+        """uint8 N x 3 x S x S crops, any number of them, embedded a batch at a time."""
+        if not len(crops):
+            return np.empty((0, self.embedding_dim), dtype=np.float32)
+        return np.concatenate([self.embed_tensor(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)])
+
     def embed_images(self, images, batch_size: int = 64) -> np.ndarray:
         """Aligned face images (a detector's `Face.image`) -> float32 N x D unit vectors."""
         crops = [self.preprocess.to_uint8(image) for image in images]

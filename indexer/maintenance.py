@@ -79,18 +79,13 @@ def check_index(writer: IndexWriter, sample: int = 20, seed: int = 0) -> CheckRe
         duplicated = unique[counts > 1]
         missing = np.setdiff1d(indexed, unique)
         orphans = np.setdiff1d(unique, np.concatenate([indexed, pending]))
-        if len(missing):
-            report.problems.append(f"{where}{len(missing)} indexed faces have no vector in the index: "
-                                   f"ids {_some(missing)}")
-        if len(orphans):
-            report.problems.append(f"{where}{len(orphans)} vectors in the index have no database row: "
-                                   f"ids {_some(orphans)}")
-        if len(duplicated):
-            report.problems.append(f"{where}{len(duplicated)} ids are in the index more than once: "
-                                   f"ids {_some(duplicated)}")
-        if len(pending):
-            report.problems.append(f"{where}{len(pending)} faces are pending from an interrupted run: "
-                                   f"ids {_some(pending)} (the next build or --repair settles them)")
+        for ids, what, after in ((missing, "indexed faces have no vector in the index", ""),
+                                 (orphans, "vectors in the index have no database row", ""),
+                                 (duplicated, "ids are in the index more than once", ""),
+                                 (pending, "faces are pending from an interrupted run",
+                                  " (the next build or --repair settles them)")):
+            if len(ids):
+                report.problems.append(f"{where}{len(ids)} {what}: ids {_some(ids)}{after}")
         if len(stored) != len(indexed) + len(np.intersect1d(pending, unique)):
             report.problems.append(f"{where}count: the index holds {len(stored)} vectors, the database "
                                    f"{len(indexed)} indexed faces")

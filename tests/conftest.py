@@ -1,14 +1,18 @@
 """Shared test fixtures: small generated face-like images, written as real JPEG files; an
-untrained checkpoint; running click commands in-process."""
+untrained checkpoint; running click commands in-process; a copy of an index to change."""
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+
+from indexer.config import DATABASE_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -55,6 +59,20 @@ def invoke_cli(command, *args) -> tuple[int, str]:
 
 def last_json(output: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
+
+
+def copy_index(gallery: Path, index: Path, into: Path) -> tuple[Path, Path]:
+    """A copy of an SQLite index and its gallery under `into`, its rows pointed at the copied
+    gallery's files, for one test to change: (gallery, index)."""
+    copied_gallery, copied_index = into / "gallery", into / "index"
+    shutil.copytree(gallery, copied_gallery)
+    shutil.copytree(index, copied_index, ignore=shutil.ignore_patterns("*.lock"))
+    with sqlite3.connect(copied_index / DATABASE_FILE) as db:
+        old, new = str(gallery).encode(), str(copied_gallery).encode()
+        for row_id, path in db.execute("SELECT id, path FROM images").fetchall():
+            db.execute("UPDATE images SET path = ? WHERE id = ?", (path.replace(old, new, 1), row_id))
+        db.execute("UPDATE builds SET gallery_root = ?", (new,))
+    return copied_gallery, copied_index
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from indexer.db import create_sqlite_engine, current_revision, downgrade, open_d
 from indexer.lock import IndexLock
 from search.cli import main as search_main
 
-from conftest import LFW, invoke_cli, last_json
+from conftest import LFW, copy_index, invoke_cli, last_json
 
 PEOPLE = ("Colin_Powell", "Tony_Blair", "Serena_Williams", "Hugo_Chavez")
 pytestmark = pytest.mark.skipif(not LFW.is_dir(), reason=f"LFW images not found at {LFW}")
@@ -48,15 +48,7 @@ def grouped(tmp_path_factory) -> dict:
 @pytest.fixture
 def library(grouped, tmp_path) -> dict:
     """A copy of the grouped index and its gallery for one test to change."""
-    gallery, index = tmp_path / "gallery", tmp_path / "index"
-    shutil.copytree(grouped["gallery"], gallery)
-    shutil.copytree(grouped["index"], index, ignore=shutil.ignore_patterns("*.lock"))
-    # The copy's rows name the original gallery's files: point them at the copy.
-    with sqlite3.connect(index / DATABASE_FILE) as db:
-        old, new = str(grouped["gallery"]).encode(), str(gallery).encode()
-        for row_id, path in db.execute("SELECT id, path FROM images").fetchall():
-            db.execute("UPDATE images SET path = ? WHERE id = ?", (path.replace(old, new, 1), row_id))
-        db.execute("UPDATE builds SET gallery_root = ?", (new,))
+    gallery, index = copy_index(grouped["gallery"], grouped["index"], tmp_path)
     return {"gallery": gallery, "index": index}
 
 

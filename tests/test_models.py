@@ -26,7 +26,7 @@ from indexer.db import create_sqlite_engine, current_revision, downgrade, open_d
 from indexer.store import FaissStore
 from search.cli import main as search_main
 
-from conftest import DOGS, LFW, invoke_cli, last_json
+from conftest import DOGS, LFW, copy_index, invoke_cli, last_json
 
 pytestmark = pytest.mark.skipif(not (DOGS.is_dir() and LFW.is_dir()), reason="DogFaceNet or LFW not found")
 
@@ -85,14 +85,7 @@ def mixed(tmp_path_factory) -> dict:
 @pytest.fixture
 def copy(mixed, tmp_path) -> dict:
     """A copy of the two-model index (and its gallery) for one test to change."""
-    gallery, index = tmp_path / "gallery", tmp_path / "index"
-    shutil.copytree(mixed["gallery"], gallery)
-    shutil.copytree(mixed["index"], index, ignore=shutil.ignore_patterns("*.lock"))
-    with sqlite3.connect(index / DATABASE_FILE) as db:
-        old, new = str(mixed["gallery"]).encode(), str(gallery).encode()
-        for row_id, path in db.execute("SELECT id, path FROM images").fetchall():
-            db.execute("UPDATE images SET path = ? WHERE id = ?", (path.replace(old, new, 1), row_id))
-        db.execute("UPDATE builds SET gallery_root = ?", (new,))
+    gallery, index = copy_index(mixed["gallery"], mixed["index"], tmp_path)
     return {**mixed, "gallery": gallery, "index": index}
 
 

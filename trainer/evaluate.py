@@ -234,13 +234,11 @@ def calibration_pairs(inputs: "EvaluationInputs") -> tuple[np.ndarray, np.ndarra
             np.concatenate([np.ones(len(genuine), bool), np.zeros(len(strangers), bool)]))
 
 
-def embed_identities(model: FaceModel, data: str | Path, progress: bool = True,
-                     batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def embed_identities(model: FaceModel, data: str | Path, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, identity names) of every readable photo of a folder of identities."""
     samples = scan_identities(data)
     crops, kept, _ = load_faces([s.path for s in samples], model.preprocess, progress, desc=f"embedding {data}")
-    embeddings = np.concatenate([model.embed_tensor(crops[i:i + batch_size]) for i in range(0, len(crops), batch_size)])
-    return embeddings, np.array([samples[i].identity for i in kept])
+    return model.embed_crops(crops), np.array([samples[i].identity for i in kept])
 
 
 def calibrate(model: FaceModel, data: str | Path, pairs_file: str | Path, progress: bool = True,
@@ -513,8 +511,7 @@ class EvaluationSet:
         self.same = np.array([p.same for p in usable])
 
     def embed(self, model: FaceModel, batch_size: int = 128) -> EvaluationInputs:
-        embeddings = np.concatenate([model.embed_tensor(self.crops[i:i + batch_size])
-                                     for i in range(0, len(self.crops), batch_size)])
+        embeddings = model.embed_crops(self.crops, batch_size)
         distances = np.linalg.norm(embeddings[self.first] - embeddings[self.second], axis=1)
         return EvaluationInputs(embeddings[self.folder_rows], self.labels, self.names,
                                 distances, self.same)

@@ -312,8 +312,7 @@ class Trainer:
         the un-augmented training crops."""
         self.net.eval()
         model = FaceModel(self.net, self.preprocess, self.config.species, FALLBACK_THRESHOLD)
-        embeddings = torch.from_numpy(np.concatenate(
-            [model.embed_tensor(self.dataset.images[i:i + 128]) for i in range(0, len(self.dataset), 128)]))
+        embeddings = torch.from_numpy(model.embed_crops(self.dataset.images))
         sums = torch.zeros(len(self.dataset.identities), embeddings.shape[1]).index_add_(0, self.dataset.labels, embeddings)
         return torch.nn.functional.normalize(sums, dim=1)
 
