@@ -7,7 +7,7 @@ LFW photos with no face; whole-build images/s against face_recognition on the sa
 
 People: identities sorted, shuffled by random.Random(0); positions 20-40% are the test people
 (placed faces and gallery), 40-100% the training people (`--choose` and the backgrounds);
-the first 20% are left alone. A placed face counts as found when a detected box's centre
+the first 20% (`--role choose`) are for trying changes without touching the test people. A placed face counts as found when a detected box's centre
 is within half the face's size of the truth and its size within 0.5-2x; "right person
 first" is the share of placed faces whose nearest gallery photo (the person's other photos
 among all test people's) is theirs (face_recognition ranks with its own encodings).
@@ -99,20 +99,23 @@ def make_scenes(root: Path, people: list[str], backgrounds: list[str], count: in
 
 
 def score(scenes, found_boxes, rank1):
-    """(recall by size, overall recall, right person first overall)."""
+    """(recall by size, overall recall, right person first overall, right person first by size)."""
     by_size, hits, firsts, total = {}, 0, 0, 0
     for (scene, truth), boxes, firsts_of in zip(scenes, found_boxes, rank1):
         for t_index, t in enumerate(truth):
             i = matched(t, boxes)
             total += 1
-            s = by_size.setdefault(t[2], [0, 0])
-            s[1] += 1
+            s = by_size.setdefault(t[2], [0, 0, 0])
+            s[2] += 1
             if i is not None:
                 hits += 1
                 s[0] += 1
-                firsts += firsts_of(t_index, i)
-    return ({size: round(h / n, 3) for size, (h, n) in sorted(by_size.items())},
-            round(hits / total, 3), round(firsts / total, 3))
+                first = firsts_of(t_index, i)
+                firsts += first
+                s[1] += first
+    return ({size: round(h / n, 3) for size, (h, _, n) in sorted(by_size.items())},
+            round(hits / total, 3), round(firsts / total, 3),
+            {size: round(f / n, 3) for size, (_, f, n) in sorted(by_size.items())})
 
 
 def main() -> None:
@@ -120,6 +123,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "images"))
     parser.add_argument("--scenes", type=int, default=40)
     parser.add_argument("--people", type=int, default=0, help="only the first N test people (0: all)")
+    parser.add_argument("--role", choices=("test", "choose"), default="test",
+                        help="whose faces are placed and searched: the test people (what is reported) or the "
+                             "choose people (positions 0-20%%, for trying changes without touching test)")
     parser.add_argument("--no-face-photos", type=int, default=0, help="held-out LFW photos to check for 'no face' (0: all)")
     parser.add_argument("--choose", action="store_true", help="score thresholds on training people's scenes")
     parser.add_argument("--skip-face-recognition", action="store_true")
@@ -137,7 +143,7 @@ def main() -> None:
         found = [blaze(scene) for scene, _ in scenes]
         for threshold in (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9):
             boxes = [[f.box for f in faces if f.score >= threshold] for faces in found]
-            by_size, recall, _ = score(scenes, boxes, [lambda t, i: 0] * len(scenes))
+            by_size, recall, _, _ = score(scenes, boxes, [lambda t, i: 0] * len(scenes))
             placed = sum(len(t) for _, t in scenes)
             extra = sum(len(b) for b in boxes) - recall * placed
             print(json.dumps({"threshold": threshold, "recall": recall, "false_per_photo": round(extra / len(scenes), 3),
@@ -151,13 +157,13 @@ def main() -> None:
                               "no_face": sum(b < threshold for b in best)}))
         return
 
-    test_people = roles["test"][:args.people] if args.people else roles["test"]
+    test_people = roles[args.role][:args.people] if args.people else roles[args.role]
     scenes, with_two = make_scenes(root, test_people, roles["train"], args.scenes, seed=2)
     gallery_paths = [path for p in with_two for path in list_images(root / p)[1:]]
     gallery_people = np.array([path.parent.name for path in gallery_paths])
     gallery = model.embed_cropped([load_image(p) for p in gallery_paths])
     report = {"scenes": len(scenes), "placed_faces": sum(len(t) for _, t in scenes), "gallery": len(gallery_paths),
-              "test_people": len(roles["test"])}
+              "role": args.role, "people": len(test_people)}
     hog = get_detector("hog", model.preprocess)
     folder = Path(tempfile.mkdtemp(prefix="detbench-"))
     for n, (scene, _) in enumerate(scenes):
@@ -172,9 +178,9 @@ def main() -> None:
         seconds = time.perf_counter() - started
         rank1 = [(lambda emb, truth: lambda t, i: int(gallery_people[np.argmax(gallery @ emb[i])] == truth[t][3].parent.name))(
             emb, truth) for (faces, emb), (_, truth) in zip(results, scenes)]
-        by_size, recall, first = score(scenes, [[f.box for f in faces] for faces, _ in results], rank1)
+        by_size, recall, first, first_by_size = score(scenes, [[f.box for f in faces] for faces, _ in results], rank1)
         report[name] = {"recall": recall, "right_person_first": first, "recall_by_size": by_size,
-                        "images_per_s": round(len(scenes) / seconds, 3)}
+                        "right_person_first_by_size": first_by_size, "images_per_s": round(len(scenes) / seconds, 3)}
         print(json.dumps({name: report[name]}), flush=True)
     if not args.skip_face_recognition:
         import face_recognition
@@ -192,9 +198,10 @@ def main() -> None:
                                                        == truth[t][3].parent.name))(emb, truth)
                  for (_, emb), (_, truth) in zip(results, scenes)]
         boxes = [[(left, top, right, bottom) for top, right, bottom, left in locations] for locations, _ in results]
-        by_size, recall, first = score(scenes, boxes, rank1)
+        by_size, recall, first, first_by_size = score(scenes, boxes, rank1)
         report["face_recognition_hog_upsampled_once"] = {"recall": recall, "right_person_first": first,
                                                          "recall_by_size": by_size,
+                                                         "right_person_first_by_size": first_by_size,
                                                          "images_per_s": round(len(scenes) / seconds, 3)}
         print(json.dumps({"face_recognition": report["face_recognition_hog_upsampled_once"]}), flush=True)
         report["blazeface_speed_vs_face_recognition"] = round(

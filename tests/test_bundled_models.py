@@ -123,3 +123,42 @@ def test_trainer_info_reads_as_text(name):
     assert "{" not in result.output and "}" not in result.output          # no raw Python dicts
     assert not re.search(r"\d\.\d{6,}", result.output), result.output      # no 16-digit floats
     assert re.search(r"^preprocess: input_size \d+, crop [\d.]+, mean \(", result.output, re.M)
+
+
+def test_precision_is_asked_or_auto_and_a_bad_one_is_refused(monkeypatch):
+    import torch
+    from faces.checkpoint import PRECISION_ENV, embedding_precision
+    from faces.errors import ModelError
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    assert embedding_precision("cpu") == ("bfloat16" if has_amx else "float32")
+    assert embedding_precision("cuda") == "float32"
+    monkeypatch.setenv(PRECISION_ENV, "Float32")
+    assert embedding_precision("cpu") == "float32"
+    assert load_model("human", device="cpu").precision == "float32"
+    assert embedding_precision("cpu", "bfloat16") == "bfloat16"      # asked beats the environment
+    monkeypatch.setenv(PRECISION_ENV, "half")
+    with pytest.raises(ModelError, match=r"'half' \(FACESEARCH_PRECISION\): expected one of auto, float32, "):
+        load_model("human", device="cpu")
+
+
+def test_bfloat16_embeddings_keep_float32_decisions():
+    """The same LFW faces embedded in bfloat16 and float32: unit vectors in float32 either way,
+    each within 1e-3 of cosine, and every pair on the same side of the default threshold
+    unless it lies within 0.02 of it."""
+    if not LFW.is_dir():
+        pytest.skip("shared data not present")
+    paths = [sample.path for sample in scan_identities(LFW)[:24]]
+    vectors = {}
+    for precision in ("float32", "bfloat16"):
+        model = load_model("human", device="cpu", precision=precision)
+        assert model.precision == precision
+        vectors[precision] = model.embed_cropped([load_image(path) for path in paths])
+        assert vectors[precision].dtype == np.float32
+        assert np.allclose(np.linalg.norm(vectors[precision], axis=1), 1.0, atol=1e-5)
+    assert (vectors["float32"] * vectors["bfloat16"]).sum(1).min() >= 0.999
+    exact, fast = (np.linalg.norm(v[:, None] - v[None], axis=2) for v in (vectors["float32"], vectors["bfloat16"]))
+    assert np.abs(exact - fast).max() < 0.02
+    clear = np.abs(exact - model.threshold) > 0.02
+    assert ((exact <= model.threshold) == (fast <= model.threshold))[clear].all()
+    assert not np.array_equal(vectors["float32"], vectors["bfloat16"])    # bfloat16 did run

@@ -304,11 +304,14 @@ def import_dlib(out: str, data: str, pairs: str, flip_average: bool, as_json: bo
 def info(model: str, as_json: bool) -> None:
     """What a checkpoint holds: architecture, preprocessing, operating points (thresholds with
     their true and false accept rates), training metrics."""
-    from faces.checkpoint import read_checkpoint, resolve_model_path
+    import torch
+    from faces.checkpoint import PRECISION_ENV, embedding_precision, read_checkpoint, resolve_model_path
     payload = read_checkpoint(resolve_model_path(model))
     payload.pop("state_dict")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = embedding_precision(device)
     if as_json:
-        print_json(payload)
+        print_json({**payload, "runs_here": {"device": device, "precision": precision}})
         return
     training = payload.get("training", {})
     click.echo(f"{model}: {payload['arch']} -> {payload['embedding_dim']}-D, species {payload['species']}, "
@@ -337,6 +340,8 @@ def info(model: str, as_json: bool) -> None:
     click.echo(f"preprocess: {readable_fields(payload['preprocess'])}")
     if payload.get("flip_average"):
         click.echo("flip averaging: each face is embedded with its mirror image and the two averaged")
+    click.echo(f"runs here on the {device.upper()} in {precision} ({PRECISION_ENV}=auto|float32|bfloat16; auto is "
+               f"bfloat16 on CPUs with AMX)")
     if training:
         click.echo(f"trained with: {training.get('command')}")
         if training.get("metrics"):
