@@ -28,7 +28,8 @@ distance among the 10 nearest, the ratio to the nearest other identity, the near
 over the mean of the 10 nearest) are compared on the choose identities, where a rule may be
 chosen, and shown on --data for reference.
 
---cache DIR keeps embeddings between runs (keyed by the model's sha256 and the folder).
+--cache DIR keeps embeddings between runs (keyed by the model's sha256, the precision it
+ran in and the folder).
 """
 from __future__ import annotations
 
@@ -191,8 +192,9 @@ def main() -> None:
         sys.exit(f"{args.model}: no gallery statistics; recalibrate it with `trainer calibrate`")
     started = time.perf_counter()
     encode = facesearch_encoder(model)
-    embeddings, identities = embed_folder(args.data, encode, model.sha256, args.cache)
-    parts = [embed_folder(folder, encode, model.sha256, args.cache) for folder in args.distractors]
+    key = model.sha256 if model.precision == "float32" else f"{model.sha256}-{model.precision}"
+    embeddings, identities = embed_folder(args.data, encode, key, args.cache)
+    parts = [embed_folder(folder, encode, key, args.cache) for folder in args.distractors]
     everything = np.concatenate([embeddings] + [p[0] for p in parts])
     setup = Setup(identities, np.concatenate([p[1] for p in parts]) if parts else np.array([], dtype=str))
     print(f"{args.model}: {len(setup.known)} known probes, {len(setup.strangers)} strangers; galleries "
@@ -240,8 +242,7 @@ def main() -> None:
                 show(row, args.json)
 
     if args.choose:
-        choose_embeddings, choose_identities = embed_folder(args.choose, facesearch_encoder(model), model.sha256,
-                                                            args.cache)
+        choose_embeddings, choose_identities = embed_folder(args.choose, facesearch_encoder(model), key, args.cache)
         show({"system": f"facesearch {args.model}", "decision scores on": args.choose,
               **alternative_scores(choose_embeddings, choose_identities)}, args.json)
         show({"system": f"facesearch {args.model}", "decision scores on": args.data,

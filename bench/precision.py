@@ -6,7 +6,11 @@ alike. Printed: images/s of each (medians) and their ratio; how far each face's 
 moved (cosine to its float32 vector: minimum and mean); and how much the distance of every
 pair of those faces changed (the number a threshold is compared with): largest and mean.
 
-    python bench/precision.py [--model human] [--photos 256] [--threads 1] [--rounds 3]
+    python bench/precision.py [--model human] [--photos 256] [--threads 1] [--rounds 3] [--training]
+
+--training adds what `trainer train` gets from its bfloat16 autocast on the CPU: a training
+step (forward and backward of a batch of 64 of those faces, the trainable network as the
+checkpoint holds it) in float32 and in bfloat16, interleaved, as steps/s and their ratio.
 
 bfloat16 is faster only where the CPU has matrix units for it (AMX: Intel Sapphire Rapids
 and later); elsewhere `FACESEARCH_PRECISION=auto` stays float32, and this benchmark shows
@@ -40,6 +44,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--training", action="store_true", help="also time training steps each way")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = {precision: load_model(args.model, device="cpu", precision=precision)
@@ -62,6 +67,7 @@ def main() -> None:
         return np.sqrt(np.clip(2 - 2 * (v @ v.T), 0, None))[upper]
     change = np.abs(distances(vectors["float32"]) - distances(vectors["bfloat16"]))
     speed = {precision: round(statistics.median(r), 1) for precision, r in rates.items()}
+    training = training_steps(models["float32"], crops[:64], args.rounds) if args.training else None
     print(json.dumps({
         "model": args.model, "faces": len(crops), "threads": args.threads, "rounds": args.rounds,
         "auto_here": embedding_precision("cpu", "auto"),
@@ -69,7 +75,28 @@ def main() -> None:
         "cosine_to_float32": {"min": round(float(cosine.min()), 6), "mean": round(float(cosine.mean()), 6)},
         "pair_distance_change": {"pairs": int(len(change)), "max": round(float(change.max()), 5),
                                  "mean": round(float(change.mean()), 6)},
+        **({"training_steps_per_s": training,
+            "training_bfloat16_speed_ratio": round(training["bfloat16"] / training["float32"], 2)} if training else {}),
     }, indent=1))
+
+
+def training_steps(model, crops: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Forward and backward steps/s of the trainable network on one batch, float32 against
+    bfloat16 autocast (as trainer.train runs it on such a CPU)."""
+    net = model.net.train()
+    inputs = model.preprocess.normalise(crops)
+    rates: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for round_ in range(rounds + 1):
+        for precision in rates:
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                loss = net(inputs).float().pow(2).sum()
+            loss.backward()
+            net.zero_grad(set_to_none=True)
+            if round_:                                # the first round warms up
+                rates[precision].append(1.0 / (time.perf_counter() - started))
+    net.eval()
+    return {precision: round(statistics.median(r), 3) for precision, r in rates.items()}
 
 
 if __name__ == "__main__":

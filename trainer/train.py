@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from faces.checkpoint import FaceModel, load_model, save_checkpoint
+from faces.checkpoint import FaceModel, embedding_precision, load_model, save_checkpoint
 from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
 from .evaluate import (EvaluationSet, calibration_pairs, open_set_metrics, operating_points, tar_at_far,
                        verification_metrics)
@@ -237,6 +237,11 @@ class Trainer:
         self.optimizer = build_optimizer(config, trainable)
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
+        # Mixed precision: float16 on CUDA (scaled gradients); bfloat16 on a CPU that embeds
+        # in it (faces.checkpoint.embedding_precision: AMX), which needs no scaling.
+        self.autocast = ({"device_type": "cuda", "enabled": config.amp} if self.cuda else
+                         {"device_type": "cpu", "dtype": torch.bfloat16,
+                          "enabled": config.amp and embedding_precision(self.device) == "bfloat16"})
         self.forward = torch.compile(self.net) if self.cuda and config.compile else self.net
         self.epoch, self.best_accuracy, self.history = 0, -1.0, []
         self.operating_points = None   # chosen on the validation identities by each validate()
@@ -344,7 +349,7 @@ class Trainer:
                     group["lr"] = lr
             images = self.preprocess.normalise(images.to(self.device, non_blocking=True))
             labels = labels.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, enabled=self.cuda and self.config.amp):
+            with torch.autocast(**self.autocast):
                 embeddings = self.forward(images)
             output = self.loss(embeddings.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
