@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from faces.checkpoint import embedding_precision, load_model  # noqa: E402
+from faces.checkpoint import load_model  # noqa: E402
 from faces.detectors import get_detector  # noqa: E402
 from faces.imaging import load_image  # noqa: E402
+from faces.precision import compute_precision  # noqa: E402
 from trainer.data import scan_identities  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "images"
@@ -70,7 +71,7 @@ def main() -> None:
     training = training_steps(models["float32"], crops[:64], args.rounds) if args.training else None
     print(json.dumps({
         "model": args.model, "faces": len(crops), "threads": args.threads, "rounds": args.rounds,
-        "auto_here": embedding_precision("cpu", "auto"),
+        "auto_here": compute_precision("cpu", "auto"),
         "images_per_s": speed, "bfloat16_speed_ratio": round(speed["bfloat16"] / speed["float32"], 2),
         "cosine_to_float32": {"min": round(float(cosine.min()), 6), "mean": round(float(cosine.mean()), 6)},
         "pair_distance_change": {"pairs": int(len(change)), "max": round(float(change.max()), 5),

@@ -23,33 +23,17 @@ from .errors import ModelError
 from .imaging import Preprocess
 from .models import EmbeddingNet, inference_copy
 from .open_set import GalleryCalibration, MatchRule, parse_fpir
+from .precision import compute_precision
 from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
 
 FORMAT = "facesearch-embedding/1"
 BUNDLED_MODELS = ("human", "human-fast", "dog")
 DEFAULT_MODEL = "human"
-PRECISION_ENV = "FACESEARCH_PRECISION"
-PRECISIONS = ("auto", "float32", "bfloat16")
 def models_dir() -> Path:
     """Where bundled models are looked up: $FACESEARCH_MODELS, else faces/bundled/."""
     if os.environ.get("FACESEARCH_MODELS"):
         return Path(os.environ["FACESEARCH_MODELS"])
     return Path(resources.files(__package__) / "bundled")   # a plain folder: installs are not zipped
-
-
-def embedding_precision(device: str | torch.device, asked: str | None = None) -> str:
-    """What the network computes in: `asked`, else $FACESEARCH_PRECISION, else auto.
-    auto is bfloat16 on a CPU with AMX tiles (Intel Sapphire Rapids and later), whose matrix
-    units run it about twice as fast with embeddings within 1e-4 of cosine of float32's
-    (README: Speed); float32 everywhere else (bfloat16 without AMX is slower there)."""
-    text = (asked or os.environ.get(PRECISION_ENV) or "auto").strip().lower()
-    if text not in PRECISIONS:
-        raise ModelError(f"precision {text!r}{'' if asked else ' (' + PRECISION_ENV + ')'}: expected one of "
-                         f"{', '.join(PRECISIONS)}")
-    if text != "auto":
-        return text
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return "bfloat16" if torch.device(device).type == "cpu" and has_amx() else "float32"
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
@@ -101,7 +85,7 @@ class FaceModel:
     info: dict = field(default_factory=dict)
     flip_average: bool = False   # embed each face and its mirror image, and average the two
     operating_points: dict = field(default_factory=dict)   # {"strict": {"threshold", "tar", "far"}, ...}
-    precision: str = "float32"   # what the network computes in (embedding_precision); vectors are float32
+    precision: str = "float32"   # what the network computes in (faces.precision); vectors are float32
     # Stranger statistics for thresholds that follow a gallery's size (faces.open_set);
     # None for checkpoints calibrated before them, which keep the per-pair strict rule.
     open_set: GalleryCalibration | None = None
@@ -292,5 +276,5 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | No
                      flip_average=bool(payload.get("flip_average", False)),
                      # Checkpoints from before operating points: their one threshold serves all.
                      operating_points=payload.get("operating_points", {}),
-                     precision=embedding_precision(device, precision),
+                     precision=compute_precision(device, precision),
                      open_set=GalleryCalibration.from_dict(payload["open_set"]) if payload.get("open_set") else None)

@@ -129,7 +129,7 @@ def test_coarse_to_fine_skips_faces_far_smaller_than_the_largest(detector, monke
     from faces.detectors import blazeface as bf
     inputs = []
     run = detector._run
-    monkeypatch.setattr(detector, "_run", lambda batch: (inputs.append(batch.shape), run(batch))[1])
+    monkeypatch.setattr(detector, "_run", lambda batch, net: (inputs.append(batch.shape), run(batch, net))[1])
     width, height = 1700, 2000
     finest = detector.levels(width, height)[0]
     alone = detector(portrait(50))       # a face of ~25 px: under a tenth of ~700
@@ -159,3 +159,36 @@ def test_forked_build_worker_stays_on_the_cpu(monkeypatch):
     assert bf._device() == "cpu"
     monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
     assert bf._device() == "cuda"
+
+
+def test_canvas_shrinks_like_pils_antialiased_resize():
+    """A level's input: box filter by the whole factor, then bilinear, is within a few grey
+    levels of PIL's antialiased bilinear from the full photo (what it replaced)."""
+    from faces.detectors.blazeface import BlazeFaceDetector
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).resize((1600, 1280), Image.BICUBIC)
+    for scale in (0.125, 0.2, 0.7):
+        canvas = BlazeFaceDetector.canvas(photo, scale)
+        width, height = round(1600 * scale), round(1280 * scale)
+        assert canvas.shape == (-(-height // 32) * 32, -(-width // 32) * 32, 3)
+        expected = np.asarray(photo.resize((width, height), Image.BILINEAR), dtype=np.float32) / 127.5 - 1.0
+        assert np.abs(canvas[:height, :width] - expected).mean() * 127.5 < 3, scale
+        assert (canvas[height:] == 0).all() and (canvas[:, width:] == 0).all()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "samples").is_dir(), reason="shared samples not present")
+def test_bfloat16_levels_find_the_same_faces(monkeypatch):
+    """Where the CPU runs bfloat16 (or FACESEARCH_PRECISION asks for it), large pyramid levels
+    run in it: the group photo's faces are the ones float32 finds, within a few pixels."""
+    photo = load_image(SHARED_DATA / "samples" / "group_photo.jpg")
+    found = {}
+    for precision in ("float32", "bfloat16"):
+        monkeypatch.setenv("FACESEARCH_PRECISION", precision)
+        detector = get_detector("blazeface", Chip())
+        assert (next(detector.level_net.parameters()).dtype == torch.bfloat16) == (precision == "bfloat16")
+        found[precision] = detector(photo)
+    assert len(found["float32"]) == len(found["bfloat16"]) == 6
+    for exact, fast in zip(found["float32"], found["bfloat16"]):
+        side = exact.box[2] - exact.box[0]
+        assert np.abs(np.subtract(exact.box, fast.box)).max() <= 0.05 * side
+        assert np.abs(exact.landmarks - fast.landmarks).max() <= 0.03 * side

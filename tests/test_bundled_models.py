@@ -127,16 +127,16 @@ def test_trainer_info_reads_as_text(name):
 
 def test_precision_is_asked_or_auto_and_a_bad_one_is_refused(monkeypatch):
     import torch
-    from faces.checkpoint import PRECISION_ENV, embedding_precision
+    from faces.precision import PRECISION_ENV, compute_precision
     from faces.errors import ModelError
     monkeypatch.delenv(PRECISION_ENV, raising=False)
     has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    assert embedding_precision("cpu") == ("bfloat16" if has_amx else "float32")
-    assert embedding_precision("cuda") == "float32"
+    assert compute_precision("cpu") == ("bfloat16" if has_amx else "float32")
+    assert compute_precision("cuda") == "float32"
     monkeypatch.setenv(PRECISION_ENV, "Float32")
-    assert embedding_precision("cpu") == "float32"
+    assert compute_precision("cpu") == "float32"
     assert load_model("human", device="cpu").precision == "float32"
-    assert embedding_precision("cpu", "bfloat16") == "bfloat16"      # asked beats the environment
+    assert compute_precision("cpu", "bfloat16") == "bfloat16"      # asked beats the environment
     monkeypatch.setenv(PRECISION_ENV, "half")
     with pytest.raises(ModelError, match=r"'half' \(FACESEARCH_PRECISION\): expected one of auto, float32, "):
         load_model("human", device="cpu")

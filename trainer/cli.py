@@ -305,11 +305,12 @@ def info(model: str, as_json: bool) -> None:
     """What a checkpoint holds: architecture, preprocessing, operating points (thresholds with
     their true and false accept rates), training metrics."""
     import torch
-    from faces.checkpoint import PRECISION_ENV, embedding_precision, read_checkpoint, resolve_model_path
+    from faces.checkpoint import read_checkpoint, resolve_model_path
+    from faces.precision import PRECISION_ENV, compute_precision
     payload = read_checkpoint(resolve_model_path(model))
     payload.pop("state_dict")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = embedding_precision(device)
+    precision = compute_precision(device)
     if as_json:
         print_json({**payload, "runs_here": {"device": device, "precision": precision}})
         return

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from faces.checkpoint import FaceModel, embedding_precision, load_model, save_checkpoint
+from faces.checkpoint import FaceModel, load_model, save_checkpoint
+from faces.precision import compute_precision
 from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
 from .evaluate import (EvaluationSet, calibration_pairs, open_set_metrics, operating_points, tar_at_far,
                        verification_metrics)
@@ -238,10 +239,10 @@ class Trainer:
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
         # Mixed precision: float16 on CUDA (scaled gradients); bfloat16 on a CPU that embeds
-        # in it (faces.checkpoint.embedding_precision: AMX), which needs no scaling.
+        # in it (faces.precision: AMX), which needs no scaling.
         self.autocast = ({"device_type": "cuda", "enabled": config.amp} if self.cuda else
                          {"device_type": "cpu", "dtype": torch.bfloat16,
-                          "enabled": config.amp and embedding_precision(self.device) == "bfloat16"})
+                          "enabled": config.amp and compute_precision(self.device) == "bfloat16"})
         self.forward = torch.compile(self.net) if self.cuda and config.compile else self.net
         self.epoch, self.best_accuracy, self.history = 0, -1.0, []
         self.operating_points = None   # chosen on the validation identities by each validate()
