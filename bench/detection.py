@@ -178,7 +178,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         rank1 = [(lambda emb, truth: lambda t, i: int(gallery_people[np.argmax(gallery @ emb[i])] == truth[t][3].parent.name))(
             emb, truth) for (faces, emb), (_, truth) in zip(results, scenes)]
-        by_size, recall, first, first_by_size = score(scenes, [[f.box for f in faces] for faces, _ in results], rank1)
+        boxes = [[f.box for f in faces] for faces, _ in results]
+        by_size, recall, first, first_by_size = score(scenes, boxes, rank1)
         report[name] = {"recall": recall, "right_person_first": first, "recall_by_size": by_size,
                         "right_person_first_by_size": first_by_size, "images_per_s": round(len(scenes) / seconds, 3)}
         print(json.dumps({name: report[name]}), flush=True)

@@ -78,7 +78,8 @@ def main(verbose: bool) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="Data loader worker processes.")
 @click.option("--device", help="cpu or cuda (default: cuda when available).")
-@click.option("--no-amp", is_flag=True, help="Disable mixed precision (float16 on CUDA; bfloat16 on CPUs with AMX, as FACESEARCH_PRECISION says).")
+@click.option("--no-amp", is_flag=True,
+              help="Disable mixed precision (float16 on CUDA; bfloat16 on CPUs with AMX, as FACESEARCH_PRECISION says).")
 @click.option("--no-compile", is_flag=True, help="Disable torch.compile on CUDA.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
