@@ -30,10 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faces.checkpoint import load_model  # noqa: E402
-from faces.detectors import get_detector  # noqa: E402
-from faces.imaging import load_image  # noqa: E402
 from faces.precision import compute_precision  # noqa: E402
-from trainer.data import scan_identities  # noqa: E402
+from trainer.data import load_faces, scan_identities  # noqa: E402
+from trainer.evaluate import distance_matrix  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "images"
 
@@ -50,9 +49,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = {precision: load_model(args.model, device="cpu", precision=precision)
               for precision in ("float32", "bfloat16")}
-    crop = get_detector("none", models["float32"].preprocess)
     paths = [sample.path for sample in scan_identities(args.data)[:args.photos]]
-    crops = torch.stack([models["float32"].preprocess.to_uint8(crop(load_image(path))[0].image) for path in paths])
+    crops, _, _ = load_faces(paths, models["float32"].preprocess, progress=False)
     vectors, rates = {}, {precision: [] for precision in models}
     for precision, model in models.items():          # warm
         model.embed_crops(crops[:8])
@@ -63,10 +61,8 @@ def main() -> None:
             rates[precision].append(len(crops) / (time.perf_counter() - started))
     cosine = (vectors["float32"] * vectors["bfloat16"]).sum(1)
     upper = np.triu_indices(len(crops), 1)
-
-    def distances(v: np.ndarray) -> np.ndarray:
-        return np.sqrt(np.clip(2 - 2 * (v @ v.T), 0, None))[upper]
-    change = np.abs(distances(vectors["float32"]) - distances(vectors["bfloat16"]))
+    change = np.abs(distance_matrix(vectors["float32"], vectors["float32"])[upper]
+                    - distance_matrix(vectors["bfloat16"], vectors["bfloat16"])[upper])
     speed = {precision: round(statistics.median(r), 1) for precision, r in rates.items()}
     training = training_steps(models["float32"], crops[:64], args.rounds) if args.training else None
     print(json.dumps({

@@ -3,8 +3,9 @@
 Each face (and, for a flip-averaging model, its mirror image) is embedded as it is and as
 the views named by --views (a centred crop of a share of the side, optionally shifted,
 resized back to the model's input), the vectors summed and normalised; `trainer
-evaluate`'s numbers are printed for each set of views, on identities nothing was chosen
-on. Cost: one network pass per view.
+evaluate`'s numbers (as bench/ensemble.py prints them) are printed for each set of views,
+on identities nothing was chosen on; the faces are cropped once for all of them. Cost: one
+network pass per view.
 
     python bench/tta_crops.py --model dog --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ensemble import scores  # noqa: E402
 from faces.checkpoint import FaceModel, load_model  # noqa: E402
-from trainer.evaluate import evaluate  # noqa: E402
+from trainer.evaluate import EvaluationSet  # noqa: E402
 
 VIEWS = {"none": [], "c90": [(0.9, 0.0)], "c90c80": [(0.9, 0.0), (0.8, 0.0)],
          "c85x3": [(0.85, 0.0), (0.85, -0.05), (0.85, 0.05)]}
@@ -50,23 +51,20 @@ def main() -> None:
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--views", default="none,c90,c90c80,c85x3")
     args = parser.parse_args()
+    model = load_model(args.model)
+    faces = EvaluationSet(args.data, args.pairs, model.preprocess, progress=False)   # cropped once for every view set
     plain = FaceModel.embed_tensor
-    for name in args.views.split(","):
-        def embed(self, batch, views=VIEWS[name]):
-            total = plain(self, batch)
-            for share, shift in views:
-                total = total + plain(self, crop_resized(batch, share, shift))
-            return total / np.linalg.norm(total, axis=1, keepdims=True)
-        FaceModel.embed_tensor = embed
-        with tempfile.TemporaryDirectory() as out:
-            result = evaluate(load_model(args.model), args.data, args.pairs, Path(out), progress=False)
-        print(json.dumps({"views": name, "accuracy": round(result["verification"]["accuracy"], 4),
-                          "tar_at_far_1e-3": round(result["low_far"]["tar_at_far_1e-3"], 4),
-                          "rank1": round(result["search"]["rank1"], 4), "rank5": round(result["search"]["rank5"], 4),
-                          "map": round(result["search"]["map"], 4),
-                          "fnir_at_fpir_0.05": round(result["open_set"]["fnir_at_fpir_0.05"], 4),
-                          "fnir_at_fpir_0.01": round(result["open_set"]["fnir_at_fpir_0.01"], 4)}), flush=True)
-    FaceModel.embed_tensor = plain
+    try:
+        for name in args.views.split(","):
+            def embed(self, batch, views=VIEWS[name]):
+                total = plain(self, batch)
+                for share, shift in views:
+                    total = total + plain(self, crop_resized(batch, share, shift))
+                return total / np.linalg.norm(total, axis=1, keepdims=True)
+            FaceModel.embed_tensor = embed
+            print(json.dumps({"views": name, **scores(faces.embed(model))}), flush=True)
+    finally:
+        FaceModel.embed_tensor = plain
 
 
 if __name__ == "__main__":

@@ -102,9 +102,9 @@ class FaceModel:
         """What embedding runs: `net` with its scale-and-shift layers folded into the
         convolutions, channels-last (models.inference_copy), in `precision` (its own copy of
         the weights, so no call casts them again); made once. `net` stays as trained."""
-        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
-        if self._inference_net is None or next(self._inference_net.parameters()).dtype != dtype:
-            self._inference_net = inference_copy(self.net).to(dtype)
+        if self._inference_net is None:
+            self._inference_net = inference_copy(self.net).to(
+                torch.bfloat16 if self.precision == "bfloat16" else torch.float32)
         return self._inference_net
 
     def operating_point(self, choice: str | float | None = None) -> dict:
@@ -164,9 +164,9 @@ class FaceModel:
     @torch.inference_mode()
     def embed_tensor(self, batch: torch.Tensor) -> np.ndarray:
         """uint8 N x 3 x S x S crops -> float32 N x D unit vectors."""
-        inputs = self.preprocess.normalise(batch.to(self.device)).contiguous(memory_format=torch.channels_last)
         net = self.inference_net
-        inputs = inputs.to(next(net.parameters()).dtype)
+        inputs = self.preprocess.normalise(batch.to(self.device)).to(next(net.parameters()).dtype).contiguous(
+            memory_format=torch.channels_last)
         vectors = net(inputs).float()
         if self.flip_average:
             vectors = vectors + net(inputs.flip(3)).float()
