@@ -48,6 +48,26 @@ def test_port_gives_the_original_models_outputs():
     assert 60 < (x0 + x1) / 2 < 200 and 60 < (y0 + y1) / 2 < 200    # ... in the middle
 
 
+@needs_data
+def test_fused_kernels_give_the_same_outputs():
+    """oneDNN's fused convolution + shortcut + ReLU is the same arithmetic in float32; in
+    bfloat16 (where it is used) the candidates' scores stay within a logit and the boxes
+    within 3 px of float32's, as the plain bfloat16 network's do (0.31 and 1 px here)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from blazeface_fixture import equivalence_inputs
+    inputs = torch.from_numpy(equivalence_inputs(SHARED_DATA)).permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        scores, boxes = load_network(WEIGHTS)(inputs)
+        fused_scores, fused_boxes = load_network(WEIGHTS).fuse()(inputs)
+        np.testing.assert_allclose(fused_scores.numpy(), scores.numpy(), atol=1e-4)
+        np.testing.assert_allclose(fused_boxes.numpy(), boxes.numpy(), atol=1e-3)
+        fast_scores, fast_boxes = load_network(WEIGHTS).to(torch.bfloat16).fuse()(inputs.to(torch.bfloat16))
+    candidates = scores > -3.0                 # the rest are far below the proposal threshold's -0.4
+    assert candidates.sum() >= 1
+    assert (fast_scores.float() - scores)[candidates].abs().max() < 1.0
+    assert (fast_boxes.float() - boxes)[candidates].abs().max() < 3.0
+
+
 def test_larger_grid_repeats_the_256_anchors():
     from faces.detectors.blazeface_net import ANCHORS
     np.testing.assert_allclose(grid_anchors(256, 256), ANCHORS * 256)
