@@ -21,7 +21,7 @@ import torch
 
 from .errors import ModelError
 from .imaging import Preprocess
-from .models import EmbeddingNet, inference_copy
+from .models import EnsembleNet, EmbeddingNet, inference_copy, network_from
 from .open_set import GalleryCalibration, MatchRule, parse_fpir
 from .precision import compute_precision
 from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
@@ -54,9 +54,10 @@ def embedding_sha256(payload: dict) -> str:
     averaging, weights) as one digest: an index records it and accepts only a model with the
     same. Operating points and stranger statistics are left out, so a checkpoint that
     `trainer calibrate` rewrote still serves the indexes built with it."""
-    digest = hashlib.sha256(json.dumps({key: payload.get(key) for key in
-                                        ("arch", "embedding_dim", "preprocess", "flip_average")},
-                                       sort_keys=True).encode())
+    described = {key: payload.get(key) for key in ("arch", "embedding_dim", "preprocess", "flip_average")}
+    if payload.get("members"):      # an ensemble's members' input sizes (absent elsewhere: digests stay)
+        described["members"] = payload["members"]
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for name in sorted(payload["state_dict"]):
         digest.update(name.encode())
         digest.update(payload["state_dict"][name].contiguous().numpy().tobytes())
@@ -75,7 +76,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 class FaceModel:
     """A loaded embedding model ready for inference."""
 
-    net: EmbeddingNet
+    net: EmbeddingNet | EnsembleNet
     preprocess: Preprocess
     species: str
     threshold: float            # the default (strict) operating point's distance
@@ -195,7 +196,7 @@ class FaceModel:
         return self.embed_images([face_of(image)[0].image for image in images], batch_size)
 
 
-def save_checkpoint(path: str | os.PathLike, net: EmbeddingNet, preprocess: Preprocess,
+def save_checkpoint(path: str | os.PathLike, net: EmbeddingNet | EnsembleNet, preprocess: Preprocess,
                     species: str, threshold: float, training: dict | None = None,
                     half: bool = True, operating_points: dict | None = None,
                     flip_average: bool = False) -> None:
@@ -207,6 +208,8 @@ def save_checkpoint(path: str | os.PathLike, net: EmbeddingNet, preprocess: Prep
                "preprocess": preprocess.to_dict(), "species": species,
                "threshold": float(threshold), "flip_average": flip_average, "training": training or {},
                "state_dict": state}
+    if isinstance(net, EnsembleNet):
+        payload["members"] = net.specs()
     if operating_points:
         _set_operating_points(payload, operating_points)
     _write_payload(payload, path)
@@ -263,7 +266,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | No
                precision: str | None = None) -> FaceModel:
     path = resolve_model_path(name_or_path)
     payload = read_checkpoint(path)
-    net = EmbeddingNet(payload["arch"], payload["embedding_dim"])
+    net = network_from(payload["arch"], payload["embedding_dim"], payload.get("members"))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v
                          for k, v in payload["state_dict"].items()})
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

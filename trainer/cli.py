@@ -187,6 +187,23 @@ def calibrate(model: str, data: str, pairs: str, out: str | None, flip: bool | N
         click.echo("  " + line)
 
 
+@main.command()
+@click.option("--models", required=True,
+              help="Two or more trained models (bundled names or checkpoint paths), comma-separated, "
+                   "of one species and one face crop.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The joined checkpoint to write.")
+def ensemble(models: str, out: str) -> None:
+    """Join trained models into one: each embeds the face at its own input size and the
+    embeddings go side by side, so searching costs every member's time. Calibrate the result
+    on held-out identities before use (`trainer calibrate --model OUT ...`)."""
+    import sys
+    from .ensemble import join
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    written = join(names, out, command=" ".join(["trainer", *sys.argv[1:]]))
+    click.echo(f"{written}: {len(names)} networks joined ({', '.join(names)}); its operating points are "
+               f"placeholders until `trainer calibrate --model {written} --data HELD_OUT --pairs PAIRS`")
+
+
 def operating_point_lines(points: dict) -> list[str]:
     from faces.thresholds import OPERATING_POINTS
     return [f"{name:<8} threshold {points[name]['threshold']:.4f}   TAR {points[name]['tar']:.4f}   "
@@ -318,6 +335,9 @@ def info(model: str, as_json: bool) -> None:
     training = payload.get("training", {})
     click.echo(f"{model}: {payload['arch']} -> {payload['embedding_dim']}-D, species {payload['species']}, "
                f"threshold {payload['threshold']:.4f}")
+    if payload.get("members"):
+        click.echo("members (each face goes through every one): " + " + ".join(
+            f"{m['arch']} {m['embedding_dim']}-D at {m['input_size']} px" for m in payload["members"]))
     points = payload.get("operating_points")
     if points:
         click.echo(f"operating points (on {points['same_pairs']:,} same and {points['different_pairs']:,} "

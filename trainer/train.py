@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from faces.checkpoint import FaceModel, load_model, save_checkpoint
+from faces.errors import ModelError
 from faces.precision import compute_precision
 from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
 from .evaluate import (EvaluationSet, calibration_pairs, open_set_metrics, operating_points, tar_at_far,
@@ -24,7 +25,7 @@ from .evaluate import (EvaluationSet, calibration_pairs, open_set_metrics, opera
 from faces.imaging import Preprocess
 from .losses import ContrastiveLoss, JointLoss, TripletLoss
 from .miners import make_miner
-from faces.models import DEFAULT_INPUT_SIZE, EmbeddingNet
+from faces.models import DEFAULT_INPUT_SIZE, ENSEMBLE, EmbeddingNet
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,8 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         seed_everything(config.seed)
         start = load_model(config.init, "cpu") if config.init else None
+        if start is not None and start.net.arch == ENSEMBLE:
+            raise ModelError(f"{config.init}: an ensemble is not trained further; start from one of its members")
         if start is not None:
             # The starting network fixes architecture and normalisation; a new alignment (e.g. a
             # human network adapted to already-cropped dog faces) brings its crop, and a new input

@@ -1,0 +1,95 @@
+"""Trained models joined into one (`trainer ensemble`): the embedding is the members' side by
+side, each at its own input size; bad joins are refused with the reason."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from faces.checkpoint import embedding_sha256, load_model, read_checkpoint, save_checkpoint
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet, EnsembleNet
+from trainer.cli import main
+
+from conftest import identity_image, write_identity_folders
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(map(str, args)))
+
+
+def member(path, size, species="dog", seed=0, mean=(0.5, 0.5, 0.5), flip=True):
+    torch.manual_seed(seed)
+    save_checkpoint(path, EmbeddingNet("small", 32).eval(), Preprocess(size, 1.0, mean=mean), species, 0.6,
+                    flip_average=flip)
+    return path
+
+
+def test_ensemble_embedding_is_the_members_side_by_side(tmp_path):
+    first, second = member(tmp_path / "a.pt", 32), member(tmp_path / "b.pt", 48, seed=1)
+    result = run("ensemble", "--models", f"{first},{second}", "--out", tmp_path / "both.pt")
+    assert result.exit_code == 0, result.output
+    both, a, b = (load_model(path, "cpu", precision="float32") for path in (tmp_path / "both.pt", first, second))
+    assert both.embedding_dim == 64 and both.preprocess.input_size == 48 and both.flip_average
+    assert read_checkpoint(tmp_path / "both.pt")["members"] == [
+        {"arch": "small", "embedding_dim": 32, "input_size": 32}, {"arch": "small", "embedding_dim": 32, "input_size": 48}]
+    faces = torch.stack([both.preprocess.to_uint8(identity_image(i, 1, size=60)) for i in range(6)])
+    vectors = both.embed_tensor(faces)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    # The 32 px member sees the 48 px crop shrunk (antialiased), as the ensemble's forward does it.
+    inputs = both.preprocess.normalise(faces)
+    small = F.interpolate(inputs, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    with torch.inference_mode():
+        expected = torch.cat([a.net(small) + a.net(small.flip(3)), b.net(inputs) + b.net(inputs.flip(3))], 1)
+    assert np.allclose(vectors, F.normalize(expected, dim=1).numpy(), atol=1e-4)
+    # Unit members side by side: a pair's squared distance is the mean of the members' squared distances.
+    net = both.net
+    with torch.inference_mode():
+        parts = [m(F.interpolate(inputs, size=(s, s), mode="bilinear", antialias=True, align_corners=False))
+                 for m, s in zip(net.members, net.input_sizes)]
+        joined = net(inputs)
+    squared = lambda v: ((v[0] - v[1]) ** 2).sum().item()  # noqa: E731
+    assert squared(joined) == pytest.approx(np.mean([squared(p) for p in parts]), rel=1e-4)
+    # In bfloat16 (a CPU with AMX) too, though its resizing runs in float32.
+    fast = load_model(tmp_path / "both.pt", "cpu", precision="bfloat16").embed_tensor(faces)
+    assert (fast * vectors).sum(1).min() > 0.99
+
+
+def test_ensemble_is_searched_like_any_model(tmp_path):
+    """Built, calibrated (placeholder threshold until then) and loaded by name of file."""
+    first, second = member(tmp_path / "a.pt", 32), member(tmp_path / "b.pt", 40, seed=1)
+    assert run("ensemble", "--models", f"{first},{second}", "--out", tmp_path / "both.pt").exit_code == 0
+    payload = read_checkpoint(tmp_path / "both.pt")
+    assert payload["threshold"] == pytest.approx(0.6) and "operating_points" not in payload
+    info = run("info", tmp_path / "both.pt")
+    assert "small 32-D at 32 px + small 32-D at 40 px" in info.output
+    # The members' input sizes are part of what the embeddings depend on.
+    changed = dict(payload, members=[dict(m, input_size=36) if i == 0 else m for i, m in enumerate(payload["members"])])
+    assert embedding_sha256(changed) != embedding_sha256(payload)
+    data = write_identity_folders(tmp_path / "faces", identities=6, per_identity=3, size=40)
+    refused = run("train", "--data", data, "--out", tmp_path / "run", "--init", tmp_path / "both.pt", "--epochs", 1,
+                  "--no-progress", "--workers", 0)
+    assert refused.exit_code != 0 and "an ensemble is not trained further" in refused.output
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("one", "at least two models"),
+    ("species", "a human model cannot join"),
+    ("normalisation", "its mean differ"),
+    ("nested", "already an ensemble"),
+    ("missing", "no such model file"),
+])
+def test_bad_joins_are_refused_with_the_reason(tmp_path, case, reason):
+    first = member(tmp_path / "a.pt", 32)
+    other = {"one": None,
+             "species": member(tmp_path / "h.pt", 32, species="human"),
+             "normalisation": member(tmp_path / "m.pt", 32, mean=(0.4, 0.4, 0.4)),
+             "nested": tmp_path / "both.pt",
+             "missing": tmp_path / "absent.pt"}[case]
+    if case == "nested":
+        run("ensemble", "--models", f"{first},{member(tmp_path / 'b.pt', 40)}", "--out", other)
+    models = str(first) if other is None else f"{first},{other}"
+    result = run("ensemble", "--models", models, "--out", tmp_path / "out.pt")
+    assert result.exit_code != 0 and reason in result.output, result.output
+    assert not (tmp_path / "out.pt").exists()

@@ -1,0 +1,53 @@
+"""Trained embedding networks joined into one model (`trainer ensemble`).
+
+Members must embed the same species from the same face crop (alignment, crop and
+normalisation); each keeps its own input size, and the ensemble takes the largest (see
+faces.models.EnsembleNet). Its embedding is the members' side by side, so an ensemble costs
+the members' embedding times added. The joined checkpoint has no operating points of its
+own until `trainer calibrate` measures them on held-out identities.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from faces.checkpoint import read_checkpoint, resolve_model_path, save_checkpoint
+from faces.errors import ModelError
+from faces.imaging import Preprocess
+from faces.models import ENSEMBLE, EnsembleNet
+
+# What each member must share: the crop the detector hands over and how pixels are scaled.
+SHARED_PREPROCESS = ("alignment", "crop", "mean", "std")
+
+
+def join(models: list[str], out: str | Path, command: str = "") -> Path:
+    """Write the ensemble of these checkpoints (bundled names or paths) to `out`."""
+    if len(models) < 2:
+        raise ModelError("an ensemble needs at least two models")
+    payloads = [read_checkpoint(resolve_model_path(name)) for name in models]
+    for name, payload in zip(models, payloads):
+        if payload["arch"] == ENSEMBLE:
+            raise ModelError(f"{name}: already an ensemble; list its members instead")
+    first = payloads[0]
+    for name, payload in zip(models[1:], payloads[1:]):
+        if payload["species"] != first["species"]:
+            raise ModelError(f"{name}: a {payload['species']} model cannot join {models[0]}, a {first['species']} model")
+        different = [key for key in SHARED_PREPROCESS
+                     if Preprocess.from_dict(payload["preprocess"]).to_dict()[key]
+                     != Preprocess.from_dict(first["preprocess"]).to_dict()[key]]
+        if different:
+            raise ModelError(f"{name}: its {', '.join(different)} differ from {models[0]}'s; an ensemble's "
+                             f"members see one face crop")
+    net = EnsembleNet([{"arch": p["arch"], "embedding_dim": p["embedding_dim"],
+                        "input_size": p["preprocess"]["input_size"]} for p in payloads])
+    for member, payload in zip(net.members, payloads):
+        member.load_state_dict({key: value.float() if value.is_floating_point() else value
+                                for key, value in payload["state_dict"].items()})
+    preprocess = replace(Preprocess.from_dict(first["preprocess"]), input_size=max(net.input_sizes))
+    # Until calibrated: a pair's squared distance is the mean of the members', so is the threshold's.
+    threshold = math.sqrt(sum(p["threshold"] ** 2 for p in payloads) / len(payloads))
+    save_checkpoint(out, net.eval(), preprocess, first["species"], threshold,
+                    training={"command": command, "members": [str(name) for name in models]},
+                    flip_average=all(p.get("flip_average", False) for p in payloads))
+    return Path(out)
