@@ -21,13 +21,16 @@ pyramid of the photo, then dlib's 5-point landmarks found in each face turned up
 - A second look at each candidate (`refine`): cut out upright, 32 px wide in a 64 px
   square, scored again, all candidates of a batch of photos in one network run.
 - Precision: where the embedding models run in bfloat16 (faces.precision: a CPU with AMX),
-  a pyramid level's network run of at least `BFLOAT16_MIN_PIXELS` does too, from its own
-  bfloat16 copy of the network: 1.3x for a 256 x 224 input, 1.9x for 416 x 352 and 2x for
-  a build's batch of 64 LFW photos, while one small photo's 96 x 96 runs faster in float32.
-  On the CPU that copy also runs oneDNN's fused kernels (`BlazeFaceBack.fuse`): 1.26x more
-  for a 448 x 352 input and 1.36x for 64 LFW photos, while float32 gains nothing from them
-  and small inputs lose. Proposals move by about a pixel; the second look stays in float32,
-  since its score meets the threshold chosen in float32.
+  every pyramid level does too, from the network's own bfloat16 copy: 1.3x for a 256 x 224
+  input, 1.9x for 416 x 352 and 2x for a build's batch of 64 LFW photos. On the CPU that
+  copy also runs oneDNN's fused kernels (`BlazeFaceBack.fuse`): 1.26x more for a 448 x 352
+  input and 1.36x for 64 LFW photos (float32 gains nothing from them). One small photo
+  alone (a query's 96 x 96) runs about 2 ms slower so, and still does: a photo must be
+  detected alike in a build's batch and on its own, since the proposals move by a pixel or
+  two between precisions, dlib's landmarks with them, and a gallery photo asked again
+  would not find itself at distance 0 (0.038 median, 0.6 at worst, on 128 LFW photos when
+  only batches ran in bfloat16). The second look stays in float32, since its score meets
+  the threshold chosen in float32.
 - Landmarks: BlazeFace's eyes give the face's tilt; the face is cut out upright (at least
   80 px), dlib's 5-point shape predictor runs on it, and the points are mapped back, so the
   human model's chip (dlib's `get_face_chip`) is cut exactly as for the HOG detector.
@@ -55,7 +58,6 @@ LEVEL_STEP = 4.0
 FINEST_MAX_PIXELS = 2_000_000  # the finest level's input at most (a 4000 x 3000 photo keeps its 40 px faces)
 FIT_SLACK = 0.125            # a level's scale may shrink this much to fit its 32-pixel canvas
 COARSEST_SIDE = 256          # the last level: the whole photo in this many pixels
-BFLOAT16_MIN_PIXELS = 128 * 256  # a network run's input pixels (all photos of a batch) worth bfloat16
 PROPOSAL_THRESHOLD = 0.4     # a pyramid level's candidates (MediaPipe's own threshold: 0.5)
 RELATIVE_MIN_FACE = 0.1      # faces under a tenth of the largest found are not looked for
 SCORE_THRESHOLD = 0.5        # the refined score a face needs (chosen on training people: bench/detection.py --choose)
@@ -169,8 +171,7 @@ class BlazeFaceDetector(Detector):
                 per_batch = max(1, (8 * 256 * 256) // (height * width))
                 for start in range(0, len(items), per_batch):
                     chunk = items[start:start + per_batch]
-                    net = self.level_net if len(chunk) * height * width >= BFLOAT16_MIN_PIXELS else self.net
-                    scores, boxes = self._run(np.stack([canvas for _, _, canvas in chunk]), net)
+                    scores, boxes = self._run(np.stack([canvas for _, _, canvas in chunk]), self.level_net)
                     for (index, scale, _), score, box in zip(chunk, scores, boxes):
                         keep = np.flatnonzero(score >= _logit(PROPOSAL_THRESHOLD))
                         if len(keep):
