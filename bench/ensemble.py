@@ -7,7 +7,8 @@ both networks' passes: the speed cost is the two models' embedding times added.
 
     python bench/ensemble.py --models dog,runs/dog-bh-224sh/best.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt [--flip]
 
-Not used by any command: a measurement of an idea (issue 20: an ensemble of two runs).
+The measurement that led to `trainer ensemble` (issue 20: an ensemble of two runs): it
+tries a pair before a checkpoint is made of it.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A checkpoint holds the architecture, embedding size, preprocessing (input size, crop,
 normalisation), species, its operating points (verification thresholds chosen on held-out
 identities, with the true and false accept rates they gave there), and how it was trained. `load_model` needs only this module and `models`: no training code,
-no network. Bundled models are found by name (`human`, `human-fast`, `dog`) in
+no network. Bundled models are found by name (`human`, `human-fast`, `dog`, `dog-fast`) in
 $FACESEARCH_MODELS when set, else in the package data folder faces/bundled/ (installed with
 the package, read through importlib.resources).
 """
@@ -27,7 +27,7 @@ from .precision import compute_precision
 from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
 
 FORMAT = "facesearch-embedding/1"
-BUNDLED_MODELS = ("human", "human-fast", "dog")
+BUNDLED_MODELS = ("human", "human-fast", "dog", "dog-fast")
 DEFAULT_MODEL = "human"
 def models_dir() -> Path:
     """Where bundled models are looked up: $FACESEARCH_MODELS, else faces/bundled/."""
@@ -47,6 +47,18 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise ModelError(f"{text}: no such model file (bundled models: {', '.join(BUNDLED_MODELS)})")
     return path
+
+
+def bundled_model_with(recorded: str) -> str | None:
+    """The bundled model whose embeddings have this digest (what an index records), if any.
+    A bundled name can come to mean a better model (`dog` became an ensemble; the network it
+    was ships as `dog-fast`): an index built with the old one still finds its model. Reads
+    every bundled checkpoint, so it is only asked when the recorded name no longer fits."""
+    for name in BUNDLED_MODELS:
+        path = models_dir() / f"{name}.pt"
+        if path.is_file() and embedding_sha256(read_checkpoint(path)) == recorded:
+            return name
+    return None
 
 
 def embedding_sha256(payload: dict) -> str:
@@ -260,6 +272,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a facesearch checkpoint (format {FORMAT} expected)")
     return payload
+
+
+def load_recorded_model(source: str, recorded: str, device: str | None = None) -> FaceModel:
+    """The model an index recorded as `source` (a bundled name or a path) with embedding
+    digest `recorded`: a bundled name that now means another model gives way to the bundled
+    model that still has that digest (`bundled_model_with`). The caller checks the digest
+    (`is_recorded_as`) either way, so a model that is nowhere to be found is still refused."""
+    model = load_model(source, device)
+    if source in BUNDLED_MODELS and not model.is_recorded_as(recorded):
+        renamed = bundled_model_with(recorded)
+        if renamed is not None:
+            return load_model(renamed, device)
+    return model
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | None = None,

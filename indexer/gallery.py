@@ -192,8 +192,9 @@ class Gallery:
     def load_model(self, device: str | None = None, species: str | None = None) -> FaceModel:
         """The index's own model (of `species`; None: the main one), checked to be the very
         file the index was built with."""
-        from faces.checkpoint import load_model   # torch: only for callers that embed
-        model = load_model(self.model_of(species).source, device=device)
+        from faces.checkpoint import load_recorded_model   # torch: only for callers that embed
+        record = self.model_of(species)
+        model = load_recorded_model(record.source, record.sha256, device=device)
         self.check_model(model)
         return model
 
@@ -321,15 +322,16 @@ class Gallery:
     def export(self, out: str | os.PathLike) -> int:
         """Write ids, paths, identities, species, boxes, clusters and embeddings of every indexed
         face to an .npz file (atomically); returns how many. An index of several models writes
-        each model's faces in turn (`species` says whose each row is); their embeddings must
-        be of one size."""
-        dims = {record.embedding_dim for record in self.models}
-        if len(dims) > 1:
-            raise ModelMismatchError(f"{self.index_dir}: its models' embeddings differ in size ("
-                                     + ", ".join(f"{m.name}: {m.embedding_dim}" for m in self.models)
-                                     + "), so they cannot share one embeddings array")
+        each model's faces in turn (`species` says whose each row is, `embedding_dims` how
+        many of its row's numbers are its embedding): a model of fewer dimensions than the
+        largest has its vectors padded with zeros, which leaves every distance between them
+        as it was."""
+        dims = {record.species: record.embedding_dim for record in self.models}
+        width = max(dims.values())
         ids, paths, identities, species, boxes, clusters, parts = [], [], [], [], [], [], []
         for records, vectors in self.embeddings():
+            if vectors.shape[1] < width:
+                vectors = np.pad(vectors, ((0, 0), (0, width - vectors.shape[1])))
             for record in records:
                 species.append(record.species)
                 ids.append(record.id)
@@ -345,7 +347,8 @@ class Gallery:
                      identities=np.array(identities, dtype=str), species=np.array(species, dtype=str),
                      boxes=np.array(boxes, dtype=np.int64).reshape(-1, 4),
                      clusters=np.array(clusters, dtype=np.int64),
-                     embeddings=np.concatenate(parts) if parts else np.empty((0, self.embedding_dim), np.float32),
+                     embeddings=np.concatenate(parts) if parts else np.empty((0, width), np.float32),
+                     embedding_dims=np.array([dims[kind] for kind in species], dtype=np.int64),
                      model_name=np.array(self.model_name), model_sha256=np.array(self.model_sha256))
         os.replace(temporary, out)
         return len(ids)

@@ -33,7 +33,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model
+from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model, load_recorded_model
 from faces.detectors import DETECTOR_SPECIES, concrete_name, detector_for
 from faces.errors import readable
 from faces.imaging import not_regular_reason, os_error_reason, resolve_data_root
@@ -278,7 +278,12 @@ class IndexWriter:
                 raise ModelMismatchError(f"{self.index_dir}: no {record.species} model among "
                                          f"{','.join(self.requested_models)}; the index was built with {names}")
             asked, model = requested.get(record.species) or (None, None)
-            model = model or load_model(record.source)
+            if model is None:
+                model = load_recorded_model(record.source, record.sha256)
+                if model.name != record.source and model.is_recorded_as(record.sha256):
+                    # A bundled name that now means another model: the index keeps its own, renamed.
+                    record.source = record.name = model.name
+                    moved.append(record)
             if not model.is_recorded_as(record.sha256):
                 what = ("the model file has changed since" if not asked
                         else f"model {model.name} (sha256 {model.sha256[:12]}) is not the one")

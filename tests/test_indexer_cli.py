@@ -239,3 +239,37 @@ def test_a_killed_build_leaves_a_usable_index_and_the_next_build_completes(tmp_p
     assert len(stored) == len(set(stored.tolist())) == expected
     code, report = check(index)
     assert code == 0 and report["ok"]
+
+
+def test_an_index_keeps_its_model_when_a_bundled_name_comes_to_mean_another(tmp_path, monkeypatch, gallery):
+    """`dog` became an ensemble and the network it was ships as `dog-fast`: an index built
+    with the old `dog` is searched and grown with `dog-fast`, found by its embedding digest."""
+    from search.cli import main as search_main
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("FACESEARCH_MODELS", str(models))
+    for seed, name in ((0, "dog"), (1, "human")):
+        torch.manual_seed(seed)
+        save_checkpoint(models / f"{name}.pt", EmbeddingNet("small", 128), Preprocess(64, 1.0), name, 0.5)
+    index = tmp_path / "index"
+    photo = gallery / "person_01" / "person_01_0002.jpg"
+    code, output = run("build", gallery, "--model", "dog", "--index", index, "--detector", "none", "--no-progress")
+    assert code == 0, output
+
+    def nearest() -> tuple[int, dict]:
+        code, output = invoke_cli(search_main, "query", photo, "--index", index, "--detector", "none", "--json")
+        return code, (last_json(output) if code == 0 else output)
+    code, before = nearest()
+    assert code == 0 and before["faces"][0]["matches"][0]["distance"] == pytest.approx(0, abs=1e-5)
+    (models / "dog.pt").rename(models / "dog-fast.pt")
+    torch.manual_seed(2)
+    save_checkpoint(models / "dog.pt", EmbeddingNet("small", 64), Preprocess(64, 1.0), "dog", 0.5)
+    code, after = nearest()
+    assert code == 0 and after["faces"][0]["matches"] == before["faces"][0]["matches"]
+    code, output = run("build", gallery, "--index", index, "--no-progress", "--json")
+    assert code == 0 and last_json(output)["faces_added"] == 0
+    code, output = run("stats", "--index", index, "--json")
+    assert last_json(output)["model"]["name"] == "dog-fast"          # recorded under its new name
+    (models / "dog-fast.pt").unlink()                               # nowhere now: refused, not mixed
+    code, output = nearest()
+    assert code != 0 and "dog-fast" in output

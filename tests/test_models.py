@@ -293,7 +293,12 @@ def test_exported_faces_say_their_species(mixed, tmp_path):
     assert code == 0, output
     data = np.load(out)
     assert len(data["ids"]) == 14 and sorted(set(data["species"].tolist())) == ["dog", "human"]
-    assert (data["species"] == "dog").sum() == 7 and data["embeddings"].shape == (14, 128)
+    dogs = data["species"] == "dog"
+    # `dog` (two networks) is 256-D, `human` 128-D: the human rows are padded with zeros.
+    assert dogs.sum() == 7 and data["embeddings"].shape == (14, 256)
+    assert data["embedding_dims"].tolist() == [256 if dog else 128 for dog in dogs]
+    assert not data["embeddings"][~dogs, 128:].any()
+    assert np.allclose(np.linalg.norm(data["embeddings"], axis=1), 1, atol=1e-3)
 
 
 def test_api_and_pages_on_a_two_model_index(mixed, tmp_path):

@@ -19,6 +19,9 @@ from faces.models import ENSEMBLE, EnsembleNet
 
 # What each member must share: the crop the detector hands over and how pixels are scaled.
 SHARED_PREPROCESS = ("alignment", "crop", "mean", "std")
+# A training run's identity split (trainer.train's config); members trained on one split
+# give the ensemble that split, so its held-out identities are known.
+SPLIT_KEYS = ("data", "seed", "choose_fraction", "test_fraction")
 
 
 def join(models: list[str], out: str | Path, command: str = "") -> Path:
@@ -47,7 +50,14 @@ def join(models: list[str], out: str | Path, command: str = "") -> Path:
     preprocess = replace(Preprocess.from_dict(first["preprocess"]), input_size=max(net.input_sizes))
     # Until calibrated: a pair's squared distance is the mean of the members', so is the threshold's.
     threshold = math.sqrt(sum(p["threshold"] ** 2 for p in payloads) / len(payloads))
-    save_checkpoint(out, net.eval(), preprocess, first["species"], threshold,
-                    training={"command": command, "members": [str(name) for name in models]},
+    training = {"command": command, "members": [str(name) for name in models]}
+    splits = [{key: payload.get("training", {}).get("config", {}).get(key) for key in SPLIT_KEYS}
+              for payload in payloads]
+    if splits[0]["seed"] is not None and all(split == splits[0] for split in splits):
+        training["config"] = splits[0]
+        trained_on = {payload["training"].get("identities") for payload in payloads}
+        if len(trained_on) == 1:
+            training["identities"] = trained_on.pop()
+    save_checkpoint(out, net.eval(), preprocess, first["species"], threshold, training=training,
                     flip_average=all(p.get("flip_average", False) for p in payloads))
     return Path(out)

@@ -26,14 +26,20 @@ trainer calibrate --model human --data runs/lfw-split/choose --pairs runs/lfw-sp
 # trainer calibrate --model runs/human-hb/epoch-2.pt --data runs/lfw-split/choose --pairs runs/lfw-split/choose_pairs.txt --flip --out runs/human-hb/human-calibrated.pt
 # human-fast
 train runs/human-long --data ../shared/data/lfw/images --species human --miner batch-all --crop 0.5 --input-size 64 --epochs 100
-# dog: dlib's network adapted to dog faces on the train dogs only: 60 epochs of semi-hard
-# mining (whole 224 px crops at 150 px; best epoch on the choose dogs), then 20 of batch-hard
-# from there (likewise); flip averaging on and the operating points chosen on the choose dogs.
-# The test dogs are read once, by dog.md's `trainer evaluate ... --data runs/dog-split/test`.
+# dog-fast (dog until 2026-11-30): dlib's network adapted to dog faces on the train dogs only:
+# 60 epochs of semi-hard mining (whole 224 px crops at 150 px; best epoch on the choose dogs),
+# then 20 of batch-hard from there (likewise); flip averaging on and the operating points
+# chosen on the choose dogs. The test dogs are read once a candidate, by the cards'
+# `trainer evaluate ... --data runs/dog-split/test`.
 train runs/dog-sh60 --data ../shared/data/dogfacenet/images --species dog --init human --alignment lfw --crop 1.0 --freeze 14 --augment full --miner semi-hard --margin 0.2 --lr 1e-4 --epochs 60
 train runs/dog-sh60-bh --data ../shared/data/dogfacenet/images --species dog --init runs/dog-sh60/best.pt --alignment lfw --crop 1.0 --freeze 14 --augment full --miner batch-hard --margin 0.2 --lr 3e-5 --warmup-steps 100 --epochs 20
 trainer split ../shared/data/dogfacenet/images --out runs/dog-split
-trainer calibrate --model runs/dog-sh60-bh/best.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt --flip --out faces/bundled/dog.pt
+trainer calibrate --model runs/dog-sh60-bh/best.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt --flip --out faces/bundled/dog-fast.pt
+# dog: dog-fast and the same network trained on from it at 224 px (semi-hard; best epoch on
+# the choose dogs), joined (`trainer ensemble`) and calibrated on the choose dogs.
+train runs/dog-bh-224sh --data ../shared/data/dogfacenet/images --species dog --init runs/dog-sh60-bh/best.pt --alignment lfw --crop 1.0 --input-size 224 --freeze 14 --augment full --miner semi-hard --margin 0.2 --lr 3e-5 --warmup-steps 100 --epochs 30
+trainer ensemble --models runs/dog-sh60-bh/best.pt,runs/dog-bh-224sh/best.pt --out runs/dog-ens/joined.pt
+trainer calibrate --model runs/dog-ens/joined.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt --flip --out faces/bundled/dog.pt
 # The dog face detector (faces/bundled/dog-detector.pt, card dog-detector.md): the dog model's
 # training dogs only (trainer split, seed 0), LFW for backgrounds; from scratch, then on its
 # own mistakes; then copy runs/dog-detector/dog-detector.pt to faces/bundled/.
