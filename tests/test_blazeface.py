@@ -3,9 +3,7 @@ recall on a few generated photos of held-out people, EXIF rotation and bad input
 from __future__ import annotations
 
 import io
-import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,11 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
-from PIL import Image
 
 from faces.checkpoint import embedding_sha256, load_model, read_checkpoint, save_checkpoint
 from faces.imaging import Preprocess
-from faces.models import EmbeddingNet, EnsembleNet
+from faces.models import EmbeddingNet
 from trainer.cli import main
 
 from conftest import identity_image, write_identity_folders
