@@ -1,5 +1,7 @@
 """Trained models joined into one (`trainer ensemble`): the embedding is the members' side by
 side, each at its own input size; bad joins are refused with the reason."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -58,7 +60,11 @@ def test_ensemble_embedding_is_the_members_side_by_side(tmp_path):
 def test_ensemble_is_searched_like_any_model(tmp_path):
     """Built, calibrated (placeholder threshold until then) and loaded by name of file."""
     first, second = member(tmp_path / "a.pt", 32), member(tmp_path / "b.pt", 40, seed=1)
-    assert run("ensemble", "--models", f"{first},{second}", "--out", tmp_path / "both.pt").exit_code == 0
+    result = run("ensemble", "--models", f"{first},{second}", "--out", tmp_path / "both.pt", "--json")
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.output)
+    assert written["embedding_dim"] == 64 and not written["calibrated"]
+    assert [m["input_size"] for m in written["members"]] == [32, 40]
     payload = read_checkpoint(tmp_path / "both.pt")
     assert payload["threshold"] == pytest.approx(0.6) and "operating_points" not in payload
     info = run("info", tmp_path / "both.pt")

@@ -192,14 +192,21 @@ def calibrate(model: str, data: str, pairs: str, out: str | None, flip: bool | N
               help="Two or more trained models (bundled names or checkpoint paths), comma-separated, "
                    "of one species and one face crop.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The joined checkpoint to write.")
-def ensemble(models: str, out: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
+def ensemble(models: str, out: str, as_json: bool) -> None:
     """Join trained models into one: each embeds the face at its own input size and the
     embeddings go side by side, so searching costs every member's time. Calibrate the result
     on held-out identities before use (`trainer calibrate --model OUT ...`)."""
     import sys
+    from faces.checkpoint import read_checkpoint
     from .ensemble import join
     names = [name.strip() for name in models.split(",") if name.strip()]
     written = join(names, out, command=" ".join(["trainer", *sys.argv[1:]]))
+    if as_json:
+        payload = read_checkpoint(written)
+        print_json({"model": str(written), "embedding_dim": payload["embedding_dim"], "members": payload["members"],
+                    "from": names, "threshold": payload["threshold"], "calibrated": False})
+        return
     click.echo(f"{written}: {len(names)} networks joined ({', '.join(names)}); its operating points are "
                f"placeholders until `trainer calibrate --model {written} --data HELD_OUT --pairs PAIRS`")
 
