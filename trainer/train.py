@@ -395,6 +395,7 @@ class Trainer:
                     epochs_log.write(json.dumps(metrics) + "\n")
                 self.save(metrics)
                 plot_history(self.history, self.out / "training.png")
-                log.info("epoch %d: %s", self.epoch, {k: round(v, 4) if isinstance(v, float) else v
+                # 4 significant digits: 4 decimals showed a learning rate of 3e-5 as 0.0
+                log.info("epoch %d: %s", self.epoch, {k: float(f"{v:.4g}") if isinstance(v, float) else v
                                                      for k, v in metrics.items()})
         return self.history[-1] if self.history else {}
