@@ -280,7 +280,7 @@ class IndexWriter:
             asked, model = requested.get(record.species) or (None, None)
             if model is None:
                 model = load_recorded_model(record.source, record.sha256)
-                if model.name != record.source and model.is_recorded_as(record.sha256):
+                if model.name != record.source:
                     # A bundled name that now means another model: the index keeps its own, renamed.
                     record.source = record.name = model.name
                     moved.append(record)

@@ -198,17 +198,14 @@ def ensemble(models: str, out: str, as_json: bool) -> None:
     embeddings go side by side, so searching costs every member's time. Calibrate the result
     on held-out identities before use (`trainer calibrate --model OUT ...`)."""
     import sys
-    from faces.checkpoint import read_checkpoint
     from .ensemble import join
     names = [name.strip() for name in models.split(",") if name.strip()]
     written = join(names, out, command=" ".join(["trainer", *sys.argv[1:]]))
     if as_json:
-        payload = read_checkpoint(written)
-        print_json({"model": str(written), "embedding_dim": payload["embedding_dim"], "members": payload["members"],
-                    "from": names, "threshold": payload["threshold"], "calibrated": False})
+        print_json({**written, "from": names, "calibrated": False})
         return
-    click.echo(f"{written}: {len(names)} networks joined ({', '.join(names)}); its operating points are "
-               f"placeholders until `trainer calibrate --model {written} --data HELD_OUT --pairs PAIRS`")
+    click.echo(f"{written['model']}: {len(names)} networks joined ({', '.join(names)}); its operating points are "
+               f"placeholders until `trainer calibrate --model {written['model']} --data HELD_OUT --pairs PAIRS`")
 
 
 def operating_point_lines(points: dict) -> list[str]:

@@ -24,8 +24,9 @@ SHARED_PREPROCESS = ("alignment", "crop", "mean", "std")
 SPLIT_KEYS = ("data", "seed", "choose_fraction", "test_fraction")
 
 
-def join(models: list[str], out: str | Path, command: str = "") -> Path:
-    """Write the ensemble of these checkpoints (bundled names or paths) to `out`."""
+def join(models: list[str], out: str | Path, command: str = "") -> dict:
+    """Write the ensemble of these checkpoints (bundled names or paths) to `out`; returns what
+    was written: the file, its embedding size, members and placeholder threshold."""
     if len(models) < 2:
         raise ModelError("an ensemble needs at least two models")
     payloads = [read_checkpoint(resolve_model_path(name)) for name in models]
@@ -33,12 +34,11 @@ def join(models: list[str], out: str | Path, command: str = "") -> Path:
         if payload["arch"] == ENSEMBLE:
             raise ModelError(f"{name}: already an ensemble; list its members instead")
     first = payloads[0]
-    for name, payload in zip(models[1:], payloads[1:]):
+    crops = [Preprocess.from_dict(payload["preprocess"]).to_dict() for payload in payloads]
+    for name, payload, crop in zip(models[1:], payloads[1:], crops[1:]):
         if payload["species"] != first["species"]:
             raise ModelError(f"{name}: a {payload['species']} model cannot join {models[0]}, a {first['species']} model")
-        different = [key for key in SHARED_PREPROCESS
-                     if Preprocess.from_dict(payload["preprocess"]).to_dict()[key]
-                     != Preprocess.from_dict(first["preprocess"]).to_dict()[key]]
+        different = [key for key in SHARED_PREPROCESS if crop[key] != crops[0][key]]
         if different:
             raise ModelError(f"{name}: its {', '.join(different)} differ from {models[0]}'s; an ensemble's "
                              f"members see one face crop")
@@ -60,4 +60,4 @@ def join(models: list[str], out: str | Path, command: str = "") -> Path:
             training["identities"] = trained_on.pop()
     save_checkpoint(out, net.eval(), preprocess, first["species"], threshold, training=training,
                     flip_average=all(p.get("flip_average", False) for p in payloads))
-    return Path(out)
+    return {"model": str(out), "embedding_dim": net.embedding_dim, "members": net.specs(), "threshold": threshold}
