@@ -35,11 +35,11 @@ pyramid of the photo, then dlib's 5-point landmarks found in each face turned up
   80 px), dlib's 5-point shape predictor runs on it, and the points are mapped back, so the
   human model's chip (dlib's `get_face_chip`) is cut exactly as for the HOG detector.
 - Reductions: each level's input and each large face come from the photo's box-filter
-  reductions by powers of two, made once per photo (`Reductions`). A face wider than
-  `FACE_WORK_SIDE` is aligned in the largest reduction that keeps it that wide, as the
-  chip is smaller than the face anyway: the 1665 x 2048 portrait's query went from 2.3 to
-  2.0 times an LFW photo's (bench/query_cost.py), and a large face's embedding moves by
-  0.02 of distance (0.04 at worst, 61 faces of about 400 px) against the full photo's.
+  reductions, made once per photo (`Reductions`). A face wider than `FACE_WORK_SIDE` is
+  aligned in the most reduced of them that keeps it that wide, as the chip is smaller
+  than the face anyway: the 1665 x 2048 portrait's query went from 2.2 to under 2 times
+  an LFW photo's (bench/query_cost.py), and a large face's embedding moves by 0.02 of
+  distance (0.04 at worst, 61 faces of about 400 px) against the full photo's.
 """
 from __future__ import annotations
 
@@ -140,13 +140,15 @@ class BlazeFaceDetector(Detector):
     @staticmethod
     def canvas(photo: Reductions, scale: float) -> np.ndarray:
         """The photo resized by `scale`, as the network's float input (H x W x 3, -1..1),
-        padded with 0 (grey) to multiples of 32. Shrinking is a box filter by the largest
-        power of two within the factor (`Reductions`), then bilinear for the rest (less
-        than 2x): a third of the cost of PIL's antialiased bilinear from the full photo,
-        whose every output pixel weighs a wide window of input ones."""
+        padded with 0 (grey) to multiples of 32. Shrinking is a box filter by a whole factor
+        (`Reductions`: one already made when it leaves less than 2x, else the whole factor),
+        then bilinear for the rest (less than 2x): a third of the cost of PIL's antialiased
+        bilinear from the full photo, whose every output pixel weighs a wide window of
+        input ones."""
         image = photo.image
         width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-        source = photo.reduced(_power_of_two_within(1 / scale, image.size))
+        made = [factor for factor in photo.factors() if factor <= 1 / scale < 2 * factor]
+        source = photo.reduced(max(made) if made else max(1, min(int(1 / scale), *image.size)))
         resized = source if source.size == (width, height) else source.resize((width, height), Image.BILINEAR)
         padded = np.zeros((-(-height // 32) * 32, -(-width // 32) * 32, 3), dtype=np.float32)
         padded[:height, :width] = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
@@ -272,13 +274,14 @@ class BlazeFaceDetector(Detector):
 
     def faces_of(self, photo: Reductions, detections) -> list[Face]:
         """Each detection's landmarks and aligned face. A large face is worked on in the
-        photo's largest reduction that keeps it `FACE_WORK_SIDE` pixels wide (the pyramid
-        has usually made it): making a 3-megapixel photo an array for dlib cost more than
-        the landmarks and the chip together, and the chip is smaller than the face anyway."""
+        most reduced of the photo's reductions the pyramid made that keeps it
+        `FACE_WORK_SIDE` pixels wide (else in the photo): making a 3-megapixel photo an
+        array for dlib cost more than the landmarks and the chip together, and the chip is
+        smaller than the face anyway."""
         image, faces, arrays = photo.image, [], {}
         for score, box, keypoints in detections:
             side = max(box[2] - box[0], box[3] - box[1]) * DLIB_BOX_SCALE
-            factor = _power_of_two_within(side / FACE_WORK_SIDE, image.size)
+            factor = max(f for f in photo.factors() if side / f >= FACE_WORK_SIDE or f == 1)
             work = photo.reduced(factor)
             if factor not in arrays:
                 arrays[factor] = np.asarray(work)
@@ -306,27 +309,25 @@ class BlazeFaceDetector(Detector):
 
 
 class Reductions:
-    """A photo and its box-filter reductions by powers of two (PIL's reduce), each made from
-    the largest one already made and at most 4x at a time: a coarse pyramid level's 8x
-    leaves the 4x that a finer level or a large face then takes for free (the same pixels,
-    to a grey level of rounding, as one reduce from the photo, at the same cost)."""
+    """A photo and the box-filter reductions (PIL's reduce) made of it, each made once and
+    from the largest one made that divides it; a multiple of 4 above 4 goes through the
+    4x, so a coarse pyramid level's 8x leaves the 4x that a finer level or a large face
+    then takes for free (the same pixels, to a grey level of rounding, as one reduce from
+    the photo, at the same cost)."""
 
     def __init__(self, image: Image.Image):
         self.image = image
         self._made = {1: image}
 
+    def factors(self) -> list[int]:
+        return sorted(self._made)
+
     def reduced(self, factor: int) -> Image.Image:
         while factor not in self._made:
             base = max(made for made in self._made if factor % made == 0)
-            step = min(factor // base, 4)
+            step = 4 if factor // base > 4 and (factor // base) % 4 == 0 else factor // base
             self._made[base * step] = self._made[base].reduce(step)
         return self._made[factor]
-
-
-def _power_of_two_within(factor: float, size: tuple[int, int]) -> int:
-    """The largest power of two at most `factor` (and at most the photo's shorter side), 1 at least."""
-    limit = max(1.0, min(factor, *size))
-    return 1 << int(math.floor(math.log2(limit) + 1e-9))
 
 
 def _logit(p: float) -> float:
