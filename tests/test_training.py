@@ -251,6 +251,32 @@ def test_a_fine_tuning_step_lowers_the_triplet_loss():
     assert after.item() < before.item()
 
 
+def test_layer_decay_gives_layers_near_the_input_smaller_learning_rates(tmp_path):
+    """--layer-decay: each trainable backbone layer in its own group, the rate falling by the
+    factor per layer towards the input; frozen layers in none; every trainable parameter in
+    exactly one group; 1 is one group at --lr; outside (0, 1] refused by the CLI."""
+    from trainer.losses import TripletLoss
+    from trainer.miners import make_miner
+    from trainer.train import backbone_layers, freeze_early_layers, parameter_groups
+    net = EmbeddingNet("small", 128)
+    freeze_early_layers(net, 2)
+    loss = TripletLoss(make_miner("batch-hard", 0.2), 0.2)
+    groups = parameter_groups(net, loss, 1e-3, 0.5)
+    layers = backbone_layers(net)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    grouped = [id(p) for group in groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in trainable) and len(grouped) == len(set(grouped))
+    assert groups[0]["lr"] == 1e-3
+    rates = [group["lr"] for group in groups[1:]]
+    assert rates == [1e-3 * 0.5 ** depth for depth in range(len(layers) - 2)]     # output side first
+    assert {id(p) for p in groups[-1]["params"]} == {id(p) for p in layers[2].parameters(recurse=False)}
+    [single] = parameter_groups(net, loss, 1e-3, 1.0)
+    assert len(single["params"]) == len(trainable) and single["lr"] == 1e-3
+    data = write_identity_folders(tmp_path / "faces", identities=6, per_identity=3, size=40)
+    result = run("train", "--data", data, "--out", tmp_path / "run", "--layer-decay", 0, "--epochs", 1)
+    assert result.exit_code != 0 and "--layer-decay" in result.output and "0<x<=1" in result.output
+
+
 def test_fine_tuning_options_warm_up_margin_softmax_hard_batches_and_choosing_by_tar(tmp_path):
     data = write_identity_folders(tmp_path / "faces", identities=12, per_identity=5, size=40)
     start = tmp_path / "start.pt"
@@ -260,7 +286,8 @@ def test_fine_tuning_options_warm_up_margin_softmax_hard_batches_and_choosing_by
     result = run("train", "--data", data, "--out", out, "--epochs", 2, "--init", start, "--freeze", 3,
                  "--loss", "joint", "--softmax-margin", 0.2, "--warmup-steps", 2, "--hard-batches",
                  "--select", "tar", "--keep-epochs", "--augment", "strong", "--choose-fraction", 0.25,
-                 "--test-fraction", 0.2, "-P", 4, "-K", 4, "--no-progress", "--workers", 0, "--lr", 1e-3)
+                 "--test-fraction", 0.2, "-P", 4, "-K", 4, "--no-progress", "--workers", 0, "--lr", 1e-3,
+                 "--layer-decay", 0.9)
     assert result.exit_code == 0, result.output
     epochs = [json.loads(line) for line in (out / "epochs.jsonl").read_text().splitlines()]
     assert {"val_tar_at_far_1e-3", "val_tar_at_far_1e-4", "val_fnir_at_fpir_0.01"} <= set(epochs[0])

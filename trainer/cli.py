@@ -39,6 +39,9 @@ def main(verbose: bool) -> None:
                    "--init's, else lfw.")
 @click.option("--freeze", default=0, show_default=True,
               help="Keep the first N backbone layers (input side) fixed.")
+@click.option("--layer-decay", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Discriminative learning rates: each backbone layer learns at --lr x DECAY^(layers "
+                   "between it and the output), so layers near the input move least (1: one rate).")
 @click.option("--augment", type=click.Choice(["full", "light", "strong"]), default="full", show_default=True,
               help="'light' (flips, colour, 2%% shifts) suits adapting an aligned-face network; "
                    "'strong' adds scale, blur, JPEG and grey.")

@@ -70,6 +70,7 @@ class TrainConfig:
     init: str | None = None
     alignment: str | None = None
     freeze: int = 0
+    layer_decay: float = 1.0
     augment: str = "full"
     workers: int = 1
     amp: bool = True
@@ -157,15 +158,38 @@ def build_scheduler(config: TrainConfig, optimizer):
     raise ValueError(f"unknown scheduler {config.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
 
 
+def backbone_layers(net: EmbeddingNet) -> list[torch.nn.Module]:
+    """The backbone's layers that hold parameters, in the order it builds them (input first)."""
+    return [m for m in net.backbone.modules() if next(m.parameters(recurse=False), None) is not None]
+
+
 def freeze_early_layers(net: EmbeddingNet, count: int) -> None:
     """Stop training the first `count` backbone layers that hold parameters (in the order
     the backbone builds them, input first): early features of a face network are generic.
     Batch-norm layers among them still update their running statistics."""
-    layers = [m for m in net.backbone.modules() if next(m.parameters(recurse=False), None) is not None]
+    layers = backbone_layers(net)
     if count > len(layers):
         raise ValueError(f"--freeze {count}: the {net.arch} backbone has {len(layers)} layers with parameters")
     for layer in layers[:count]:
         layer.requires_grad_(False)
+
+
+def parameter_groups(net: EmbeddingNet, loss: torch.nn.Module, lr: float, decay: float) -> list[dict]:
+    """The trainable parameters as optimizer groups. With `decay` below 1 (discriminative
+    learning rates) each backbone layer learns at lr x decay^(layers between it and the
+    output), so what is nearest the input, most generic, moves least; the head and the
+    loss's own parameters take lr. The first group is always at lr (the one logged)."""
+    if not 0 < decay <= 1:
+        raise ValueError(f"--layer-decay {decay}: must be in (0, 1]")
+    layers = backbone_layers(net) if decay < 1 else []
+    in_layers = {id(p) for layer in layers for p in layer.parameters(recurse=False)}
+    groups = [{"params": [p for p in net.parameters() if p.requires_grad and id(p) not in in_layers]
+               + list(loss.parameters()), "lr": lr}]
+    for depth, layer in enumerate(reversed(layers)):
+        trainable = [p for p in layer.parameters(recurse=False) if p.requires_grad]
+        if trainable:
+            groups.append({"params": trainable, "lr": lr * decay ** depth})
+    return groups
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -237,8 +261,7 @@ class Trainer:
                     else EmbeddingNet(config.arch, config.embedding_dim, config.pretrained)).to(self.device)
         freeze_early_layers(self.net, config.freeze)
         self.loss = build_loss(config, len(self.dataset.identities)).to(self.device)
-        trainable = [p for p in self.net.parameters() if p.requires_grad] + list(self.loss.parameters())
-        self.optimizer = build_optimizer(config, trainable)
+        self.optimizer = build_optimizer(config, parameter_groups(self.net, self.loss, config.lr, config.layer_decay))
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and config.amp)
         # Mixed precision: float16 on CUDA (scaled gradients); bfloat16 on a CPU that embeds
