@@ -23,10 +23,12 @@ For each gallery it reports:
   (the nearest face within its tolerance, 0.6 by default, and 0.5), in the same run;
 - `indexer cluster`'s grouping of the gallery as it is, at the strict threshold.
 
-With --choose, the alternative decision scores (nearest distance, the best identity's mean
+With --choose, the alternative decision scores (nearest distance, the nearest identity's mean
 distance among the 10 nearest, the ratio to the nearest other identity, the nearest distance
-over the mean of the 10 nearest) are compared on the choose identities, where a rule may be
-chosen, and shown on --data for reference.
+over the mean of the 10 nearest, and each individual's stranger chance: faces^gamma x FAR of
+its nearest face, gamma from the model's calibration) are compared on the choose
+identities, where a rule may be chosen, as they are and with the --distractors added, and
+shown on --data's gallery as it is for reference.
 
 --cache DIR keeps embeddings between runs (keyed by the model's sha256, the precision it
 ran in and the folder).
@@ -151,28 +153,38 @@ def rates(decided: list[dict], setup: Setup) -> dict:
             "strangers": len(strangers)}
 
 
-def alternative_scores(embeddings: np.ndarray, identities: np.ndarray) -> dict:
-    """FNIR at FPIR 0.05 and 0.01 of each candidate decision score (smaller = surer) on one
-    folder's open-set protocol; each names the identity of the nearest face."""
-    rows = open_set_protocol(identities)
-    gallery = rows["gallery"]
-    names = identities[gallery]
-    probes = np.concatenate([rows["known"], rows["strangers"]])
+def alternative_scores(embeddings: np.ndarray, setup: Setup, gallery: np.ndarray, calibration) -> dict:
+    """FNIR at FPIR 0.05 and 0.01 of each candidate decision score (smaller = surer) over each
+    probe's K nearest faces of one gallery, thresholds set on its strangers. All but the last
+    name the identity of the nearest face; the last names the individual whose nearest face
+    strangers would come as near least often, counting its photos as the calibration does
+    (n^gamma chances for an individual with n faces in the gallery)."""
+    names = setup.identities[gallery]
+    photos = dict(zip(*np.unique(names, return_counts=True)))
+    probes = np.concatenate([setup.known, setup.strangers])
     order, distances = nearest_neighbours(embeddings[probes], embeddings[gallery], K)
     neighbour_names = names[order]
     first = neighbour_names[:, 0]
     same = neighbour_names == first[:, None]
     other = np.where(~same, distances, np.inf).min(1)
     other = np.where(np.isfinite(other), other, distances[:, -1] + 1e-6)
-    scores = {"nearest distance": distances[:, 0],
-              "identity mean of its faces in the 10 nearest": (distances * same).sum(1) / same.sum(1),
-              "ratio to the nearest other identity": distances[:, 0] / other,
-              "nearest over mean of 10 nearest": distances[:, 0] / distances.mean(1)}
-    known = len(rows["known"])
-    correct = first[:known] == identities[rows["known"]]
-    return {name: {f"fnir_at_fpir_{f}": round(fnir_at_fpir(score[:known], correct, score[known:], f)[0], 4)
+    # Each neighbour's individual's chance: its faces^gamma x FAR of its nearest face; an
+    # individual's nearest face is its first among the neighbours, so the row minimum is it.
+    chances = (np.vectorize(photos.get)(neighbour_names) ** calibration.gamma) * calibration.far_at(distances)
+    chosen = chances.argmin(1)
+    rows = np.arange(len(probes))
+    candidates = {"nearest distance": (distances[:, 0], first),
+                  "identity mean of its faces in the 10 nearest": ((distances * same).sum(1) / same.sum(1), first),
+                  "ratio to the nearest other identity": (distances[:, 0] / other, first),
+                  "nearest over mean of 10 nearest": (distances[:, 0] / distances.mean(1), first),
+                  f"individual's stranger chance (faces^{calibration.gamma:.2f} x FAR)":
+                      (chances[rows, chosen], neighbour_names[rows, chosen])}
+    known = len(setup.known)
+    truth = setup.identities[setup.known]
+    return {name: {f"fnir_at_fpir_{f}": round(fnir_at_fpir(score[:known], named[:known] == truth,
+                                                             score[known:], f)[0], 4)
                    for f in RULE_FPIRS}
-            for name, score in scores.items()}
+            for name, (score, named) in candidates.items()}
 
 
 def main() -> None:
@@ -196,7 +208,8 @@ def main() -> None:
     embeddings, identities = embed_folder(args.data, encode, key, args.cache)
     parts = [embed_folder(folder, encode, key, args.cache) for folder in args.distractors]
     everything = np.concatenate([embeddings] + [p[0] for p in parts])
-    setup = Setup(identities, np.concatenate([p[1] for p in parts]) if parts else np.array([], dtype=str))
+    distractor_identities = np.concatenate([p[1] for p in parts]) if parts else np.array([], dtype=str)
+    setup = Setup(identities, distractor_identities)
     print(f"{args.model}: {len(setup.known)} known probes, {len(setup.strangers)} strangers; galleries "
           + ", ".join(f"{name} {len(g):,} faces" for name, g in setup.galleries.items())
           + f" (embedded in {time.perf_counter() - started:.0f} s)", file=sys.stderr)
@@ -243,10 +256,15 @@ def main() -> None:
 
     if args.choose:
         choose_embeddings, choose_identities = embed_folder(args.choose, facesearch_encoder(model), key, args.cache)
-        show({"system": f"facesearch {args.model}", "decision scores on": args.choose,
-              **alternative_scores(choose_embeddings, choose_identities)}, args.json)
-        show({"system": f"facesearch {args.model}", "decision scores on": args.data,
-              **alternative_scores(embeddings, identities)}, args.json)
+        choose_setup = Setup(choose_identities, distractor_identities)
+        choose_everything = np.concatenate([choose_embeddings, everything[len(identities):]])
+        for name, gallery in choose_setup.galleries.items():
+            show({"system": f"facesearch {args.model}", "decision scores on": f"{args.choose}, gallery {name}",
+                  **choose_setup.size(gallery),
+                  **alternative_scores(choose_everything, choose_setup, gallery, model.open_set)}, args.json)
+        show({"system": f"facesearch {args.model}", "decision scores on": f"{args.data}, gallery as is",
+              **setup.size(setup.galleries["as is"]),
+              **alternative_scores(everything, setup, setup.galleries["as is"], model.open_set)}, args.json)
 
 
 def show(row: dict, as_json: bool) -> None:
@@ -255,7 +273,8 @@ def show(row: dict, as_json: bool) -> None:
 
 def describe(row: dict) -> str:
     if "decision scores on" in row:
-        lines = [f"{row['system']}: decision scores on {row['decision scores on']} (FNIR at FPIR 0.05 / 0.01)"]
+        lines = [f"{row['system']}: decision scores on {row['decision scores on']}, {row['faces']:,} faces of "
+                 f"{row['individuals']:,} individuals (FNIR at FPIR 0.05 / 0.01)"]
         lines += [f"  {name:<46} {v['fnir_at_fpir_0.05']:.3f} / {v['fnir_at_fpir_0.01']:.3f}"
                   for name, v in row.items() if isinstance(v, dict)]
         return "\n".join(lines)
