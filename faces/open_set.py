@@ -112,11 +112,18 @@ class GalleryCalibration:
             raise ModelError(f"fpir {fpir:g} on a gallery of {individuals:,} individuals needs a per-pair false "
                              f"accept rate of {per_pair:.1e}, beyond what this model's calibration can support "
                              f"(down to {MIN_SUPPORTED_FAR:.0e}): ask for a larger fpir")
-        low, high = -1.0, 3.0           # fpir_at rises with distance: bisect
+        floor = self.fpir_at(0.0, individuals, faces)
+        if floor > fpir:
+            # The faces that sit nearest everyone: with this many chances, their strangers
+            # come within any distance at all, so no threshold keeps the promise.
+            raise ModelError(f"fpir {fpir:g} on a gallery of {individuals:,} individuals cannot be reached with this "
+                             f"model: even identical faces alone would leave {floor:.2g} of strangers' searches "
+                             f"named; ask for more than {floor:.2g}")
+        low, high = 0.0, 3.0            # fpir_at rises with distance: bisect
         for _ in range(60):
             middle = (low + high) / 2
             low, high = (middle, high) if self.fpir_at(middle, individuals, faces) <= fpir else (low, middle)
-        return max(0.0, low)
+        return low
 
 
 def strength(stranger_rate: float, fpir: float) -> str:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from faces.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL, FaceModel, file_sha256, load_model, load_recorded_model
 from faces.detectors import DETECTOR_SPECIES, concrete_name, detector_for
-from faces.errors import readable
+from faces.errors import ModelError, readable
 from faces.imaging import not_regular_reason, os_error_reason, resolve_data_root
 
 from .config import DATABASE_FILE, DEFAULT_CHECKPOINT_EVERY, VECTORS_FILE, vectors_file
@@ -680,7 +680,10 @@ class IndexWriter:
             for record in self.model_records:
                 species = record.species if self.several else None
                 size = gallery_size(self.engine, species)
-                threshold = self.face_models()[record.species].match_rule(size["individuals"], size["faces"]).threshold
+                try:
+                    threshold = self.face_models()[record.species].match_rule(size["individuals"], size["faces"]).threshold
+                except ModelError:
+                    threshold = 0.0     # the model cannot keep its promise at this size: no face joins another
                 done = assign_new_faces(self.engine, self.store_of(record.species), threshold, species)
                 report.individuals_joined += done["assigned"] - done["new_individuals"]
                 report.individuals_new += done["new_individuals"]

@@ -99,6 +99,19 @@ def test_calibration_round_trips_and_refuses_what_it_cannot_support(calibration)
         calibration.threshold(1e-9, 1_000_000)
 
 
+def test_an_fpir_no_distance_reaches_is_refused_naming_the_lowest(calibration):
+    """Where a tenth of the faces sit so near everyone that, with enough chances, strangers
+    come within any distance, a smaller FPIR has no threshold: refused with the lowest
+    reachable one (it used to come back as distance 0, silently)."""
+    from dataclasses import replace
+    crowded = replace(calibration, shifts=(-0.9,) + (0.0,) * 9)
+    floor = crowded.fpir_at(0.0, 10_000)
+    assert 0.05 < floor <= 0.1 + 1e-9
+    with pytest.raises(ModelError, match=f"cannot be reached .* ask for more than {floor:.2g}"):
+        crowded.threshold(0.05, 10_000)
+    assert crowded.fpir_at(crowded.threshold(0.2, 10_000), 10_000) == pytest.approx(0.2, rel=0.02)
+
+
 @pytest.mark.parametrize("bad", ["0", "1", "-0.1", "1.5", "nan", "inf", "five percent"])
 def test_fpir_outside_zero_one_is_refused_naming_the_range(bad):
     with pytest.raises(ModelError, match="strictly between 0 and 1"):

@@ -361,8 +361,8 @@ def info(model: str, as_json: bool) -> None:
                    f"match; stranger statistics from {calibration.pairs:,} pairs of {calibration.data}; "
                    f"galleries of one face per individual, more faces each lower it):")
         for individuals in GALLERY_SIZES_SHOWN:
-            click.echo(f"  {individuals:>9,} individuals: threshold {calibration.threshold(DEFAULT_FPIR, individuals):.4f}"
-                       f"   (fpir 0.01: {calibration.threshold(0.01, individuals):.4f})")
+            click.echo(f"  {individuals:>9,} individuals: threshold {_threshold_shown(calibration, DEFAULT_FPIR, individuals)}"
+                       f"   (fpir 0.01: {_threshold_shown(calibration, 0.01, individuals)})")
     else:
         click.echo("searches: no stranger statistics (calibrated before them), so searches use the per-pair "
                    "strict threshold; `trainer calibrate` measures them")
@@ -393,5 +393,15 @@ def readable_fields(fields: dict) -> str:
     return ", ".join(f"{name} {value(item)}" for name, item in fields.items())
 
 
+def _threshold_shown(calibration, fpir: float, individuals: int) -> str:
+    """A search threshold as `trainer info` prints it: none where no distance keeps the promise."""
+    from faces.errors import ModelError
+    try:
+        return f"{calibration.threshold(fpir, individuals):.4f}"
+    except ModelError:
+        return "none (asks too much at this size)"
+
+
 if __name__ == "__main__":
     main()
+
