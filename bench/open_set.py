@@ -28,7 +28,8 @@ distance among the 10 nearest, the ratio to the nearest other identity, the near
 over the mean of the 10 nearest, and each individual's stranger chance: faces^gamma x FAR of
 its nearest face, gamma from the model's calibration) are compared on the choose
 identities, where a rule may be chosen, as they are and with the --distractors added, and
-shown on --data's gallery as it is for reference.
+shown on --data's gallery as it is for reference; the stranger chance is also run as a rule
+there (a threshold per individual from the calibration; not shipped) beside the shipped one.
 
 --cache DIR keeps embeddings between runs (keyed by the model's sha256, the precision it
 ran in and the folder).
@@ -187,6 +188,29 @@ def alternative_scores(embeddings: np.ndarray, setup: Setup, gallery: np.ndarray
             for name, (score, named) in candidates.items()}
 
 
+def stranger_chance_rule(embeddings: np.ndarray, setup: Setup, gallery: np.ndarray, model, fpir: float) -> dict:
+    """What the stranger-chance score would do as a rule (not shipped): an individual with n
+    faces matches within the threshold of a gallery of as many individuals with n faces each
+    (from the model's calibration, so each individual is one equal chance for a stranger),
+    and the matching individual whose stranger chance is smallest is named."""
+    size = setup.size(gallery)
+    calibration = model.open_set
+    names = setup.identities[gallery]
+    photos = dict(zip(*np.unique(names, return_counts=True)))
+    thresholds = {n: calibration.threshold(fpir, size["individuals"], n * size["individuals"])
+                  for n in set(photos.values())}
+    probes = np.concatenate([setup.known, setup.strangers])
+    order, distances = nearest_neighbours(embeddings[probes], embeddings[gallery], K)
+    decided = []
+    for row, row_distances in zip(names[order], distances):
+        chances = {}
+        for name, distance in zip(row, row_distances):
+            if name not in chances and distance <= thresholds[photos[name]]:
+                chances[name] = photos[name] ** calibration.gamma * calibration.far_at(distance)
+        decided.append({"identity": min(chances, key=chances.get) if chances else UNKNOWN})
+    return {"threshold_one_face": round(thresholds.get(1, float("nan")), 4), **rates(decided, setup)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="human", help="bundled model name or checkpoint path")
@@ -262,6 +286,17 @@ def main() -> None:
             show({"system": f"facesearch {args.model}", "decision scores on": f"{args.choose}, gallery {name}",
                   **choose_setup.size(gallery),
                   **alternative_scores(choose_everything, choose_setup, gallery, model.open_set)}, args.json)
+            size = choose_setup.size(gallery)
+            row = {"system": f"facesearch {args.model}, on {args.choose}", "gallery": name, **size,
+                   "nearest_neighbour": nearest_rule(choose_everything, choose_setup, gallery)}
+            for fpir in RULE_FPIRS:
+                rule = model.match_rule(size["individuals"], size["faces"], fpir=fpir)
+                row[f"rule_fpir_{fpir}"] = {"threshold": round(rule.threshold, 4),
+                                            **rates(answers(choose_everything, choose_setup, gallery, rule.judge),
+                                                    choose_setup)}
+                chance = stranger_chance_rule(choose_everything, choose_setup, gallery, model, fpir)
+                row[f"stranger_chance_rule_fpir_{fpir}"] = {"threshold": chance.pop("threshold_one_face"), **chance}
+            show(row, args.json)
         show({"system": f"facesearch {args.model}", "decision scores on": f"{args.data}, gallery as is",
               **setup.size(setup.galleries["as is"]),
               **alternative_scores(everything, setup, setup.galleries["as is"], model.open_set)}, args.json)
