@@ -285,11 +285,13 @@ class BlazeFaceDetector(Detector):
             work = photo.reduced(factor)
             if factor not in arrays:
                 arrays[factor] = np.asarray(work)
-            # Pixel i of a reduction by f covers the photo's pixels i*f .. i*f + f - 1.
-            landmarks, tilt = self._landmarks(arrays[factor], work, box / factor, keypoints / factor)
+            # Pixel i of a reduction by f covers the photo's pixels i*f .. i*f + f - 1, so
+            # it sits at the photo's pixel i*f + (f - 1)/2.
+            shift = (factor - 1) / 2
+            landmarks, tilt = self._landmarks(arrays[factor], work, (box - shift) / factor, (keypoints - shift) / factor)
             faces.append(Face(image=self.landmarker.cut(arrays[factor], work, landmarks),
                               box=clip_box(box, image.size), score=round(float(score), 4),
-                              landmarks=landmarks * factor + (factor - 1) / 2, angle=round(tilt, 1)))
+                              landmarks=landmarks * factor + shift, angle=round(tilt, 1)))
         return left_to_right([face for face in faces if face.box[2] > face.box[0] and face.box[3] > face.box[1]])
 
     def detect_many(self, images: list[Image.Image]) -> list[list[Face]]:
