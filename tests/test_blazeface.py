@@ -259,7 +259,7 @@ def test_a_large_face_is_aligned_in_a_reduction_like_in_the_photo(detector):
     embedding are those of the full-resolution alignment, within 2% of the face and 0.06 of
     distance (0.02 median, 0.04 at worst over 61 faces of about 400 px)."""
     from faces.checkpoint import load_model
-    from faces.detectors.blazeface import FACE_WORK_SIDE, Reductions
+    from faces.detectors.blazeface import DLIB_BOX_SCALE, FACE_WORK_SIDE, Reductions
     model = load_model("human")
     for path in sorted(LFW.glob("*/*.jpg"))[:3]:
         photo = load_image(path).resize((2048, 2048), Image.BICUBIC)
@@ -267,7 +267,7 @@ def test_a_large_face_is_aligned_in_a_reduction_like_in_the_photo(detector):
         found = max(detector.raw_detections([reductions])[0], key=lambda d: d[1][2] - d[1][0])
         [face] = detector.faces_of(reductions, [found])
         side = face.box[2] - face.box[0]
-        assert any(f > 1 and side * 0.92 / f >= FACE_WORK_SIDE for f in reductions.factors())  # in a reduction
+        assert any(f > 1 and side * DLIB_BOX_SCALE / f >= FACE_WORK_SIDE for f in reductions.factors())
         pixels = np.asarray(photo)
         landmarks, _ = detector._landmarks(pixels, photo, found[1], found[2])
         assert np.abs(face.landmarks - landmarks).max() <= 0.02 * side
