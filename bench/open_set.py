@@ -211,6 +211,25 @@ def stranger_chance_rule(embeddings: np.ndarray, setup: Setup, gallery: np.ndarr
     return {"threshold_one_face": round(thresholds.get(1, float("nan")), 4), **rates(decided, setup)}
 
 
+def rule_rows(embeddings, setup: Setup, gallery: np.ndarray, model, with_stranger_chance: bool = False) -> dict:
+    """What `search identify` does on this gallery at each FPIR asked for (and, when asked,
+    the stranger-chance rule beside it), and the per-pair strict threshold: each with its
+    threshold, the known people named and the strangers named."""
+    size = setup.size(gallery)
+    row = {}
+    for fpir in RULE_FPIRS:
+        rule = model.match_rule(size["individuals"], size["faces"], fpir=fpir)
+        row[f"rule_fpir_{fpir}"] = {"threshold": round(rule.threshold, 4),
+                                    **rates(answers(embeddings, setup, gallery, rule.judge), setup)}
+        if with_stranger_chance:
+            chance = stranger_chance_rule(embeddings, setup, gallery, model, fpir)
+            row[f"stranger_chance_rule_fpir_{fpir}"] = {"threshold": chance.pop("threshold_one_face"), **chance}
+    strict = model.match_rule(size["individuals"], size["faces"], threshold="strict")
+    row["per_pair_strict"] = {"threshold": round(strict.threshold, 4),
+                              **rates(answers(embeddings, setup, gallery, strict.judge), setup)}
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="human", help="bundled model name or checkpoint path")
@@ -239,20 +258,13 @@ def main() -> None:
           + f" (embedded in {time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
     for name, gallery in setup.galleries.items():
-        size = setup.size(gallery)
-        row = {"system": f"facesearch {args.model}", "gallery": name, **size,
-               "nearest_neighbour": nearest_rule(everything, setup, gallery)}
-        for fpir in RULE_FPIRS:
-            rule = model.match_rule(size["individuals"], size["faces"], fpir=fpir)
-            row[f"rule_fpir_{fpir}"] = {"threshold": round(rule.threshold, 4),
-                                        **rates(answers(everything, setup, gallery, rule.judge), setup)}
-        strict = model.match_rule(size["individuals"], size["faces"], threshold="strict")
-        row["per_pair_strict"] = {"threshold": round(strict.threshold, 4),
-                                  **rates(answers(everything, setup, gallery, strict.judge), setup)}
+        row = {"system": f"facesearch {args.model}", "gallery": name, **setup.size(gallery),
+               "nearest_neighbour": nearest_rule(everything, setup, gallery),
+               **rule_rows(everything, setup, gallery, model)}
         if name == "as is":
             # Each face is its own nearest neighbour; cluster_faces skips it.
             clusters = cluster_faces(*nearest_neighbours(everything[gallery], everything[gallery], NEIGHBOURS + 1),
-                                     strict.threshold)
+                                     row["per_pair_strict"]["threshold"])
             row["clusters_strict"] = {"clusters": int(len(set(clusters.tolist()))),
                                       **cluster_scores(setup.identities[gallery], clusters)}
         show(row, args.json)
@@ -286,17 +298,10 @@ def main() -> None:
             show({"system": f"facesearch {args.model}", "decision scores on": f"{args.choose}, gallery {name}",
                   **choose_setup.size(gallery),
                   **alternative_scores(choose_everything, choose_setup, gallery, model.open_set)}, args.json)
-            size = choose_setup.size(gallery)
-            row = {"system": f"facesearch {args.model}, on {args.choose}", "gallery": name, **size,
-                   "nearest_neighbour": nearest_rule(choose_everything, choose_setup, gallery)}
-            for fpir in RULE_FPIRS:
-                rule = model.match_rule(size["individuals"], size["faces"], fpir=fpir)
-                row[f"rule_fpir_{fpir}"] = {"threshold": round(rule.threshold, 4),
-                                            **rates(answers(choose_everything, choose_setup, gallery, rule.judge),
-                                                    choose_setup)}
-                chance = stranger_chance_rule(choose_everything, choose_setup, gallery, model, fpir)
-                row[f"stranger_chance_rule_fpir_{fpir}"] = {"threshold": chance.pop("threshold_one_face"), **chance}
-            show(row, args.json)
+            show({"system": f"facesearch {args.model}, on {args.choose}", "gallery": name,
+                  **choose_setup.size(gallery),
+                  "nearest_neighbour": nearest_rule(choose_everything, choose_setup, gallery),
+                  **rule_rows(choose_everything, choose_setup, gallery, model, with_stranger_chance=True)}, args.json)
         show({"system": f"facesearch {args.model}", "decision scores on": f"{args.data}, gallery as is",
               **setup.size(setup.galleries["as is"]),
               **alternative_scores(everything, setup, setup.galleries["as is"], model.open_set)}, args.json)
