@@ -27,8 +27,8 @@ With --choose, the alternative decision scores (nearest distance, the nearest id
 distance among the 10 nearest, the ratio to the nearest other identity, the nearest distance
 over the mean of the 10 nearest, and each individual's stranger chance: faces^gamma x FAR of
 its nearest face, gamma from the model's calibration) are compared on the choose
-identities, where a rule may be chosen, as they are and with the --distractors added, and
-shown on --data's gallery as it is for reference; the stranger chance is also run as a rule
+identities, where a rule may be chosen, as they are and with the --distractors added (never
+on --data, whose people no rule may be chosen on); the stranger chance is also run as a rule
 there (a threshold per individual from the calibration; not shipped) beside the shipped one.
 
 --cache DIR keeps embeddings between runs (keyed by the model's sha256, the precision it
@@ -302,9 +302,6 @@ def main() -> None:
                   **choose_setup.size(gallery),
                   "nearest_neighbour": nearest_rule(choose_everything, choose_setup, gallery),
                   **rule_rows(choose_everything, choose_setup, gallery, model, with_stranger_chance=True)}, args.json)
-        show({"system": f"facesearch {args.model}", "decision scores on": f"{args.data}, gallery as is",
-              **setup.size(setup.galleries["as is"]),
-              **alternative_scores(everything, setup, setup.galleries["as is"], model.open_set)}, args.json)
 
 
 def show(row: dict, as_json: bool) -> None:
