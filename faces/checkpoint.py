@@ -287,13 +287,18 @@ def load_recorded_model(source: str, recorded: str, device: str | None = None) -
     return model
 
 
+def float_state(payload: dict) -> dict:
+    """A checkpoint's weights as a network loads them: float32 (they are stored in float16)."""
+    return {key: value.float() if value.is_floating_point() else value
+            for key, value in payload["state_dict"].items()}
+
+
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | None = None,
                precision: str | None = None) -> FaceModel:
     path = resolve_model_path(name_or_path)
     payload = read_checkpoint(path)
     net = network_from(payload["arch"], payload["embedding_dim"], payload.get("members"))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v
-                         for k, v in payload["state_dict"].items()})
+    net.load_state_dict(float_state(payload))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device).eval()
     name = str(name_or_path)   # a bundled name, or the path as the user gave it

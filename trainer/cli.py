@@ -404,4 +404,3 @@ def _threshold_shown(calibration, fpir: float, individuals: int) -> str:
 
 if __name__ == "__main__":
     main()
-

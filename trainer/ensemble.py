@@ -12,7 +12,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from faces.checkpoint import read_checkpoint, resolve_model_path, save_checkpoint
+from faces.checkpoint import float_state, read_checkpoint, resolve_model_path, save_checkpoint
 from faces.errors import ModelError
 from faces.imaging import Preprocess
 from faces.models import ENSEMBLE, EnsembleNet
@@ -45,8 +45,7 @@ def join(models: list[str], out: str | Path, command: str = "") -> dict:
     net = EnsembleNet([{"arch": p["arch"], "embedding_dim": p["embedding_dim"],
                         "input_size": p["preprocess"]["input_size"]} for p in payloads])
     for member, payload in zip(net.members, payloads):
-        member.load_state_dict({key: value.float() if value.is_floating_point() else value
-                                for key, value in payload["state_dict"].items()})
+        member.load_state_dict(float_state(payload))
     preprocess = replace(Preprocess.from_dict(first["preprocess"]), input_size=max(net.input_sizes))
     # Until calibrated: a pair's squared distance is the mean of the members', so is the threshold's.
     threshold = math.sqrt(sum(p["threshold"] ** 2 for p in payloads) / len(payloads))
