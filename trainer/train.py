@@ -25,7 +25,8 @@ from .evaluate import (EvaluationSet, calibration_pairs, open_set_metrics, opera
 from faces.imaging import Preprocess
 from .losses import ContrastiveLoss, JointLoss, TripletLoss
 from .miners import make_miner
-from faces.models import DEFAULT_INPUT_SIZE, ENSEMBLE, EmbeddingNet
+from faces.architectures import DEFAULT_INPUT_SIZE
+from faces.models import ENSEMBLE, EmbeddingNet
 
 log = logging.getLogger(__name__)
 
