@@ -20,9 +20,9 @@ def run(*args):
     return CliRunner().invoke(main, list(map(str, args)))
 
 
-def member(path, size, species="dog", seed=0, mean=(0.5, 0.5, 0.5), flip=True):
+def member(path, size, species="dog", seed=0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop=1.0, flip=True):
     torch.manual_seed(seed)
-    save_checkpoint(path, EmbeddingNet("small", 32).eval(), Preprocess(size, 1.0, mean=mean), species, 0.6,
+    save_checkpoint(path, EmbeddingNet("small", 32).eval(), Preprocess(size, crop, mean=mean, std=std), species, 0.6,
                     flip_average=flip)
     return path
 
@@ -57,6 +57,23 @@ def test_ensemble_embedding_is_the_members_side_by_side(tmp_path):
     assert (fast * vectors).sum(1).min() > 0.99
 
 
+def test_a_member_that_scales_pixels_otherwise_sees_them_as_it_was_trained_to(tmp_path):
+    """A 0..1 member (nsfwjs' MobileNetV2) beside a -1..1 one: the ensemble's input is scaled as
+    its first member's, and the other member's part is its own embedding of the same pixels."""
+    first = member(tmp_path / "a.pt", 32)
+    second = member(tmp_path / "b.pt", 32, seed=1, mean=(0.0, 0.1, 0.2), std=(1.0, 0.9, 0.8))
+    result = run("ensemble", "--models", f"{first},{second}", "--out", tmp_path / "both.pt")
+    assert result.exit_code == 0, result.output
+    both, b = (load_model(path, "cpu", precision="float32") for path in (tmp_path / "both.pt", second))
+    assert both.preprocess.mean == (0.5, 0.5, 0.5)
+    assert "input_scale" not in read_checkpoint(tmp_path / "both.pt")["members"][0]
+    faces = torch.stack([both.preprocess.to_uint8(identity_image(i, 1, size=40)) for i in range(4)])
+    with torch.inference_mode():
+        part = both.net(both.preprocess.normalise(faces))[:, 32:] * np.sqrt(2)
+        own = b.net(b.preprocess.normalise(faces))
+    assert torch.allclose(part, own, atol=1e-5)
+
+
 def test_ensemble_is_searched_like_any_model(tmp_path):
     """Built, calibrated (placeholder threshold until then) and loaded by name of file."""
     first, second = member(tmp_path / "a.pt", 32), member(tmp_path / "b.pt", 40, seed=1)
@@ -81,7 +98,7 @@ def test_ensemble_is_searched_like_any_model(tmp_path):
 @pytest.mark.parametrize("case, reason", [
     ("one", "at least two models"),
     ("species", "a human model cannot join"),
-    ("normalisation", "its mean differ"),
+    ("crop", "its crop differ"),
     ("nested", "already an ensemble"),
     ("missing", "no such model file"),
 ])
@@ -89,7 +106,7 @@ def test_bad_joins_are_refused_with_the_reason(tmp_path, case, reason):
     first = member(tmp_path / "a.pt", 32)
     other = {"one": None,
              "species": member(tmp_path / "h.pt", 32, species="human"),
-             "normalisation": member(tmp_path / "m.pt", 32, mean=(0.4, 0.4, 0.4)),
+             "crop": member(tmp_path / "m.pt", 32, crop=0.8),
              "nested": tmp_path / "both.pt",
              "missing": tmp_path / "absent.pt"}[case]
     if case == "nested":

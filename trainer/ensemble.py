@@ -1,8 +1,8 @@
 """Trained embedding networks joined into one model (`trainer ensemble`).
 
-Members must embed the same species from the same face crop (alignment, crop and
-normalisation); each keeps its own input size, and the ensemble takes the largest (see
-faces.models.EnsembleNet). Its embedding is the members' side by side, so an ensemble costs
+Members must embed the same species from the same face crop (alignment and crop); each keeps
+its own input size, and the ensemble takes the largest, with the first member's pixel scaling,
+rescaled for a member that scales pixels otherwise (see faces.models.EnsembleNet). Its embedding is the members' side by side, so an ensemble costs
 the members' embedding times added. The joined checkpoint has no operating points of its
 own until `trainer calibrate` measures them on held-out identities.
 """
@@ -17,11 +17,20 @@ from faces.errors import ModelError
 from faces.imaging import Preprocess
 from faces.models import ENSEMBLE, EnsembleNet
 
-# What each member must share: the crop the detector hands over and how pixels are scaled.
-SHARED_PREPROCESS = ("alignment", "crop", "mean", "std")
+# What each member must share: the crop the detector hands over.
+SHARED_PREPROCESS = ("alignment", "crop")
 # A training run's identity split (trainer.train's config); members trained on one split
 # give the ensemble that split, so its held-out identities are known.
 SPLIT_KEYS = ("data", "seed", "choose_fraction", "test_fraction")
+
+
+def rescale(ensemble: dict, member: dict) -> dict:
+    """The per-channel scale and shift that turn pixels normalised as `ensemble` says into
+    pixels normalised as `member` says ((p - mean) / std each); {} where they are the same."""
+    if ensemble["mean"] == member["mean"] and ensemble["std"] == member["std"]:
+        return {}
+    return {"input_scale": [e / m for e, m in zip(ensemble["std"], member["std"])],
+            "input_shift": [(e - m) / s for e, m, s in zip(ensemble["mean"], member["mean"], member["std"])]}
 
 
 def join(models: list[str], out: str | Path, command: str = "") -> dict:
@@ -43,7 +52,8 @@ def join(models: list[str], out: str | Path, command: str = "") -> dict:
             raise ModelError(f"{name}: its {', '.join(different)} differ from {models[0]}'s; an ensemble's "
                              f"members see one face crop")
     net = EnsembleNet([{"arch": p["arch"], "embedding_dim": p["embedding_dim"],
-                        "input_size": p["preprocess"]["input_size"]} for p in payloads])
+                        "input_size": p["preprocess"]["input_size"], **rescale(crops[0], crop)}
+                       for p, crop in zip(payloads, crops)])
     for member, payload in zip(net.members, payloads):
         member.load_state_dict(float_state(payload))
     preprocess = replace(Preprocess.from_dict(first["preprocess"]), input_size=max(net.input_sizes))
