@@ -33,7 +33,8 @@ from indexer.config import available_cores
 
 DATA = REPO.parent / "shared" / "data"
 MODELS = {"human": DATA / "lfw" / "images", "human-fast": DATA / "lfw" / "images",
-          "dog": DATA / "dogfacenet" / "images", "dog-fast": DATA / "dogfacenet" / "images"}
+          "dog": DATA / "dogfacenet" / "images", "dog-fast": DATA / "dogfacenet" / "images",
+          "dog-2net": DATA / "dogfacenet" / "images"}
 
 
 def main() -> None:

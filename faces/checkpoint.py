@@ -3,7 +3,7 @@
 A checkpoint holds the architecture, embedding size, preprocessing (input size, crop,
 normalisation), species, its operating points (verification thresholds chosen on held-out
 identities, with the true and false accept rates they gave there), and how it was trained. `load_model` needs only this module and `models`: no training code,
-no network. Bundled models are found by name (`human`, `human-fast`, `dog`, `dog-fast`) in
+no network. Bundled models are found by name (BUNDLED_MODELS) in
 $FACESEARCH_MODELS when set, else in the package data folder faces/bundled/ (installed with
 the package, read through importlib.resources).
 """
@@ -27,7 +27,7 @@ from .precision import compute_precision
 from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
 
 FORMAT = "facesearch-embedding/1"
-BUNDLED_MODELS = ("human", "human-fast", "dog", "dog-fast")
+BUNDLED_MODELS = ("human", "human-fast", "dog", "dog-fast", "dog-2net")
 DEFAULT_MODEL = "human"
 def models_dir() -> Path:
     """Where bundled models are looked up: $FACESEARCH_MODELS, else faces/bundled/."""
@@ -51,8 +51,9 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 
 def bundled_model_with(recorded: str) -> str | None:
     """The bundled model whose embeddings have this digest (what an index records), if any.
-    A bundled name can come to mean a better model (`dog` became an ensemble; the network it
-    was ships as `dog-fast`): an index built with the old one still finds its model. Reads
+    A bundled name can come to mean a better model (`dog` became an ensemble, the network it
+    was ships as `dog-fast`; then three networks, the two it was ship as `dog-2net`): an index
+    built with the old one still finds its model. Reads
     every bundled checkpoint, so it is only asked when the recorded name no longer fits."""
     for name in BUNDLED_MODELS:
         path = models_dir() / f"{name}.pt"

@@ -35,11 +35,20 @@ train runs/dog-sh60 --data ../shared/data/dogfacenet/images --species dog --init
 train runs/dog-sh60-bh --data ../shared/data/dogfacenet/images --species dog --init runs/dog-sh60/best.pt --alignment lfw --crop 1.0 --freeze 14 --augment full --miner batch-hard --margin 0.2 --lr 3e-5 --warmup-steps 100 --epochs 20
 trainer split ../shared/data/dogfacenet/images --out runs/dog-split
 trainer calibrate --model runs/dog-sh60-bh/best.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt --flip --out faces/bundled/dog-fast.pt
-# dog: dog-fast and the same network trained on from it at 224 px (semi-hard; best epoch on
-# the choose dogs), joined (`trainer ensemble`) and calibrated on the choose dogs.
+# dog-2net (dog until the sixth session of 2026-11-30): dog-fast and the same network trained
+# on from it at 224 px (semi-hard; best epoch on the choose dogs), joined (`trainer ensemble`)
+# and calibrated on the choose dogs.
 train runs/dog-bh-224sh --data ../shared/data/dogfacenet/images --species dog --init runs/dog-sh60-bh/best.pt --alignment lfw --crop 1.0 --input-size 224 --freeze 14 --augment full --miner semi-hard --margin 0.2 --lr 3e-5 --warmup-steps 100 --epochs 30
 trainer ensemble --models runs/dog-sh60-bh/best.pt,runs/dog-bh-224sh/best.pt --out runs/dog-ens/joined.pt
-trainer calibrate --model runs/dog-ens/joined.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt --flip --out faces/bundled/dog.pt
+trainer calibrate --model runs/dog-ens/joined.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt --flip --out faces/bundled/dog-2net.pt
+# dog: those two and a MobileNetV2 at 128 px started from the ImageNet layers npm's nsfwjs
+# ships (MIT; converted once, nothing downloaded at run time), trained with a softmax head
+# beside semi-hard triplets (best epoch on the choose dogs); joined and calibrated likewise.
+[ -d /tmp/nsfwjs/package ] || (mkdir -p /tmp/nsfwjs && cd /tmp/nsfwjs && npm pack nsfwjs@4.4.0 && tar xzf nsfwjs-4.4.0.tgz)
+python tools/convert_nsfwjs_mobilenet.py /tmp/nsfwjs/package/dist/models/mobilenet_v2 runs/mobilenet-v2-imagenet.pt
+train runs/dog-mnv2 --data ../shared/data/dogfacenet/images --species dog --init runs/mobilenet-v2-imagenet.pt --alignment lfw --crop 1.0 --input-size 128 --augment full --loss joint --miner semi-hard --margin 0.2 --lr 3e-4 --warmup-steps 50 --epochs 40
+trainer ensemble --models runs/dog-sh60-bh/best.pt,runs/dog-bh-224sh/best.pt,runs/dog-mnv2/best.pt --out runs/dog-ens-mnv2/joined.pt
+trainer calibrate --model runs/dog-ens-mnv2/joined.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt --flip --out faces/bundled/dog.pt
 # The dog face detector (faces/bundled/dog-detector.pt, card dog-detector.md): the dog model's
 # training dogs only (trainer split, seed 0), LFW for backgrounds; from scratch, then on its
 # own mistakes; then copy runs/dog-detector/dog-detector.pt to faces/bundled/.
