@@ -2,9 +2,10 @@
 
 Members must embed the same species from the same face crop (alignment and crop); each keeps
 its own input size, and the ensemble takes the largest, with the first member's pixel scaling,
-rescaled for a member that scales pixels otherwise (see faces.models.EnsembleNet). Its embedding is the members' side by side, so an ensemble costs
-the members' embedding times added. The joined checkpoint has no operating points of its
-own until `trainer calibrate` measures them on held-out identities.
+rescaled for a member that scales pixels otherwise (see faces.models.EnsembleNet). Its
+embedding is the members' side by side, so an ensemble costs the members' embedding times
+added. The joined checkpoint has no operating points of its own until `trainer calibrate`
+measures them on held-out identities.
 """
 from __future__ import annotations
 
