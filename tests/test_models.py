@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from faces.checkpoint import load_model
 from faces.detectors import default_detector
 from indexer.cli import main as indexer_main
 from indexer.config import DATABASE_FILE, VECTORS_FILE
@@ -294,9 +295,11 @@ def test_exported_faces_say_their_species(mixed, tmp_path):
     data = np.load(out)
     assert len(data["ids"]) == 14 and sorted(set(data["species"].tolist())) == ["dog", "human"]
     dogs = data["species"] == "dog"
-    # `dog` (two networks) is 256-D, `human` 128-D: the human rows are padded with zeros.
-    assert dogs.sum() == 7 and data["embeddings"].shape == (14, 256)
-    assert data["embedding_dims"].tolist() == [256 if dog else 128 for dog in dogs]
+    # `dog` (networks side by side) is wider than `human`'s 128-D: the human rows are padded with zeros.
+    dog_dim = load_model("dog", device="cpu").embedding_dim
+    assert dog_dim > 128
+    assert dogs.sum() == 7 and data["embeddings"].shape == (14, dog_dim)
+    assert data["embedding_dims"].tolist() == [dog_dim if dog else 128 for dog in dogs]
     assert not data["embeddings"][~dogs, 128:].any()
     assert np.allclose(np.linalg.norm(data["embeddings"], axis=1), 1, atol=1e-3)
 
