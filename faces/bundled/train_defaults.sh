@@ -49,6 +49,7 @@ python tools/convert_nsfwjs_mobilenet.py /tmp/nsfwjs/package/dist/models/mobilen
 train runs/dog-mnv2 --data ../shared/data/dogfacenet/images --species dog --init runs/mobilenet-v2-imagenet.pt --alignment lfw --crop 1.0 --input-size 128 --augment full --loss joint --miner semi-hard --margin 0.2 --lr 3e-4 --warmup-steps 50 --epochs 40
 trainer ensemble --models runs/dog-sh60-bh/best.pt,runs/dog-bh-224sh/best.pt,runs/dog-mnv2/best.pt --out runs/dog-ens-mnv2/joined.pt
 trainer calibrate --model runs/dog-ens-mnv2/joined.pt --data runs/dog-split/choose --pairs runs/dog-split/choose_pairs.txt --flip --out faces/bundled/dog.pt
+python tools/deflate_checkpoint.py faces/bundled/dog.pt   # under 25 MB a file; same weights
 # The dog face detector (faces/bundled/dog-detector.pt, card dog-detector.md): the dog model's
 # training dogs only (trainer split, seed 0), LFW for backgrounds; from scratch, then on its
 # own mistakes; then copy runs/dog-detector/dog-detector.pt to faces/bundled/.
