@@ -70,6 +70,18 @@ def test_a_deflated_checkpoint_loads_the_same_weights(tmp_path):
     assert embedding_sha256(deflated) == embedding_sha256(stored)
 
 
+@pytest.mark.parametrize("name", BUNDLED_MODELS)
+def test_model_card_quotes_the_recorded_command_and_the_operating_points(name):
+    """Each card's numbers come from its recorded commands: the card shows the command the
+    checkpoint records having made it, and the operating points the checkpoint carries."""
+    import faces
+    card = (Path(faces.__file__).parent / "bundled" / f"{name}.md").read_text()
+    model = load_model(name, device="cpu")
+    assert model.info["command"] in card
+    for point in ("strict", "balanced"):
+        assert f"{model.operating_points[point]['threshold']:.3f}" in card, point
+
+
 def vectors_dim(model) -> int:
     return model.embed_images([identity_image(0, 0, size=model.preprocess.input_size)]).shape[1]
 
