@@ -202,8 +202,10 @@ def load_faces(paths: list[Path], preprocess: Preprocess, progress: bool = True,
             tensors.append(preprocess.to_uint8(face_of(load_image(path))[0].image))
             if stored is not None:
                 stored.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(tensors[-1].clone(), stored.with_suffix(".tmp"))
-                stored.with_suffix(".tmp").replace(stored)
+                # A name of this process's own: two runs may cache the same crop at once.
+                temporary = stored.with_suffix(f".{os.getpid()}.tmp")
+                torch.save(tensors[-1].clone(), temporary)
+                temporary.replace(stored)
             kept.append(index)
         except ImageError as error:
             errors.append(error)
