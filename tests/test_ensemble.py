@@ -95,6 +95,36 @@ def test_ensemble_is_searched_like_any_model(tmp_path):
     assert refused.exit_code != 0 and "an ensemble is not trained further" in refused.output
 
 
+def test_weights_set_how_much_each_member_counts(tmp_path):
+    # Without flip averaging, whose sum of two unit vectors would blur the identity below.
+    first, second = member(tmp_path / "a.pt", 32, flip=False), member(tmp_path / "b.pt", 32, seed=1, flip=False)
+    result = run("ensemble", "--models", f"{first},{second}", "--weights", "1,0.3", "--out", tmp_path / "w.pt")
+    assert result.exit_code == 0, result.output
+    assert [m.get("weight") for m in read_checkpoint(tmp_path / "w.pt")["members"]] == [1.0, 0.3]
+    weighted, a, b = (load_model(path, "cpu", precision="float32") for path in (tmp_path / "w.pt", first, second))
+    faces = torch.stack([weighted.preprocess.to_uint8(identity_image(i, 1, size=40)) for i in range(2)])
+    x = weighted.embed_tensor(faces)
+    parts = [m.embed_tensor(faces) for m in (a, b)]
+    # Each member's unit vector scaled by w / sqrt(1 + 0.09): squared distances weigh 1 : 0.09.
+    squared = lambda v: float(((v[0] - v[1]) ** 2).sum())  # noqa: E731
+    assert squared(x) == pytest.approx((squared(parts[0]) + 0.09 * squared(parts[1])) / 1.09, rel=1e-4)
+    assert np.allclose(x[:, :32], parts[0] / np.sqrt(1.09), atol=1e-5)
+    # Equal weights are no weights: the same specs, the same digest as a plain join.
+    run("ensemble", "--models", f"{first},{second}", "--out", tmp_path / "plain.pt")
+    run("ensemble", "--models", f"{first},{second}", "--weights", "2,2", "--out", tmp_path / "same.pt")
+    plain, same = read_checkpoint(tmp_path / "plain.pt"), read_checkpoint(tmp_path / "same.pt")
+    assert "weight" not in plain["members"][0] and embedding_sha256(plain) == embedding_sha256(same)
+    assert embedding_sha256(plain) != embedding_sha256(read_checkpoint(tmp_path / "w.pt"))
+
+
+@pytest.mark.parametrize("weights", ["1", "1,0", "1,-2", "1,x", "1,inf"])
+def test_bad_weights_are_refused_with_the_reason(tmp_path, weights):
+    first, second = member(tmp_path / "a.pt", 32), member(tmp_path / "b.pt", 32, seed=1)
+    result = run("ensemble", "--models", f"{first},{second}", "--weights", weights, "--out", tmp_path / "w.pt")
+    assert result.exit_code != 0 and "expected 2 positive numbers" in result.output, result.output
+    assert not (tmp_path / "w.pt").exists()
+
+
 @pytest.mark.parametrize("case, reason", [
     ("one", "at least two models"),
     ("species", "a human model cannot join"),

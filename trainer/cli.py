@@ -195,15 +195,18 @@ def calibrate(model: str, data: str, pairs: str, out: str | None, flip: bool | N
               help="Two or more trained models (bundled names or checkpoint paths), comma-separated, "
                    "of one species and one face crop.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The joined checkpoint to write.")
+@click.option("--weights", help="How much each model counts, comma-separated in --models' order (default: "
+                                "all the same); a pair's squared distance is the members' weighted by their squares.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
-def ensemble(models: str, out: str, as_json: bool) -> None:
+def ensemble(models: str, out: str, weights: str | None, as_json: bool) -> None:
     """Join trained models into one: each embeds the face at its own input size and the
     embeddings go side by side, so searching costs every member's time. Calibrate the result
     on held-out identities before use (`trainer calibrate --model OUT ...`)."""
     import sys
-    from .ensemble import join
+    from .ensemble import join, parse_weights
     names = [name.strip() for name in models.split(",") if name.strip()]
-    written = join(names, out, command=" ".join(["trainer", *sys.argv[1:]]))
+    written = join(names, out, command=" ".join(["trainer", *sys.argv[1:]]),
+                   weights=parse_weights(weights, len(names)) if weights else None)
     if as_json:
         print_json({**written, "from": names, "calibrated": False})
         return

@@ -3,7 +3,7 @@
 Members must embed the same species from the same face crop (alignment and crop); each keeps
 its own input size, and the ensemble takes the largest, with the first member's pixel scaling,
 rescaled for a member that scales pixels otherwise (see faces.models.EnsembleNet). Its
-embedding is the members' side by side, so an ensemble costs the members' embedding times
+embedding is the members' side by side, each weighted as `--weights` says, so an ensemble costs the members' embedding times
 added. The joined checkpoint has no operating points of its own until `trainer calibrate`
 measures them on held-out identities.
 """
@@ -34,11 +34,27 @@ def rescale(ensemble: dict, member: dict) -> dict:
             "input_shift": [(e - m) / s for e, m, s in zip(ensemble["mean"], member["mean"], member["std"])]}
 
 
-def join(models: list[str], out: str | Path, command: str = "") -> dict:
-    """Write the ensemble of these checkpoints (bundled names or paths) to `out`; returns what
-    was written: the file, its embedding size, members and placeholder threshold."""
+def parse_weights(text: str, count: int) -> list[float]:
+    """`--weights` as numbers, one positive finite number for each of `count` models."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        weights = [float(part) for part in parts]
+    except ValueError:
+        weights = []
+    if len(weights) != count or not all(0 < w < math.inf for w in weights):
+        raise ModelError(f"--weights {text!r}: expected {count} positive numbers, comma-separated, one for each model")
+    return weights
+
+
+def join(models: list[str], out: str | Path, command: str = "", weights: list[float] | None = None) -> dict:
+    """Write the ensemble of these checkpoints (bundled names or paths) to `out`, each counting
+    as `weights` says (default: the same); returns what was written: the file, its embedding
+    size, members and placeholder threshold."""
     if len(models) < 2:
         raise ModelError("an ensemble needs at least two models")
+    weights = weights or [1.0] * len(models)
+    if len(weights) != len(models):
+        raise ModelError(f"{len(weights)} weights for {len(models)} models")
     payloads = [read_checkpoint(resolve_model_path(name)) for name in models]
     for name, payload in zip(models, payloads):
         if payload["arch"] == ENSEMBLE:
@@ -53,13 +69,14 @@ def join(models: list[str], out: str | Path, command: str = "") -> dict:
             raise ModelError(f"{name}: its {', '.join(different)} differ from {models[0]}'s; an ensemble's "
                              f"members see one face crop")
     net = EnsembleNet([{"arch": p["arch"], "embedding_dim": p["embedding_dim"],
-                        "input_size": p["preprocess"]["input_size"], **rescale(crops[0], crop)}
-                       for p, crop in zip(payloads, crops)])
+                        "input_size": p["preprocess"]["input_size"], **rescale(crops[0], crop), "weight": weight}
+                       for p, crop, weight in zip(payloads, crops, weights)])
     for member, payload in zip(net.members, payloads):
         member.load_state_dict(float_state(payload))
     preprocess = replace(Preprocess.from_dict(first["preprocess"]), input_size=max(net.input_sizes))
-    # Until calibrated: a pair's squared distance is the mean of the members', so is the threshold's.
-    threshold = math.sqrt(sum(p["threshold"] ** 2 for p in payloads) / len(payloads))
+    # Until calibrated: a pair's squared distance is the weighted mean of the members', so is the threshold's.
+    threshold = math.sqrt(sum(w * w * p["threshold"] ** 2 for w, p in zip(weights, payloads))
+                          / sum(w * w for w in weights))
     training = {"command": command, "members": [str(name) for name in models]}
     splits = [{key: payload.get("training", {}).get("config", {}).get(key) for key in SPLIT_KEYS}
               for payload in payloads]
