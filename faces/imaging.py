@@ -195,6 +195,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# dlib's face chip: the margin around the landmarks' extent, as a fraction of it (dlib's
+# default, and what dlib's face recognition network was trained on).
+DLIB_CHIP_PADDING = 0.25
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How a face crop becomes a model input.
@@ -204,6 +209,9 @@ class Preprocess:
     crop: fraction of the (square-padded) face image kept around its centre before
     resizing. LFW images hold the face in roughly the central half; DogFaceNet's aligned
     crops and dlib's chips are the face already (crop 1.0).
+    chip_padding: the margin of a dlib chip around the landmarks, as a fraction of their
+    extent (dlib's 0.25 unless a model asks for a wider view; stored only then, so older
+    checkpoints and their digests stay as they were).
     """
 
     input_size: int = 64
@@ -211,15 +219,20 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     alignment: str = "lfw"
+    chip_padding: float = DLIB_CHIP_PADDING
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["chip_padding"] == DLIB_CHIP_PADDING:
+            del data["chip_padding"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocess":
         return cls(input_size=int(data["input_size"]), crop=float(data["crop"]),
                    mean=tuple(data["mean"]), std=tuple(data["std"]),
-                   alignment=data.get("alignment", "lfw"))
+                   alignment=data.get("alignment", "lfw"),
+                   chip_padding=float(data.get("chip_padding", DLIB_CHIP_PADDING)))
 
     def crop_and_resize(self, image: Image.Image, size: int | None = None) -> Image.Image:
         """Centre crop by `crop` and resize to `size` (default input_size) pixels square."""

@@ -316,9 +316,10 @@ class EmbeddingNet(nn.Module):
 
 
 class EnsembleNet(nn.Module):
-    """Trained embedding networks as one: member i sees the input resized to its own
-    `input_sizes[i]` (antialiased, as PIL shrinks a member's training crops), and the members'
-    unit vectors side by side, each scaled by its weight w_i (1 unless its spec says `weight`)
+    """Trained embedding networks as one: member i sees the centre of the input its spec's
+    `view` says (a fraction of the side, 1 unless it says; a member trained on a tighter crop
+    than another's), resized to its own `input_sizes[i]` (antialiased, as PIL shrinks a
+    member's training crops), and the members' unit vectors side by side, each scaled by its weight w_i (1 unless its spec says `weight`)
     over sqrt(sum of w^2), are the embedding. A pair's squared distance is then the weighted
     mean of the members' squared distances, with weights w_i^2.
     The input is the largest member's size, so none is enlarged from a smaller crop, scaled as
@@ -338,6 +339,7 @@ class EnsembleNet(nn.Module):
         # rescaled per channel (x * scale + shift); absent where they are the same.
         self.rescales = [(member["input_scale"], member["input_shift"]) if "input_scale" in member else None
                          for member in members]
+        self.views = [float(member.get("view", 1.0)) for member in members]
         # Absent from the specs where every member weighs the same, so older digests stay.
         self.weights = [float(member.get("weight", 1.0)) for member in members]
         norm = math.sqrt(sum(w * w for w in self.weights))
@@ -351,8 +353,11 @@ class EnsembleNet(nn.Module):
         """What rebuilds the members (a checkpoint's `members`)."""
         specs = []
         weighted = len(set(self.weights)) > 1
-        for member, size, rescale, weight in zip(self.members, self.input_sizes, self.rescales, self.weights):
+        for member, size, rescale, weight, view in zip(self.members, self.input_sizes, self.rescales, self.weights,
+                                                       self.views):
             spec = {"arch": member.arch, "embedding_dim": member.embedding_dim, "input_size": size}
+            if view != 1.0:
+                spec["view"] = view
             if rescale is not None:
                 spec["input_scale"], spec["input_shift"] = list(rescale[0]), list(rescale[1])
             if weighted:
@@ -361,7 +366,11 @@ class EnsembleNet(nn.Module):
         return specs
 
     def member_input(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        size = self.input_sizes[i]
+        size, side = self.input_sizes[i], x.shape[-1]
+        if self.views[i] != 1.0:
+            seen = round(side * self.views[i])
+            start = (side - seen) // 2
+            x = x[..., start:start + seen, start:start + seen]
         x = x if x.shape[-1] == size else shrink(x, size)
         if self.rescales[i] is None:
             return x

@@ -13,20 +13,19 @@ from PIL import Image
 from conftest import LFW, REPO, SHARED_DATA
 from faces.detectors import get_detector
 from faces.detectors.blazeface_net import decode, grid_anchors, load_network
-from faces.imaging import load_image
+from faces.imaging import Preprocess, load_image
 
 needs_data = pytest.mark.skipif(not LFW.is_dir(), reason="shared LFW data not present")
 FIXTURE = REPO / "tests" / "data" / "blazeface_tfjs.npz"
 WEIGHTS = REPO / "faces" / "bundled" / "blazeface.pt"
 
 
-class Chip:       # the human model's alignment
-    alignment, input_size = "dlib_chip", 150
+CHIP = Preprocess(150, 1.0, alignment="dlib_chip")       # the human model's alignment
 
 
 @pytest.fixture(scope="module")
 def detector():
-    return get_detector("blazeface", Chip())
+    return get_detector("blazeface", CHIP)
 
 
 @needs_data
@@ -202,7 +201,7 @@ def test_a_photo_is_detected_alike_in_a_batch_and_alone(monkeypatch, precision):
     bit, so a gallery photo asked again finds itself at distance 0 (with bfloat16 only for
     batches it came back 0.04 away, 0.6 at worst)."""
     monkeypatch.setenv("FACESEARCH_PRECISION", precision)
-    detector = get_detector("blazeface", Chip())
+    detector = get_detector("blazeface", CHIP)
     photos = [load_image(path) for path in sorted(LFW.glob("*/*.jpg"))[:8]]
     photos.append(load_image(SHARED_DATA / "samples" / "group_photo.jpg"))
     for together, alone in zip(detector.detect_many(photos), [detector(photo) for photo in photos]):
@@ -219,7 +218,7 @@ def test_bfloat16_levels_find_the_same_faces(monkeypatch):
     found = {}
     for precision in ("float32", "bfloat16"):
         monkeypatch.setenv("FACESEARCH_PRECISION", precision)
-        detector = get_detector("blazeface", Chip())
+        detector = get_detector("blazeface", CHIP)
         assert (next(detector.level_net.parameters()).dtype == torch.bfloat16) == (precision == "bfloat16")
         found[precision] = detector(photo)
     assert len(found["float32"]) == len(found["bfloat16"]) == 6

@@ -20,10 +20,11 @@ def run(*args):
     return CliRunner().invoke(main, list(map(str, args)))
 
 
-def member(path, size, species="dog", seed=0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop=1.0, flip=True):
+def member(path, size, species="dog", seed=0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop=1.0, flip=True,
+           alignment="lfw"):
     torch.manual_seed(seed)
-    save_checkpoint(path, EmbeddingNet("small", 32).eval(), Preprocess(size, crop, mean=mean, std=std), species, 0.6,
-                    flip_average=flip)
+    save_checkpoint(path, EmbeddingNet("small", 32).eval(), Preprocess(size, crop, mean=mean, std=std, alignment=alignment),
+                    species, 0.6, flip_average=flip)
     return path
 
 
@@ -117,6 +118,23 @@ def test_weights_set_how_much_each_member_counts(tmp_path):
     assert embedding_sha256(plain) != embedding_sha256(read_checkpoint(tmp_path / "w.pt"))
 
 
+def test_members_with_tighter_crops_see_the_centre_of_the_widest(tmp_path):
+    # a: the whole LFW-framed face at 32 px; b: its central half at 32 px. The ensemble takes
+    # a's crop at 64 px, so b's half of it is 32 px: no member's part is enlarged.
+    wide, tight = member(tmp_path / "a.pt", 32, flip=False), member(tmp_path / "b.pt", 32, seed=1, crop=0.5, flip=False)
+    result = run("ensemble", "--models", f"{tight},{wide}", "--out", tmp_path / "both.pt")
+    assert result.exit_code == 0, result.output
+    payload = read_checkpoint(tmp_path / "both.pt")
+    assert [m.get("view", 1.0) for m in payload["members"]] == [0.5, 1.0]
+    both, b = load_model(tmp_path / "both.pt", "cpu", precision="float32"), load_model(tight, "cpu", precision="float32")
+    assert both.preprocess.crop == 1.0 and both.preprocess.input_size == 64
+    faces = [identity_image(i, 1, size=128) for i in range(3)]
+    joined = both.embed_images(faces)
+    own = b.embed_images(faces)           # b's own crop of each picture, as it was trained
+    part = joined[:, :32] / np.linalg.norm(joined[:, :32], axis=1, keepdims=True)
+    assert (part * own).sum(1).min() > 0.99
+
+
 @pytest.mark.parametrize("weights", ["1", "1,0", "1,-2", "1,x", "1,inf"])
 def test_bad_weights_are_refused_with_the_reason(tmp_path, weights):
     first, second = member(tmp_path / "a.pt", 32), member(tmp_path / "b.pt", 32, seed=1)
@@ -128,7 +146,7 @@ def test_bad_weights_are_refused_with_the_reason(tmp_path, weights):
 @pytest.mark.parametrize("case, reason", [
     ("one", "at least two models"),
     ("species", "a human model cannot join"),
-    ("crop", "its crop differ"),
+    ("alignment", "its alignment differ"),
     ("nested", "already an ensemble"),
     ("missing", "no such model file"),
 ])
@@ -136,7 +154,7 @@ def test_bad_joins_are_refused_with_the_reason(tmp_path, case, reason):
     first = member(tmp_path / "a.pt", 32)
     other = {"one": None,
              "species": member(tmp_path / "h.pt", 32, species="human"),
-             "crop": member(tmp_path / "m.pt", 32, crop=0.8),
+             "alignment": member(tmp_path / "m.pt", 32, alignment="dlib_chip"),
              "nested": tmp_path / "both.pt",
              "missing": tmp_path / "absent.pt"}[case]
     if case == "nested":

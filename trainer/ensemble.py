@@ -1,7 +1,8 @@
 """Trained embedding networks joined into one model (`trainer ensemble`).
 
-Members must embed the same species from the same face crop (alignment and crop); each keeps
-its own input size, and the ensemble takes the largest, with the first member's pixel scaling,
+Members must embed the same species aligned the same way; each keeps its own crop and input
+size: the ensemble takes the widest crop (each member sees its own centre of it) at a size that
+enlarges no member's part, with the first member's pixel scaling,
 rescaled for a member that scales pixels otherwise (see faces.models.EnsembleNet). Its
 embedding is the members' side by side, each weighted as `--weights` says, so an ensemble costs the members' embedding times
 added. The joined checkpoint has no operating points of its own until `trainer calibrate`
@@ -18,8 +19,9 @@ from faces.errors import ModelError
 from faces.imaging import Preprocess
 from faces.models import ENSEMBLE, EnsembleNet
 
-# What each member must share: the crop the detector hands over.
-SHARED_PREPROCESS = ("alignment", "crop")
+# What each member must share: how the detector aligns the face. Their crops may differ: the
+# ensemble takes the widest, and each member sees the centre its own crop keeps (`view`).
+SHARED_PREPROCESS = ("alignment",)
 # A training run's identity split (trainer.train's config); members trained on one split
 # give the ensemble that split, so its held-out identities are known.
 SPLIT_KEYS = ("data", "seed", "choose_fraction", "test_fraction")
@@ -32,6 +34,13 @@ def rescale(ensemble: dict, member: dict) -> dict:
         return {}
     return {"input_scale": [e / m for e, m in zip(ensemble["std"], member["std"])],
             "input_shift": [(e - m) / s for e, m, s in zip(ensemble["mean"], member["mean"], member["std"])]}
+
+
+def extent(crop: Preprocess) -> float:
+    """How much of the face a member's input spans, in one unit for every member of an
+    alignment: a dlib chip spans the landmarks' extent plus its padding each side, then
+    `crop` of that; an LFW-framed face, `crop` of the LFW image."""
+    return crop.crop * ((1 + 2 * crop.chip_padding) if crop.alignment == "dlib_chip" else 1.0)
 
 
 def parse_weights(text: str, count: int) -> list[float]:
@@ -60,20 +69,27 @@ def join(models: list[str], out: str | Path, command: str = "", weights: list[fl
         if payload["arch"] == ENSEMBLE:
             raise ModelError(f"{name}: already an ensemble; list its members instead")
     first = payloads[0]
-    crops = [Preprocess.from_dict(payload["preprocess"]).to_dict() for payload in payloads]
+    preprocesses = [Preprocess.from_dict(payload["preprocess"]) for payload in payloads]
+    crops = [preprocess.to_dict() for preprocess in preprocesses]
     for name, payload, crop in zip(models[1:], payloads[1:], crops[1:]):
         if payload["species"] != first["species"]:
             raise ModelError(f"{name}: a {payload['species']} model cannot join {models[0]}, a {first['species']} model")
         different = [key for key in SHARED_PREPROCESS if crop[key] != crops[0][key]]
         if different:
             raise ModelError(f"{name}: its {', '.join(different)} differ from {models[0]}'s; an ensemble's "
-                             f"members see one face crop")
+                             f"members see one aligned face")
+    # The widest member's crop is the ensemble's; the others see its centre, and the input is
+    # large enough that no member's part of it is enlarged.
+    widest = max(preprocesses, key=extent)
+    views = [extent(preprocess) / extent(widest) for preprocess in preprocesses]
+    size = max(math.ceil(preprocess.input_size / view - 1e-9) for preprocess, view in zip(preprocesses, views))
     net = EnsembleNet([{"arch": p["arch"], "embedding_dim": p["embedding_dim"],
-                        "input_size": p["preprocess"]["input_size"], **rescale(crops[0], crop), "weight": weight}
-                       for p, crop, weight in zip(payloads, crops, weights)])
+                        "input_size": p["preprocess"]["input_size"], **rescale(crops[0], crop), "weight": weight,
+                        "view": view}
+                       for p, crop, weight, view in zip(payloads, crops, weights, views)])
     for member, payload in zip(net.members, payloads):
         member.load_state_dict(float_state(payload))
-    preprocess = replace(Preprocess.from_dict(first["preprocess"]), input_size=max(net.input_sizes))
+    preprocess = replace(preprocesses[0], input_size=size, crop=widest.crop, chip_padding=widest.chip_padding)
     # Until calibrated: a pair's squared distance is the weighted mean of the members', so is the threshold's.
     threshold = math.sqrt(sum(w * w * p["threshold"] ** 2 for w, p in zip(weights, payloads))
                           / sum(w * w for w in weights))

@@ -22,27 +22,27 @@ from .base import Box, Detector, Face, clip_box
 from .box import box_inside, parse_box
 
 
-def _hog(alignment, size):
+def _hog(alignment, size, chip_padding):
     from .hog import HogDetector
-    return HogDetector(alignment, size)
+    return HogDetector(alignment, size, chip_padding)
 
 
-def _blazeface(alignment, size):
+def _blazeface(alignment, size, chip_padding):
     from .blazeface import BlazeFaceDetector     # torch and its network load with it
-    return BlazeFaceDetector(alignment, size)
+    return BlazeFaceDetector(alignment, size, chip_padding=chip_padding)
 
 
-def _dog(alignment, size):
-    from .dog import DogFaceDetector     # its network loads with it
+def _dog(alignment, size, chip_padding):
+    from .dog import DogFaceDetector     # its network loads with it; dog faces have no dlib chip
     return DogFaceDetector(alignment, size)
 
 
-def _none(alignment, size):
+def _none(alignment, size, chip_padding):
     from .whole import WholeImage
-    return WholeImage(alignment, size)
+    return WholeImage(alignment, size, chip_padding)
 
 
-# name -> factory(alignment, size); "auto" is resolved to one of these first.
+# name -> factory(alignment, size, chip_padding); "auto" is resolved to one of these first.
 FACTORIES = {"blazeface": _blazeface, "hog": _hog, "dog": _dog, "none": _none}
 DEFAULT_HUMAN_DETECTOR = "blazeface"
 DEFAULT_DOG_DETECTOR = "dog"
@@ -136,9 +136,10 @@ def get_detector(name: str = "none", preprocess=None, species: str = "human") ->
     `preprocess` (a model's) asks."""
     name = concrete_name(name, species)
     if preprocess is None:
+        from ..imaging import DLIB_CHIP_PADDING
         from .landmarks import ALIGNED_SIZE
-        return FACTORIES[name]("lfw", ALIGNED_SIZE)
-    return FACTORIES[name](preprocess.alignment, preprocess.input_size)
+        return FACTORIES[name]("lfw", ALIGNED_SIZE, DLIB_CHIP_PADDING)
+    return FACTORIES[name](preprocess.alignment, preprocess.input_size, preprocess.chip_padding)
 
 
 __all__ = ["Box", "DETECTORS", "DETECTOR_HELP", "Detector", "Face", "FACTORIES", "box_inside",

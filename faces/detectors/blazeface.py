@@ -51,6 +51,7 @@ from importlib import resources
 import numpy as np
 from PIL import Image
 
+from ..imaging import DLIB_CHIP_PADDING
 from ..precision import compute_precision
 from .base import Box, Detector, Face, clip_box, left_to_right
 from .landmarks import ALIGNED_SIZE, Landmarker
@@ -93,7 +94,8 @@ class BlazeFaceDetector(Detector):
     name = "blazeface"
 
     def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE, threshold: float = SCORE_THRESHOLD,
-                 min_face: float | None = None, device: str | None = None):
+                 min_face: float | None = None, device: str | None = None,
+                 chip_padding: float = DLIB_CHIP_PADDING):
         import torch
         from .blazeface_net import load_network
         self._torch = torch
@@ -105,7 +107,7 @@ class BlazeFaceDetector(Detector):
             self.level_net = copy.deepcopy(self.net).to(torch.bfloat16)
             if self.device == "cpu":
                 self.level_net.fuse()
-        self.landmarker = Landmarker(alignment, size)
+        self.landmarker = Landmarker(alignment, size, chip_padding)
         self.alignment, self.size = alignment, self.landmarker.size
         self.threshold, self.min_face = threshold, min_face
         self._lock = threading.Lock()      # one network run at a time (torch's threads do the rest)

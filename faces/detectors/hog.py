@@ -8,6 +8,7 @@ import threading
 import numpy as np
 from PIL import Image
 
+from ..imaging import DLIB_CHIP_PADDING
 from .base import Box, Detector, Face, clip_box, left_to_right
 from .landmarks import ALIGNED_SIZE, Landmarker
 
@@ -24,9 +25,9 @@ class HogDetector(Detector):
 
     name = "hog"
 
-    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE):
+    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE, chip_padding: float = DLIB_CHIP_PADDING):
         import dlib
-        self.landmarker = Landmarker(alignment, size)
+        self.landmarker = Landmarker(alignment, size, chip_padding)
         self.alignment, self.size = alignment, self.landmarker.size
         self._detect = dlib.get_frontal_face_detector()
         self._lock = threading.Lock()     # dlib's detector is not thread-safe

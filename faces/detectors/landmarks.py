@@ -6,7 +6,7 @@ face is then cut as the model's `Preprocess.alignment` asks: `lfw` rotates the f
 eyes are level, scaled and framed like an LFW image (face in the central half), so the
 model's own `Preprocess.crop` applies unchanged; `dlib_chip` cuts dlib's face chip
 (`get_face_chip`, padding 0.25) at the model's input size, as dlib's face recognition
-network expects.
+network expects (a model may ask for a wider margin, `Preprocess.chip_padding`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..imaging import DLIB_CHIP_PADDING
+
 # Where dlib's five landmarks sit in an LFW image, as fractions of its side, once the eyes
 # are levelled: the median over 596 LFW images found by the HOG detector. Order is dlib's:
 # outer and inner corner of the eye on the image's right, the same on its left, nose base.
@@ -25,8 +27,6 @@ LFW_LANDMARKS = np.array([[0.6135, 0.4530], [0.5474, 0.4546],
                           [0.3865, 0.4530], [0.4526, 0.4546],
                           [0.5000, 0.5798]])
 ALIGNED_SIZE = 250          # pixels: LFW's own image size
-# dlib's face chip: the margin around the landmarks' extent, as a fraction of it (dlib's default).
-DLIB_CHIP_PADDING = 0.25
 ALIGNMENTS = ("lfw", "dlib_chip")
 
 
@@ -42,13 +42,14 @@ def bundled_dlib_model(filename: str) -> Path:
 class Landmarker:
     """dlib's 5 landmarks inside a face box, and the face cut by them as `alignment` asks."""
 
-    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE):
+    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE, chip_padding: float = DLIB_CHIP_PADDING):
         import dlib
         if alignment not in ALIGNMENTS:
             raise ValueError(f"unknown alignment {alignment!r}; choose from {', '.join(ALIGNMENTS)}")
         self._dlib = dlib
         self.alignment = alignment
         self.size = size if alignment == "dlib_chip" else ALIGNED_SIZE
+        self.chip_padding = chip_padding
         self._predictor = dlib.shape_predictor(str(bundled_dlib_model("shape_predictor_5_face_landmarks.dat")))
         # dlib's objects are not safe to call from several threads at once (a web server's
         # request threads share one detector).
@@ -68,7 +69,7 @@ class Landmarker:
                 self._dlib.rectangle(0, 0, 1, 1),
                 [self._dlib.point(int(round(x)), int(round(y))) for x, y in landmarks])
             return Image.fromarray(self._dlib.get_face_chip(pixels, shape, size=self.size,
-                                                            padding=DLIB_CHIP_PADDING))
+                                                            padding=self.chip_padding))
         return align(image, landmarks, self.size)
 
     def face(self, pixels: np.ndarray, image: Image.Image, box) -> tuple[Image.Image, np.ndarray]:

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from PIL import Image
 
+from ..imaging import DLIB_CHIP_PADDING
 from .base import Box, Detector, Face
 from .landmarks import ALIGNED_SIZE
 
@@ -21,12 +22,12 @@ class WholeImage(Detector):
 
     name = "none"
 
-    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE):
+    def __init__(self, alignment: str = "lfw", size: int = ALIGNED_SIZE, chip_padding: float = DLIB_CHIP_PADDING):
         self.alignment = alignment
         self._landmarker = None
         if alignment == "dlib_chip":
             from .hog import HogDetector
-            self._landmarker = HogDetector(alignment, size)
+            self._landmarker = HogDetector(alignment, size, chip_padding)
 
     def __call__(self, image: Image.Image) -> list[Face]:
         if self._landmarker is None:
