@@ -32,7 +32,8 @@ from faces.checkpoint import load_model
 from indexer.config import available_cores
 
 DATA = REPO.parent / "shared" / "data"
-MODELS = {"human": DATA / "lfw" / "images", "human-fast": DATA / "lfw" / "images",
+MODELS = {"human": DATA / "lfw" / "images", "human-dlib": DATA / "lfw" / "images",
+          "human-fast": DATA / "lfw" / "images",
           "dog": DATA / "dogfacenet" / "images", "dog-fast": DATA / "dogfacenet" / "images",
           "dog-2net": DATA / "dogfacenet" / "images"}
 

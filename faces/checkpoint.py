@@ -27,7 +27,7 @@ from .precision import compute_precision
 from .thresholds import DEFAULT_OPERATING_POINT, OPERATING_POINTS
 
 FORMAT = "facesearch-embedding/1"
-BUNDLED_MODELS = ("human", "human-fast", "dog", "dog-fast", "dog-2net")
+BUNDLED_MODELS = ("human", "human-dlib", "human-fast", "dog", "dog-fast", "dog-2net")
 DEFAULT_MODEL = "human"
 def models_dir() -> Path:
     """Where bundled models are looked up: $FACESEARCH_MODELS, else faces/bundled/."""

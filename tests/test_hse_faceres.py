@@ -120,3 +120,20 @@ def test_a_graph_that_is_not_this_network_fails_loudly(tmp_path, change, reason)
     with pytest.raises(SystemExit, match=reason.replace("(", r"\(")):
         convert_hse_faceres.main.main([str(model_json), str(tmp_path / "out.pt")], standalone_mode=False)
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_the_bundled_faceres_gives_the_tfjs_graphs_features():
+    """tools/convert_hse_faceres.py --compare-tfjs --save-tfjs-features ran the original TF.js
+    graph (pure-JS tfjs 4.22.0) on two shared-data photos at 224 px: `human`'s FaceRes member,
+    stored in float16 as the graph's weights are, gives the same pooled features."""
+    data = REPO.parent / "shared" / "data"
+    if not (data / "samples" / "group_photo.jpg").is_file():
+        pytest.skip("shared data not present")
+    expected = np.load(REPO / "tests" / "data" / "hse_faceres_tfjs.npy")
+    model = load_model("human", "cpu", precision="float32")
+    [faceres] = [m for m in model.net.members if m.arch == "hse_mobilenet"]
+    rgb = convert_hse_faceres.comparison_inputs(data)
+    with torch.no_grad():
+        got = faceres.backbone(torch.from_numpy(rgb).permute(0, 3, 1, 2)).numpy()
+    assert got.shape == expected.shape == (2, 1024)
+    assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()

@@ -347,7 +347,9 @@ def info(model: str, as_json: bool) -> None:
                f"threshold {payload['threshold']:.4f}")
     if payload.get("members"):
         click.echo("members (each face goes through every one): " + " + ".join(
-            f"{m['arch']} {m['embedding_dim']}-D at {m['input_size']} px" for m in payload["members"]))
+            f"{m['arch']} {m['embedding_dim']}-D at {m['input_size']} px"
+            + (f" (the central {m['view']:.3g} of the input)" if "view" in m else "")
+            + (f", weight {m['weight']:g}" if "weight" in m else "") for m in payload["members"]))
     points = payload.get("operating_points")
     if points:
         click.echo(f"operating points (on {points['same_pairs']:,} same and {points['different_pairs']:,} "
