@@ -210,7 +210,7 @@ class TwoHalves:
 
     name = "halves"
 
-    def __init__(self, alignment: str = "lfw", size: int = 64):
+    def __init__(self, alignment: str = "lfw", size: int = 64, chip_padding: float = 0.25):
         self.alignment, self.size = alignment, size   # detectors align as the model asks
 
     def __call__(self, image):

@@ -295,12 +295,15 @@ def test_exported_faces_say_their_species(mixed, tmp_path):
     data = np.load(out)
     assert len(data["ids"]) == 14 and sorted(set(data["species"].tolist())) == ["dog", "human"]
     dogs = data["species"] == "dog"
-    # `dog` (networks side by side) is wider than `human`'s 128-D: the human rows are padded with zeros.
-    dog_dim = load_model("dog", device="cpu").embedding_dim
-    assert dog_dim > 128
-    assert dogs.sum() == 7 and data["embeddings"].shape == (14, dog_dim)
-    assert data["embedding_dims"].tolist() == [dog_dim if dog else 128 for dog in dogs]
-    assert not data["embeddings"][~dogs, 128:].any()
+    # Each model's rows are as wide as it says (both are networks side by side); the narrower
+    # model's rows are padded with zeros to the wider's.
+    dog_dim, human_dim = (load_model(name, device="cpu").embedding_dim for name in ("dog", "human"))
+    assert dog_dim != human_dim
+    narrow, wide = sorted((dog_dim, human_dim))
+    assert dogs.sum() == 7 and data["embeddings"].shape == (14, wide)
+    assert data["embedding_dims"].tolist() == [dog_dim if dog else human_dim for dog in dogs]
+    narrower = dogs if dog_dim == narrow else ~dogs
+    assert not data["embeddings"][narrower, narrow:].any() and data["embeddings"][~narrower, narrow:].any()
     assert np.allclose(np.linalg.norm(data["embeddings"], axis=1), 1, atol=1e-3)
 
 
