@@ -10,7 +10,6 @@ sequence is checked against blazeface_net.BLOCKS, so a different model fails lou
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,30 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faces.detectors.blazeface_net import BLOCKS, BlazeFaceBack  # noqa: E402
+from tfjs_graph import read_graph_model  # noqa: E402
 
 PREFIX = "StatefulPartitionedCall/functional_1/"
 
 
-def read_weights(model_json: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    graph = json.loads(model_json.read_text())
-    arrays: dict[str, np.ndarray] = {}
-    for group in graph["weightsManifest"]:
-        data = b"".join((model_json.parent / path).read_bytes() for path in group["paths"])
-        offset = 0
-        for weight in group["weights"]:
-            if "quantization" in weight:
-                raise SystemExit(f"{weight['name']}: quantized weights are not handled")
-            dtype = {"float32": np.float32, "int32": np.int32}[weight["dtype"]]
-            count = int(np.prod(weight["shape"])) if weight["shape"] else 1
-            arrays[weight["name"]] = np.frombuffer(data, dtype, count, offset).reshape(weight["shape"])
-            offset += count * 4
-        if offset != len(data):
-            raise SystemExit(f"weights of {group['paths']}: {len(data) - offset} bytes left over")
-    return graph, arrays
-
-
 def convert(model_json: Path) -> dict[str, torch.Tensor]:
-    graph, arrays = read_weights(model_json)
+    graph, arrays = read_graph_model(model_json)
     nodes = {node["name"]: node for node in graph["modelTopology"]["node"]}
 
     def kernel(layer: str, op_name: str) -> tuple[np.ndarray, np.ndarray | None]:

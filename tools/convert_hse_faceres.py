@@ -30,7 +30,6 @@ bundled network to.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -47,29 +46,9 @@ from faces.imaging import DLIB_CHIP_PADDING, Preprocess  # noqa: E402
 from faces.mobilenet_v1 import BLOCKS, MobileNetV1  # noqa: E402
 from faces.mobilenet_v2 import BN_EPS  # noqa: E402
 from faces.models import EmbeddingNet  # noqa: E402
+from tfjs_graph import read_graph_model  # noqa: E402
 
 OUTPUT = "global_pooling/Mean"
-
-
-def read_graph(model_json: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """The graph's nodes by name, and its weights by name (float16 ones as float32)."""
-    graph = json.loads(model_json.read_text())
-    weights: dict[str, np.ndarray] = {}
-    for group in graph["weightsManifest"]:
-        data = b"".join((model_json.parent / path).read_bytes() for path in group["paths"])
-        offset = 0
-        for spec in group["weights"]:
-            count = int(np.prod(spec["shape"])) if spec["shape"] else 1
-            stored = spec.get("quantization", {}).get("dtype", spec["dtype"])
-            dtype = {"float16": np.float16, "float32": np.float32, "int32": np.int32}.get(stored)
-            if dtype is None:
-                raise SystemExit(f"{spec['name']}: weights stored as {stored} are not handled")
-            array = np.frombuffer(data, dtype, count, offset)
-            weights[spec["name"]] = (array if dtype is np.int32 else array.astype(np.float32)).reshape(spec["shape"])
-            offset += count * np.dtype(dtype).itemsize
-        if offset != len(data):
-            raise SystemExit(f"{model_json}: {len(data) - offset} bytes of weights left over")
-    return {node["name"]: node for node in graph["modelTopology"]["node"]}, weights
 
 
 def layers(net: MobileNetV1):
@@ -157,7 +136,8 @@ def tfjs_features(model_json: Path, rgb: np.ndarray, tfjs: Path) -> np.ndarray:
 def main(model_json: Path, out: Path, input_size: int, chip_padding: float, compare_tfjs: Path | None, data: Path,
          save_tfjs_features: Path | None) -> None:
     """MODEL_JSON: human-models' models/faceres.json; OUT: the checkpoint to write."""
-    nodes, weights = read_graph(model_json)
+    graph, weights = read_graph_model(model_json)
+    nodes = {node["name"]: node for node in graph["modelTopology"]["node"]}
     check_strides(nodes)
     net = EmbeddingNet("hse_mobilenet", MobileNetV1.feature_dim)
     load_weights(net.backbone, weights)
