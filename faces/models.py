@@ -33,6 +33,9 @@ from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 
 ENSEMBLE = "ensemble"
+# Architectures whose head is one linear map of the backbone's features, without bias (dlib's
+# own; hse_mobilenet's when `trainer head` learns one), so `trainer head` can learn it anew.
+LINEAR_HEAD_ARCHS = ("dlib_resnet", "hse_mobilenet")
 
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int | tuple, stride: int = 1,
@@ -288,8 +291,9 @@ class EmbeddingNet(nn.Module):
     """backbone -> dropout -> linear -> batch norm -> L2 normalisation.
 
     dlib_resnet keeps dlib's own head, one linear layer without bias, so imported weights
-    give dlib's descriptors (`descriptor`) before normalisation; hse_mobilenet has none: its
-    pooled features are its descriptors."""
+    give dlib's descriptors (`descriptor`) before normalisation; hse_mobilenet as imported has
+    none (its pooled features are its descriptors), and with a smaller embedding_dim one linear
+    layer without bias, learned by `trainer head`."""
 
     def __init__(self, arch: str = "small", embedding_dim: int = 128, pretrained: bool = False,
                  dropout: float = 0.2):
@@ -297,12 +301,11 @@ class EmbeddingNet(nn.Module):
         self.arch = arch
         self.embedding_dim = embedding_dim
         self.backbone, feature_dim = build_backbone(arch, pretrained)
-        if arch == "dlib_resnet":
-            self.head = nn.Linear(feature_dim, embedding_dim, bias=False)
-        elif arch == "hse_mobilenet":
-            if embedding_dim != feature_dim:
-                raise ValueError(f"hse_mobilenet's embedding is its {feature_dim} pooled features, not {embedding_dim}")
-            self.head = nn.Identity()
+        if arch in LINEAR_HEAD_ARCHS:
+            if embedding_dim > feature_dim:
+                raise ValueError(f"{arch}'s head maps its {feature_dim} features to at most as many, not {embedding_dim}")
+            headless = arch == "hse_mobilenet" and embedding_dim == feature_dim
+            self.head = nn.Identity() if headless else nn.Linear(feature_dim, embedding_dim, bias=False)
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, embedding_dim, bias=False),
                                       nn.BatchNorm1d(embedding_dim))

@@ -214,6 +214,48 @@ def ensemble(models: str, out: str, weights: str | None, as_json: bool) -> None:
                f"placeholders until `trainer calibrate --model {written['model']} --data HELD_OUT --pairs PAIRS`")
 
 
+@main.command()
+@click.option("--model", required=True, help="An ensemble (bundled name or checkpoint path) whose member gets a head.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of identity sub-folders; split into train / choose / test as `trainer train` splits it.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the split, history.json and best.pt (the ensemble with the new head).")
+@click.option("--member", default=-1, show_default=True, help="Which member (0 = first; -1 = last).")
+@click.option("--dim", default=256, show_default=True, help="The head's output size.")
+@click.option("--miner", type=click.Choice(["batch-hard", "semi-hard", "batch-all"]), default="batch-hard",
+              show_default=True)
+@click.option("--margin", default=0.3, show_default=True, help="Triplet margin (unit-length embeddings).")
+@click.option("--lr", default=3e-4, show_default=True)
+@click.option("-P", "--identities-per-batch", "p", default=128, show_default=True)
+@click.option("-K", "--images-per-identity", "k", default=2, show_default=True)
+@click.option("--singles", default=200, show_default=True,
+              help="One-photo identities added to each batch as negatives.")
+@click.option("--steps", default=2000, show_default=True)
+@click.option("--eval-every", default=100, show_default=True, help="Steps between checks on the choose identities.")
+@click.option("--patience", default=5, show_default=True, help="Checks without a better choose TAR before stopping.")
+@click.option("--choose-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
+@click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars (for logs).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as one JSON object.")
+def head(no_progress: bool, as_json: bool, **options) -> None:
+    """Learn a linear head for one member of an ensemble with triplet mining, every network
+    frozen: photos are embedded once, then P x K batches of their vectors train the head through
+    the ensemble's embedding; the choose identities pick the step (TAR at FAR 1e-3). Calibrate
+    OUT/best.pt next (`trainer calibrate`)."""
+    from .heads import HeadConfig, HeadTrainer
+    result = HeadTrainer(HeadConfig(progress=not no_progress, **options)).fit()
+    if as_json:
+        print_json({**result, "calibrated": False})
+        return
+    start, best = result["start"], result["choose"]
+    click.echo(f"{result['model']}: {result['embedding_dim']}-D, step {result['step']} chosen; on the choose "
+               f"identities TAR@FAR1e-3 {start['tar_at_far_1e-3']:.4f} -> {best['tar_at_far_1e-3']:.4f}, accuracy "
+               f"{start['accuracy']:.4f} -> {best['accuracy']:.4f}, FNIR@FPIR0.01 {start['fnir_at_fpir_0.01']:.3f} -> "
+               f"{best['fnir_at_fpir_0.01']:.3f}; every check in {result['history']}. Its operating points are "
+               f"placeholders until `trainer calibrate --model {result['model']} --data HELD_OUT --pairs PAIRS`")
+
+
 def operating_point_lines(points: dict) -> list[str]:
     from faces.thresholds import OPERATING_POINTS
     return [f"{name:<8} threshold {points[name]['threshold']:.4f}   TAR {points[name]['tar']:.4f}   "
@@ -357,8 +399,8 @@ def info(model: str, as_json: bool) -> None:
         for line in operating_point_lines(points):
             click.echo("  " + line)
     else:
-        click.echo("operating points: none measured (an old checkpoint: its one threshold serves "
-                   "strict and balanced; `trainer calibrate` measures them)")
+        click.echo("operating points: none measured (not calibrated yet, or calibrated before operating points: "
+                   "its one threshold serves strict and balanced; `trainer calibrate` measures them)")
     if payload.get("open_set"):
         from faces.open_set import DEFAULT_FPIR, GalleryCalibration
         calibration = GalleryCalibration.from_dict(payload["open_set"])
