@@ -73,6 +73,7 @@ def test_trainer_head_writes_the_ensemble_with_the_new_head(two_member_ensemble,
     assert result["embedding_dim"] == 32 + 16 and not result["calibrated"]
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [check["step"] for check in history] == [0, 10, 20]
+    assert (tmp_path / "run" / "history.png").stat().st_size > 1000
     assert result["choose"] == next(c for c in history if c["step"] == result["step"])
     assert result["choose"]["tar_at_far_1e-3"] == max(c["tar_at_far_1e-3"] for c in history)
 

@@ -252,7 +252,7 @@ def head(no_progress: bool, as_json: bool, **options) -> None:
     click.echo(f"{result['model']}: {result['embedding_dim']}-D, step {result['step']} chosen; on the choose "
                f"identities TAR@FAR1e-3 {start['tar_at_far_1e-3']:.4f} -> {best['tar_at_far_1e-3']:.4f}, accuracy "
                f"{start['accuracy']:.4f} -> {best['accuracy']:.4f}, FNIR@FPIR0.01 {start['fnir_at_fpir_0.01']:.3f} -> "
-               f"{best['fnir_at_fpir_0.01']:.3f}; every check in {result['history']}. Its operating points are "
+               f"{best['fnir_at_fpir_0.01']:.3f}; every check in {result['history']} and {result['plot']}. Its operating points are "
                f"placeholders until `trainer calibrate --model {result['model']} --data HELD_OUT --pairs PAIRS`")
 
 

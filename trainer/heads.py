@@ -131,6 +131,24 @@ def with_head(net: EnsembleNet, member: int, head: nn.Linear) -> EnsembleNet:
     return result.eval()
 
 
+def plot_checks(history: list[dict], chosen: int, path: Path) -> None:
+    """The choose identities' TAR at FAR 1e-3 and FNIR at FPIR 0.01 at each check, the chosen step marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    steps = [check["step"] for check in history]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(steps, [c["tar_at_far_1e-3"] for c in history], marker="o", label="TAR at FAR 1e-3 (picks the step)")
+    axis.plot(steps, [1 - c["fnir_at_fpir_0.01"] for c in history], marker="s", label="1 - FNIR at FPIR 0.01")
+    axis.axvline(chosen, color="grey", linestyle="--", label=f"chosen: step {chosen}")
+    axis.set(xlabel="step", ylabel="choose identities", title="trainer head: checks on the choose identities")
+    axis.legend(loc="best")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 class HeadTrainer:
     def __init__(self, config: HeadConfig, command: str | None = None):
         self.config = config
@@ -212,6 +230,7 @@ class HeadTrainer:
         self.head.load_state_dict(best_state)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "history.json").write_text(json.dumps(history, indent=1))
+        plot_checks(history, best["step"], self.out / "history.png")
         net = with_head(self.model.net, self.member, self.head)
         training = {"command": self.command, "members": self.model.info.get("members", []),
                     "head": {"member": self.member, "dim": config.dim, "step": best["step"], "choose": best,
@@ -222,4 +241,5 @@ class HeadTrainer:
         save_checkpoint(self.out / "best.pt", net, self.model.preprocess, self.model.species, self.model.threshold,
                         training=training, flip_average=self.model.flip_average)
         return {"model": str(self.out / "best.pt"), "embedding_dim": net.embedding_dim, "step": best["step"],
-                "choose": best, "start": history[0], "history": str(self.out / "history.json")}
+                "choose": best, "start": history[0], "history": str(self.out / "history.json"),
+                "plot": str(self.out / "history.png")}
