@@ -30,7 +30,7 @@ MIN_ACCURACY = {"human": 0.95, "human-dlib": 0.95, "human-fast": 0.75, "dog": 0.
                 "dog-2net": 0.75}
 # 128-D a network; `dog` is three networks side by side, `dog-2net` two, `human` dlib's 128 and
 # FaceRes' 1,024.
-EMBEDDING_DIM = {"dog": 384, "dog-2net": 256, "human": 1152}
+EMBEDDING_DIM = {"dog": 384, "dog-2net": 256, "human": 384}
 
 
 def data_of(model) -> object:

@@ -17,17 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from faces.checkpoint import load_model
+from faces.checkpoint import load_model, save_checkpoint
 from faces.detectors import default_detector
+from faces.imaging import Preprocess
+from faces.models import EmbeddingNet
 from indexer.cli import main as indexer_main
 from indexer.config import DATABASE_FILE, VECTORS_FILE
 from indexer.db import create_sqlite_engine, current_revision, downgrade, open_database
 from indexer.store import FaissStore
 from search.cli import main as search_main
 
-from conftest import DOGS, LFW, copy_index, invoke_cli, last_json
+from conftest import DOGS, LFW, copy_index, invoke_cli, last_json, write_identity_folders
 
 pytestmark = pytest.mark.skipif(not (DOGS.is_dir() and LFW.is_dir()), reason="DogFaceNet or LFW not found")
 
@@ -295,15 +298,31 @@ def test_exported_faces_say_their_species(mixed, tmp_path):
     data = np.load(out)
     assert len(data["ids"]) == 14 and sorted(set(data["species"].tolist())) == ["dog", "human"]
     dogs = data["species"] == "dog"
-    # Each model's rows are as wide as it says (both are networks side by side); the narrower
-    # model's rows are padded with zeros to the wider's.
-    dog_dim, human_dim = (load_model(name, device="cpu").embedding_dim for name in ("dog", "human"))
-    assert dog_dim != human_dim
-    narrow, wide = sorted((dog_dim, human_dim))
-    assert dogs.sum() == 7 and data["embeddings"].shape == (14, wide)
-    assert data["embedding_dims"].tolist() == [dog_dim if dog else human_dim for dog in dogs]
-    narrower = dogs if dog_dim == narrow else ~dogs
-    assert not data["embeddings"][narrower, narrow:].any() and data["embeddings"][~narrower, narrow:].any()
+    dims = {name: load_model(name, device="cpu").embedding_dim for name in ("dog", "human")}
+    assert dogs.sum() == 7 and data["embeddings"].shape == (14, max(dims.values()))
+    assert data["embedding_dims"].tolist() == [dims["dog" if dog else "human"] for dog in dogs]
+    assert np.allclose(np.linalg.norm(data["embeddings"], axis=1), 1, atol=1e-3)
+
+
+def test_exported_rows_of_a_narrower_model_are_padded_with_zeros(fresh_checkpoint, tmp_path):
+    """Each model's rows are as wide as it says; the narrower model's are padded to the wider's
+    (an untrained 128-D human network and a 32-D dog one, every crop a face of each)."""
+    torch.manual_seed(2)
+    narrow_dog = tmp_path / "dog32.pt"
+    save_checkpoint(narrow_dog, EmbeddingNet("small", 32).eval(), Preprocess(64, 1.0), "dog", 0.5)
+    gallery = write_identity_folders(tmp_path / "gallery", identities=2, per_identity=3)
+    index = tmp_path / "index"
+    code, output = invoke_cli(indexer_main, "build", gallery, "--models", f"{fresh_checkpoint},{narrow_dog}",
+                              "--index", index, "--detector", "none", "--workers", 0, "--no-progress")
+    assert code == 0, output
+    out = tmp_path / "gallery.npz"
+    code, output = indexer(index, "export", "--out", out)
+    assert code == 0, output
+    data = np.load(out)
+    dogs = data["species"] == "dog"
+    assert dogs.sum() == 6 and data["embeddings"].shape == (12, 128)
+    assert data["embedding_dims"].tolist() == [32 if dog else 128 for dog in dogs]
+    assert not data["embeddings"][dogs, 32:].any() and data["embeddings"][~dogs, 32:].any()
     assert np.allclose(np.linalg.norm(data["embeddings"], axis=1), 1, atol=1e-3)
 
 

