@@ -2,6 +2,7 @@
 retrieval, and the plots that go with them (ROC curve, PCA map of the embeddings)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import numpy as np
 
 from faces.checkpoint import FaceModel
 from faces.open_set import TAIL_FARS, GalleryCalibration
-from .data import DataError, load_faces, read_pairs, scan_identities
+from .data import DataError, load_faces, read_pairs, scan_identities, write_split
+
+log = logging.getLogger(__name__)
 
 # The strict operating point's false accept rate. A search compares a stranger with every
 # gallery face, so per-pair errors add up: on the 808 held-out LFW people (a gallery of 1,129
@@ -511,10 +514,23 @@ class EvaluationSet:
         self.same = np.array([p.same for p in usable])
 
     def embed(self, model: FaceModel, batch_size: int = 128) -> EvaluationInputs:
-        embeddings = model.embed_crops(self.crops, batch_size)
+        return self.inputs(model.embed_crops(self.crops, batch_size))
+
+    def inputs(self, embeddings: np.ndarray) -> EvaluationInputs:
+        """What the metrics read, from an embedding of every crop (in `crops`' order)."""
         distances = np.linalg.norm(embeddings[self.first] - embeddings[self.second], axis=1)
         return EvaluationInputs(embeddings[self.folder_rows], self.labels, self.names,
                                 distances, self.same)
+
+
+def split_for_training(data: str | Path, out: Path, choose_fraction: float, test_fraction: float, seed: int,
+                       preprocess, progress: bool = True) -> tuple[Path, EvaluationSet]:
+    """A training run's three-way split of `data` written under OUT/split (data.write_split):
+    the folder to train on, and the choose identities loaded to check the run on."""
+    counts = write_split(data, out / "split", choose_fraction, test_fraction, seed)
+    log.info("identity split: %s", counts)
+    choose = EvaluationSet(out / "split" / "choose", out / "split" / "choose_pairs.txt", preprocess, progress)
+    return out / "split" / "train", choose
 
 
 def evaluate(model: FaceModel, data: str | Path, pairs_file: str | Path, out: Path | None = None,

@@ -30,8 +30,10 @@ from faces.checkpoint import FaceModel, load_model, save_checkpoint
 from faces.errors import ModelError
 from faces.models import ENSEMBLE, LINEAR_HEAD_ARCHS, EnsembleNet
 
-from .data import DataError, load_faces, scan_identities, write_split
-from .evaluate import EvaluationInputs, EvaluationSet, low_far_metrics, open_set_metrics, verification_metrics
+from .data import DataError, load_faces, scan_identities
+from .ensemble import SPLIT_KEYS
+from .evaluate import (REPORT_FPIRS, EvaluationSet, low_far_metrics, open_set_metrics, split_for_training,
+                       verification_metrics)
 from .losses import TripletLoss
 from .miners import make_miner
 
@@ -93,12 +95,10 @@ def flip_averaged(vectors: list[torch.Tensor], member: int, head: nn.Linear, sca
 
 def choose_metrics(embeddings: np.ndarray, evaluation: EvaluationSet) -> dict:
     """What `trainer evaluate` reports on the choose identities, for picking the step."""
-    distances = np.linalg.norm(embeddings[evaluation.first] - embeddings[evaluation.second], axis=1)
-    inputs = EvaluationInputs(embeddings[evaluation.folder_rows], evaluation.labels, evaluation.names,
-                              distances, evaluation.same)
-    verification = verification_metrics(distances, evaluation.same)
+    inputs = evaluation.inputs(embeddings)
+    verification = verification_metrics(inputs.pair_distances, inputs.pair_same)
     low_far = low_far_metrics(inputs)
-    open_set = open_set_metrics(inputs.embeddings, inputs.labels, (0.05, 0.01))
+    open_set = open_set_metrics(inputs.embeddings, inputs.labels, REPORT_FPIRS)
     return {"accuracy": verification["accuracy"], "tar_at_far_1e-3": low_far["tar_at_far_1e-3"],
             "tar_at_far_1e-4": low_far["tar_at_far_1e-4"], "rank1": open_set["rank1"],
             "fnir_at_fpir_0.05": open_set["fnir_at_fpir_0.05"], "fnir_at_fpir_0.01": open_set["fnir_at_fpir_0.01"]}
@@ -169,9 +169,10 @@ class HeadTrainer:
             raise ModelError(f"member {self.member} of {config.model} is {arch}; a head can be learned for "
                              f"{', '.join(LINEAR_HEAD_ARCHS)} only")
         self.scale = self.model.net.scales[self.member]
-        split = write_split(config.data, self.out / "split", config.choose_fraction, config.test_fraction, config.seed)
-        log.info("identity split: %s", split)
-        samples = scan_identities(self.out / "split" / "train")
+        train_root, self.choose = split_for_training(config.data, self.out, config.choose_fraction,
+                                                     config.test_fraction, config.seed, self.model.preprocess,
+                                                     config.progress)
+        samples = scan_identities(train_root)
         crops, kept, _ = load_faces([s.path for s in samples], self.model.preprocess, config.progress,
                                     desc="loading train")
         self.train = member_vectors(self.model, crops, self.member)
@@ -183,8 +184,6 @@ class HeadTrainer:
                             f"photos or more, found {len(self.enrolled)}")
         self.rows_of = {identity: np.flatnonzero(self.labels == identity) for identity in self.enrolled}
         self.single_rows = np.flatnonzero(counts[self.labels] == 1)
-        self.choose = EvaluationSet(self.out / "split" / "choose", self.out / "split" / "choose_pairs.txt",
-                                    self.model.preprocess, config.progress)
         self.choose_vectors = member_vectors(self.model, self.choose.crops, self.member)
         network = members[self.member]
         self.head = starting_head(network, self.train[self.member], config.dim)
@@ -235,8 +234,7 @@ class HeadTrainer:
         training = {"command": self.command, "members": self.model.info.get("members", []),
                     "head": {"member": self.member, "dim": config.dim, "step": best["step"], "choose": best,
                              "start": history[0], "miner": config.miner, "margin": config.margin},
-                    "config": {"data": config.data, "seed": config.seed, "choose_fraction": config.choose_fraction,
-                               "test_fraction": config.test_fraction},
+                    "config": {key: getattr(config, key) for key in SPLIT_KEYS},
                     "identities": len(self.identities)}
         save_checkpoint(self.out / "best.pt", net, self.model.preprocess, self.model.species, self.model.threshold,
                         training=training, flip_average=self.model.flip_average)

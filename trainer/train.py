@@ -19,8 +19,8 @@ from tqdm import tqdm
 from faces.checkpoint import FaceModel, load_model, save_checkpoint
 from faces.errors import ModelError
 from faces.precision import compute_precision
-from .data import DataError, FaceDataset, PKSampler, scan_identities, write_split
-from .evaluate import (EvaluationSet, calibration_pairs, open_set_metrics, operating_points, tar_at_far,
+from .data import DataError, FaceDataset, PKSampler, scan_identities
+from .evaluate import (calibration_pairs, open_set_metrics, operating_points, split_for_training, tar_at_far,
                        verification_metrics)
 from faces.imaging import Preprocess
 from .losses import ContrastiveLoss, JointLoss, TripletLoss
@@ -242,13 +242,9 @@ class Trainer:
 
         train_root, self.validation = Path(config.data), None
         if config.choose_fraction > 0:
-            split = write_split(config.data, self.out / "split", config.choose_fraction,
-                                config.test_fraction, config.seed)
-            log.info("identity split: %s", split)
-            train_root = self.out / "split" / "train"
-            self.validation = EvaluationSet(self.out / "split" / "choose",
-                                            self.out / "split" / "choose_pairs.txt",
-                                            self.preprocess, config.progress)
+            train_root, self.validation = split_for_training(config.data, self.out, config.choose_fraction,
+                                                             config.test_fraction, config.seed, self.preprocess,
+                                                             config.progress)
         self.dataset = FaceDataset(scan_identities(train_root), self.preprocess,
                                    augmentation(config.size, config.augment), config.progress)
         if len(self.dataset.identities) < 2:
