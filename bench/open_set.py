@@ -17,8 +17,9 @@ For each gallery it reports:
   very strangers (FRVT's measure of what the embedding allows, not a decision anyone ships);
 - what `search identify` and the `match` flags of `search query` do, through their own code
   (faces.open_set.MatchRule and search.engine.decide over the 10 nearest faces): the FPIR
-  they reach and the share of known people they name, by default (--fpir 0.05) and at
-  --fpir 0.01, and with the per-pair strict threshold for comparison;
+  they reach and the share of known people they name, by default (--fpir 0.04, aimed below
+  the promise of 0.05), asked for 0.05 itself and at --fpir 0.01, and with the per-pair
+  strict threshold for comparison;
 - with face_recognition installed, the same for dlib's embeddings as its users run them
   (the nearest face within its tolerance, 0.6 by default, and 0.5), in the same run;
 - `indexer cluster`'s grouping of the gallery as it is, at the strict threshold.
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from faces.checkpoint import load_model  # noqa: E402
 from faces.imaging import load_image  # noqa: E402
+from faces.open_set import DEFAULT_FPIR, FPIR_PROMISE  # noqa: E402
 from indexer.clustering import cluster_faces, cluster_scores  # noqa: E402
 from search.engine import UNKNOWN, decide  # noqa: E402
 from trainer.data import scan_identities  # noqa: E402
@@ -58,7 +60,8 @@ from trainer.evaluate import (fnir_at_fpir, nearest_neighbour_rates, nearest_nei
 K = 10                      # `search identify`'s default neighbours
 NEIGHBOURS = 100            # `indexer cluster`'s default
 FRVT_FPIRS = (0.10, 0.05, 0.01)
-RULE_FPIRS = (0.05, 0.01)   # the default, and a stricter ask
+RULE_FPIRS = (DEFAULT_FPIR, FPIR_PROMISE, 0.01)   # the default, the promise itself asked for, a stricter ask
+SCORE_FPIRS = (0.05, 0.01)  # where the alternative decision scores are compared
 CACHE_CHUNK = 256           # photos embedded and cached together
 
 
@@ -191,7 +194,7 @@ def alternative_scores(embeddings: np.ndarray, setup: Setup, gallery: np.ndarray
     truth = setup.identities[setup.known]
     return {name: {f"fnir_at_fpir_{f}": round(fnir_at_fpir(score[:known], named[:known] == truth,
                                                              score[known:], f)[0], 4)
-                   for f in RULE_FPIRS}
+                   for f in SCORE_FPIRS}
             for name, (score, named) in candidates.items()}
 
 

@@ -144,7 +144,7 @@ class FaceModel:
     def match_rule(self, individuals: int, faces: int, fpir: float | str | None = None,
                    threshold: str | float | None = None) -> MatchRule:
         """The rule that decides `match` and names a face in a gallery of this size: by default
-        the threshold that keeps stranger searches naming someone at `fpir` (default 5%);
+        the threshold that keeps stranger searches naming someone at `fpir` (default 4%);
         `threshold` (an operating point name or a distance) decides per pair instead."""
         if threshold is None and self.open_set is not None:
             target = parse_fpir(fpir)

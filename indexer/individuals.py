@@ -33,7 +33,7 @@ def same_individual(distance: float, threshold: float) -> bool:
     """THE decision whether a new face joins the individual of a grouped face `distance`
     away (L2 between unit embeddings). Every automatic assignment goes through here and
     nowhere else. `threshold` is the index's match rule at its size (faces.open_set: the
-    distance a stranger's nearest face comes within in at most 5% of searches), so a face
+    distance a stranger's nearest face comes within in 4% of searches by default), so a face
     joins someone exactly when `search identify` would name them."""
     return distance <= threshold
 

@@ -41,7 +41,7 @@ Distances are Euclidean between unit embeddings (0 to 2), similarity is their co
 `individual` is the id of the individual the gallery face belongs to (null until `indexer
 cluster` has run); `identity` is that individual's name when it has been given one.
 `match` is distance <= the gallery's threshold (faces.open_set.MatchRule): by default the
-one at which at most 5% of searches by people not in the gallery see any match, for the
+one at which 4% of searches by people not in the gallery see any match (at most 5%), for the
 number of individuals the gallery holds now; `stranger_rate` is the share of such searches
 that would see a face this near, `strength` its wording (confident, possible, no match).
 Each face's answer (`decide`) is the nearest gallery face's identity when it is a match:
@@ -242,7 +242,7 @@ class QueryEngine:
     def match_rule(self, fpir: float | str | None = None, threshold: str | float | None = None,
                    species: str | None = None) -> MatchRule:
         """What decides `match` in this gallery now (faces.checkpoint.FaceModel.match_rule):
-        the threshold for `fpir` (default 5%) at the gallery's size, or a per-pair `threshold`.
+        the threshold for `fpir` (default 4%) at the gallery's size, or a per-pair `threshold`.
         `species`: for that species' model and its faces alone (default the main model's;
         in an index of several models each species has its own rule)."""
         pipeline = self._pipelines(species)[0]
@@ -254,7 +254,7 @@ class QueryEngine:
               fpir: float | str | None = None, detector: str | None = None, species: str | None = None) -> dict:
         """The k nearest gallery faces of every face in the photo (or of the one face in
         `box`). `match` is decided by the gallery's rule (match_rule): at most `fpir` of the
-        searches by people not in the gallery see any match (default 5%), or, given
+        searches by people not in the gallery see any match (default 4%), or, given
         `threshold` (strict, balanced or a distance), per pair. `detector` finds the faces
         (default the engine's: the index's own). In an index of several models every
         model's detector looks at the photo and each face is searched among its own

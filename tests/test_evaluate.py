@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from faces.checkpoint import load_model, read_checkpoint, save_checkpoint, write_operating_points
 from faces.errors import ModelError
+from faces.open_set import DEFAULT_FPIR
 from trainer.cli import main
 from trainer.data import DataError, read_pairs
 from trainer.evaluate import (balanced_folds, best_threshold, distance_matrix, identification_metrics,
@@ -213,8 +214,8 @@ def test_calibrate_cli_writes_operating_points_that_info_shows(tmp_path, identit
     assert info.exit_code == 0
     assert f"strict   threshold {points['strict']['threshold']:.4f}   TAR {points['strict']['tar']:.4f}" in info.output
     assert "on 6 same and 375 stranger pairs" in info.output
-    assert "searches (default fpir 0.05" in info.output
-    assert f"1,000 individuals: threshold {calibrated.open_set.threshold(0.05, 1000):.4f}" in info.output
+    assert f"searches (default fpir {DEFAULT_FPIR}: " in info.output
+    assert f"1,000 individuals: threshold {calibrated.open_set.threshold(DEFAULT_FPIR, 1000):.4f}" in info.output
     old = CliRunner().invoke(main, ["info", str(untrained_model)])
     assert "none measured" in old.output and "no stranger statistics" in old.output
 

@@ -335,3 +335,6 @@ def test_cli_help_does_not_load_the_engine():
             "print(sorted(m for m in ('faiss', 'search.engine', 'indexer.gallery', 'dlib') if m in sys.modules))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "--detector" in output and output.splitlines()[-1] == "[]"
+    # The help states faces.open_set's default without importing it.
+    from faces.open_set import DEFAULT_FPIR
+    assert f"default {DEFAULT_FPIR} (aimed below" in " ".join(output.split())

@@ -22,7 +22,7 @@ blueprint = Blueprint("api", __name__, url_prefix="/api")
 @blueprint.post("/search")
 def search():
     """Multipart form: the photo in `image`, optionally `k` matches per face, `fpir` (the
-    share of strangers' searches that may see a match, default 0.05) or a per-pair
+    share of strangers' searches that may see a match, default 0.04) or a per-pair
     `threshold` (strict, balanced or a distance), a `box` "x0,y0,x1,y1" (pixels of the
     photo) to search the face in instead of detecting, the `detector` that finds the
     faces (default: the one the index was built with; the answer's "detector" says which),
