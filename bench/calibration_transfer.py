@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from faces.checkpoint import load_model  # noqa: E402
 from faces.errors import ModelError  # noqa: E402
 from faces.open_set import FPIR_PROMISE, GalleryCalibration  # noqa: E402
-from open_set import Setup, embed_folder, facesearch_encoder  # noqa: E402
+from open_set import Setup, cache_key, embed_folder, facesearch_encoder  # noqa: E402
 from trainer.evaluate import gallery_calibration, nearest_neighbours  # noqa: E402
 
 AIMS = (0.05, 0.045, 0.04, 0.035, 0.03, 0.01)
@@ -105,17 +105,18 @@ def main() -> None:
 
     model = load_model(args.model, device="cpu")
     encode = facesearch_encoder(model)
-    key = model.sha256 if model.precision == "float32" else f"{model.sha256}-{model.precision}"
+    key = cache_key(model)
     embeddings, identities = embed_folder(args.choose, encode, key, args.cache)
     filler = embed_folder(args.distractors, encode, key, args.cache)
     people = np.unique(identities)
     rows = []
     for split in range(args.splits):
         order = np.random.default_rng(split).permutation(people)
-        rows += reads(embeddings, identities, filler, (order[:len(order) // 2], order[len(order) // 2:]),
-                      args.grow_with_distractors, split)
+        read = reads(embeddings, identities, filler, (order[:len(order) // 2], order[len(order) // 2:]),
+                     args.grow_with_distractors, split)
+        rows += read
         if args.json:
-            print("\n".join(json.dumps(r) for r in rows[-4:]), flush=True)
+            print("\n".join(json.dumps(r) for r in read), flush=True)
     result = summary(rows)
     if args.json:
         print(json.dumps(result))

@@ -95,6 +95,11 @@ def embed_folder(folder: str, encode, key: str, cache: Path | None) -> tuple[np.
     return np.concatenate(vectors), identities
 
 
+def cache_key(model) -> str:
+    """What a model's cached embeddings are keyed by: its digest, and the precision it ran in."""
+    return model.sha256 if model.precision == "float32" else f"{model.sha256}-{model.precision}"
+
+
 def facesearch_encoder(model):
     def encode(paths):
         chunk, vectors = [], []
@@ -257,7 +262,7 @@ def main() -> None:
         sys.exit(f"{args.model}: no gallery statistics; recalibrate it with `trainer calibrate`")
     started = time.perf_counter()
     encode = facesearch_encoder(model)
-    key = model.sha256 if model.precision == "float32" else f"{model.sha256}-{model.precision}"
+    key = cache_key(model)
     embeddings, identities = embed_folder(args.data, encode, key, args.cache)
     parts = [embed_folder(folder, encode, key, args.cache) for folder in args.distractors]
     everything = np.concatenate([embeddings] + [p[0] for p in parts])

@@ -405,7 +405,8 @@ def info(model: str, as_json: bool) -> None:
         from faces.open_set import DEFAULT_FPIR, FPIR_PROMISE, GalleryCalibration
         calibration = GalleryCalibration.from_dict(payload["open_set"])
         click.echo(f"searches (default fpir {DEFAULT_FPIR}: aimed at {DEFAULT_FPIR:.0%} of strangers' searches seeing a "
-                   f"match, so that at most {FPIR_PROMISE:.0%} do among people the calibration never saw; stranger statistics from {calibration.pairs:,} pairs of {calibration.data}; "
+                   f"match, so that at most {FPIR_PROMISE:.0%} do among people the calibration never saw; "
+                   f"stranger statistics from {calibration.pairs:,} pairs of {calibration.data}; "
                    f"galleries of one face per individual, more faces each lower it):")
         for individuals in GALLERY_SIZES_SHOWN:
             click.echo(f"  {individuals:>9,} individuals: threshold {_threshold_shown(calibration, DEFAULT_FPIR, individuals)}"
